@@ -1,0 +1,15 @@
+"""fixres: fix the train-test resolution discrepancy of image classifiers.
+
+Train at a low resolution, find the test resolution that matches it, adapt the model to
+that resolution cheaply, and export it with its test-time preprocessing recorded.
+The CLI (``fixres ...``) wraps the functions re-exported here.
+"""
+__version__ = "0.1.0"
+
+from .checkpoint import CheckpointMeta, load_checkpoint, open_checkpoint, save_checkpoint  # noqa: E402
+from .data import scan_dataset, scan_split, EvalTransform, TrainTransform, eval_geometry  # noqa: E402
+from .errors import FixresError  # noqa: E402
+from .evaluate import EvalResult, Preprocess, evaluate  # noqa: E402
+from .models import create_model  # noqa: E402
+from .train import TrainResult, fit  # noqa: E402
+from .train_config import TrainConfig  # noqa: E402

@@ -1,0 +1,224 @@
+"""Checkpoints: weights as safetensors, metadata as JSON, written atomically.
+
+A checkpoint is a directory::
+
+    model.safetensors   the model's state dict (weights and batch-norm buffers)
+    meta.json           what is needed to use it: model name, classes, preprocessing,
+                        resolutions, metrics, the data index digest, how it was adapted
+    state.pt            (training checkpoints only) optimiser, scaler, random states and
+                        position, loaded with ``weights_only=True``
+
+It is written into a temporary directory, fsynced and renamed into place, so a crash
+leaves either the old checkpoint or the new one, never half of one. A run directory keeps
+its checkpoints under ``checkpoints/`` with two symbolic links, ``last`` and ``best``,
+that are themselves replaced atomically.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from .errors import FixresError
+
+FORMAT = "fixres-checkpoint/1"
+WEIGHTS, META, STATE = "model.safetensors", "meta.json", "state.pt"
+
+
+@dataclass(frozen=True)
+class CheckpointMeta:
+    model: str
+    class_names: tuple[str, ...]
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    interpolation: str
+    crop_pct: float
+    train_res: int
+    test_res: int                      # the resolution this checkpoint is meant to be tested at
+    epoch: int = 0                     # completed epochs
+    step: int = 0                      # completed optimiser steps
+    metrics: dict = field(default_factory=dict)
+    data_digest: str = ""
+    model_kwargs: dict = field(default_factory=dict)
+    adaptation: dict | None = None     # set by fixres adapt: method, source, accuracy before/after
+    weights_sha256: str = ""
+    format: str = FORMAT
+    versions: dict = field(default_factory=dict)
+    created: str = ""
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    def to_json(self) -> str:
+        d = dataclasses.asdict(self)
+        d["num_classes"] = self.num_classes
+        return json.dumps(d, indent=2)
+
+    @classmethod
+    def from_dict(cls, d: dict, source: Path) -> "CheckpointMeta":
+        if d.get("format") != FORMAT:
+            raise FixresError(f"{source}: not a fixres checkpoint (format {d.get('format')!r}, expected {FORMAT!r})")
+        names = {f.name for f in dataclasses.fields(cls)}
+        try:
+            d = {k: v for k, v in d.items() if k in names}
+            for k in ("class_names", "mean", "std"):
+                d[k] = tuple(d[k])
+            return cls(**d)
+        except (KeyError, TypeError) as e:
+            raise FixresError(f"{source}: checkpoint metadata is incomplete ({e})") from None
+
+    def replace(self, **changes) -> "CheckpointMeta":
+        return dataclasses.replace(self, **changes)
+
+
+def versions() -> dict:
+    import timm
+    from . import __version__
+    return {"fixres": __version__, "torch": torch.__version__, "timm": timm.__version__}
+
+
+def state_dict_for_saving(model: nn.Module) -> dict[str, torch.Tensor]:
+    model = getattr(model, "module", model)  # unwrap DistributedDataParallel
+    return {k: v.detach().to("cpu", copy=True).contiguous() for k, v in model.state_dict().items()}
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def save_checkpoint(directory: str | Path, model: nn.Module, meta: CheckpointMeta,
+                    train_state: dict[str, Any] | None = None) -> CheckpointMeta:
+    """Write a checkpoint directory atomically (replacing one of the same name)."""
+    directory = Path(directory)
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    tmp = directory.parent / f".tmp-{directory.name}-{os.getpid()}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir()
+    save_file(state_dict_for_saving(model), str(tmp / WEIGHTS), metadata={"format": "pt"})
+    meta = meta.replace(weights_sha256=sha256_file(tmp / WEIGHTS), versions=versions(),
+                        created=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+    (tmp / META).write_text(meta.to_json())
+    if train_state is not None:
+        torch.save(train_state, tmp / STATE)
+    for f in tmp.iterdir():
+        _fsync(f)
+    _fsync(tmp)
+    if directory.exists():
+        trash = directory.parent / f".trash-{directory.name}-{os.getpid()}"
+        os.rename(directory, trash)
+        os.rename(tmp, directory)
+        shutil.rmtree(trash)
+    else:
+        os.rename(tmp, directory)
+    _fsync(directory.parent)
+    return meta
+
+
+def point(link: Path, target: Path) -> None:
+    """Make ``link`` a relative symbolic link to ``target``, atomically."""
+    tmp = link.parent / f".tmp-link-{link.name}-{os.getpid()}"
+    if tmp.is_symlink() or tmp.exists():
+        tmp.unlink()
+    os.symlink(os.path.relpath(target, link.parent), tmp)
+    os.replace(tmp, link)
+    _fsync(link.parent)
+
+
+def find_checkpoint(path: str | Path) -> Path:
+    """The checkpoint directory that ``path`` names.
+
+    Accepts a checkpoint directory, a run directory (its ``best``, else ``last``
+    checkpoint), or a ``model.safetensors`` file with its ``meta.json`` beside it.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise FixresError(f"checkpoint {path} does not exist")
+    if path.is_file():
+        if path.suffix != ".safetensors":
+            raise FixresError(f"{path}: a checkpoint must be a .safetensors file, a checkpoint directory or a run directory")
+        if not (path.parent / META).is_file():
+            raise FixresError(f"{path}: no {META} beside it (fixres needs the model name, classes and preprocessing)")
+        return path.parent
+    if (path / META).is_file() and (path / WEIGHTS).is_file():
+        return path
+    for name in ("best", "last"):
+        if (path / name / META).is_file():
+            return (path / name).resolve()
+    raise FixresError(f"{path} holds no fixres checkpoint (no {META} + {WEIGHTS}, no best/ or last/)")
+
+
+def read_meta(path: str | Path) -> CheckpointMeta:
+    directory = find_checkpoint(path)
+    try:
+        data = json.loads((directory / META).read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise FixresError(f"{directory / META}: unreadable metadata ({e})") from None
+    return CheckpointMeta.from_dict(data, directory)
+
+
+def load_checkpoint(path: str | Path, verify: bool = True) -> tuple[dict[str, torch.Tensor], CheckpointMeta, Path]:
+    """Return ``(state_dict, meta, directory)`` of the checkpoint that ``path`` names."""
+    directory = find_checkpoint(path)
+    meta = read_meta(directory)
+    weights = directory / WEIGHTS
+    if verify and meta.weights_sha256 and sha256_file(weights) != meta.weights_sha256:
+        raise FixresError(f"{weights}: content does not match the hash recorded in {META} (file changed or corrupt)")
+    try:
+        state = load_file(str(weights))
+    except Exception as e:  # safetensors raises its own error types for corrupt headers
+        raise FixresError(f"{weights}: unreadable safetensors file ({e})") from None
+    return state, meta, directory
+
+
+def load_train_state(directory: str | Path) -> dict[str, Any]:
+    path = Path(directory) / STATE
+    if not path.is_file():
+        raise FixresError(f"{directory} has no {STATE}: it cannot be resumed")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise FixresError(f"{path}: unreadable training state ({type(e).__name__}: {e})") from None
+
+
+def build_model(meta: CheckpointMeta, state: dict[str, torch.Tensor]) -> nn.Module:
+    """Instantiate the checkpoint's model and load its weights (strictly)."""
+    from .models import create_model
+    model = create_model(meta.model, meta.num_classes, **meta.model_kwargs)
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        first = str(e).strip().splitlines()
+        raise FixresError(f"checkpoint weights do not fit {meta.model}: {first[1].strip() if len(first) > 1 else first[0]}") from None
+    return model
+
+
+def open_checkpoint(path: str | Path) -> tuple[nn.Module, CheckpointMeta]:
+    """The model of a checkpoint, ready for evaluation, and its metadata."""
+    state, meta, _ = load_checkpoint(path)
+    model = build_model(meta, state)
+    model.eval()
+    return model, meta

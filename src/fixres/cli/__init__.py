@@ -1,0 +1,42 @@
+"""The command line: ``fixres <command> ...``. The only code that reads argv.
+
+Each command module registers a sub-parser and a handler ``run(args) -> int`` that turns
+flags into a library call. A :class:`~fixres.errors.FixresError` becomes one line on
+stderr and exit code 2.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from .. import __version__
+from ..errors import FixresError
+from . import data_cmd, eval_cmd, train_cmd
+
+COMMANDS = (data_cmd, train_cmd, eval_cmd)
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # argparse's usage dump is long; keep the error one line, exit 2
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="fixres", description="Fix the train-test resolution discrepancy (FixRes).")
+    parser.add_argument("--version", action="version", version=f"fixres {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
+    for module in COMMANDS:
+        module.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.handler(args) or 0)
+    except FixresError as e:
+        print(f"fixres {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"fixres {args.command}: interrupted", file=sys.stderr)
+        return 130

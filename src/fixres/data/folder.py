@@ -1,0 +1,169 @@
+"""Scanning an ImageFolder tree (``root/<class>/**/<image>``) into an index.
+
+The scan reads each file's header (not its pixels), so it is fast and it already knows
+every image's displayed size, which ``fixres analyze`` uses. Files that cannot be images
+(wrong extension, empty, unreadable header, absurd size) are skipped here and listed with
+the reason; files whose pixels turn out to be corrupt are skipped later, when decoded.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..errors import FixresError
+from .decode import IMAGE_EXTENSIONS, UnreadableImage, read_header
+
+
+@dataclass(frozen=True)
+class Sample:
+    path: str      # relative to the split root, with '/' separators
+    label: int
+    width: int     # displayed size, after EXIF orientation
+    height: int
+    nbytes: int    # file size, part of the index digest
+
+
+@dataclass
+class SplitIndex:
+    """The readable images of one split, their labels and sizes, and what was skipped."""
+
+    root: Path
+    classes: tuple[str, ...]
+    samples: list[Sample]
+    skipped: list[tuple[str, str]] = field(default_factory=list)   # (relative path, reason)
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def digest(self) -> str:
+        """A short hash of the class list and of every (path, label, byte size): it changes
+        when files are added, removed, relabelled or rewritten with a different size."""
+        h = hashlib.sha256()
+        h.update("\n".join(self.classes).encode())
+        for s in self.samples:
+            h.update(f"\0{s.path}\t{s.label}\t{s.nbytes}".encode())
+        return h.hexdigest()[:16]
+
+    def class_counts(self) -> list[int]:
+        counts = [0] * len(self.classes)
+        for s in self.samples:
+            counts[s.label] += 1
+        return counts
+
+
+def list_classes(root: Path) -> tuple[str, ...]:
+    """Class names: the non-hidden sub-directories of ``root``, sorted."""
+    if not root.is_dir():
+        raise FixresError(f"{root} is not a directory")
+    classes = tuple(sorted(e.name for e in os.scandir(root) if e.is_dir(follow_symlinks=True) and not e.name.startswith(".")))
+    if not classes:
+        raise FixresError(f"{root} holds no class sub-directories (expected {root}/<class>/<image files>)")
+    return classes
+
+
+def _candidate_files(class_dir: Path) -> list[Path]:
+    files = []
+    for dirpath, dirnames, filenames in os.walk(class_dir, followlinks=True):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        files.extend(Path(dirpath) / f for f in sorted(filenames))
+    return files
+
+
+def _probe(path: Path) -> tuple[int, int, int] | str:
+    """(width, height, bytes) of a readable image, or the reason it is skipped."""
+    if path.name.startswith("."):
+        return "hidden file"
+    if path.suffix.lower() not in IMAGE_EXTENSIONS:
+        return f"not an image file extension ({path.suffix or 'none'})"
+    try:
+        nbytes = path.stat().st_size
+        if nbytes == 0:
+            return "empty file (0 bytes)"
+        header = read_header(path)
+    except UnreadableImage as e:
+        return str(e)
+    except OSError as e:
+        return f"cannot read: {e.strerror or e}"
+    return header.width, header.height, nbytes
+
+
+def scan_split(root: str | Path, classes: tuple[str, ...] | None = None, workers: int = 16) -> SplitIndex:
+    """Index one split directory.
+
+    Args:
+        root: directory holding one sub-directory per class.
+        classes: the expected class names (e.g. those of the training split); ``None``
+            takes the sub-directories found.
+        workers: threads reading headers (I/O bound).
+
+    Raises:
+        FixresError: missing directory, no classes, or a class with no readable image.
+    """
+    root = Path(root)
+    found = list_classes(root)
+    classes = found if classes is None else tuple(classes)
+    label_of = {c: i for i, c in enumerate(classes)}
+    paths = [(p, label_of[c]) for c in found if c in label_of for p in _candidate_files(root / c)]
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        probes = list(pool.map(lambda pl: _probe(pl[0]), paths))
+    samples, skipped = [], []
+    for (path, label), probe in zip(paths, probes):
+        rel = path.relative_to(root).as_posix()
+        if isinstance(probe, str):
+            skipped.append((rel, probe))
+        else:
+            samples.append(Sample(rel, label, *probe))
+    index = SplitIndex(root, classes, samples, skipped)
+    empty = [c for c, n in zip(classes, index.class_counts()) if n == 0 and c in found]
+    if empty:
+        raise FixresError(f"{root}: no readable image in class director{'y' if len(empty) == 1 else 'ies'} "
+                          f"{', '.join(empty)}")
+    return index
+
+
+@dataclass
+class DatasetIndex:
+    """A dataset directory with ``train/`` and ``val/`` splits sharing one class list."""
+
+    root: Path
+    train: SplitIndex
+    val: SplitIndex
+
+    @property
+    def classes(self) -> tuple[str, ...]:
+        return self.train.classes
+
+
+def scan_dataset(root: str | Path, splits: tuple[str, ...] = ("train", "val")) -> DatasetIndex:
+    """Index ``root/train`` and ``root/val``; their class lists must be identical."""
+    root = Path(root)
+    if not root.exists():
+        raise FixresError(f"data directory {root} does not exist")
+    if not root.is_dir():
+        raise FixresError(f"data path {root} is not a directory (expected {root}/train/<class>/... and {root}/val/<class>/...)")
+    missing = [s for s in splits if not (root / s).is_dir()]
+    if missing:
+        raise FixresError(f"{root} has no {' or '.join(m + '/' for m in missing)} directory "
+                          f"(expected {root}/train/<class>/<images> and {root}/val/<class>/<images>)")
+    train_classes = list_classes(root / splits[0])
+    val_classes = list_classes(root / splits[1])
+    check_same_classes(train_classes, val_classes, f"{root}/{splits[0]}", f"{root}/{splits[1]}")
+    train = scan_split(root / splits[0], train_classes)
+    val = scan_split(root / splits[1], train_classes)
+    return DatasetIndex(root, train, val)
+
+
+def check_same_classes(expected: tuple[str, ...], found: tuple[str, ...], expected_name: str, found_name: str) -> None:
+    """Raise a FixresError naming the classes that differ between two class lists."""
+    only_expected = sorted(set(expected) - set(found))
+    only_found = sorted(set(found) - set(expected))
+    if only_expected or only_found:
+        parts = []
+        if only_found:
+            parts.append(f"in {found_name} but not in {expected_name}: {', '.join(only_found)}")
+        if only_expected:
+            parts.append(f"in {expected_name} but not in {found_name}: {', '.join(only_expected)}")
+        raise FixresError("class mismatch: " + "; ".join(parts))

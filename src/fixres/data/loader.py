@@ -1,0 +1,156 @@
+"""Datasets, sampling order and batching.
+
+Randomness of the data has exactly two sources, both derived from the run's seed:
+the order of an epoch (a permutation seeded by ``(seed, epoch)``) and the augmentation
+of each draw (a generator seeded by ``(seed, epoch, index)``). Neither depends on the
+number of workers or processes, so a run resumed in the middle of an epoch, or split
+over ranks, sees the same images with the same crops.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Callable, Iterator, NamedTuple
+
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from .decode import UnreadableImage, load_rgb
+from .folder import SplitIndex
+
+_MASK64 = (1 << 64) - 1
+
+
+def mix_seed(*values: int) -> int:
+    """Combine integers into one well-mixed 63-bit seed (splitmix64 finaliser)."""
+    x = 0x9E3779B97F4A7C15
+    for v in values:
+        x = (x ^ (v & _MASK64)) & _MASK64
+        x = (x + 0x9E3779B97F4A7C15) & _MASK64
+        x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
+        x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & _MASK64
+        x ^= x >> 31
+    return x >> 1
+
+
+class Skipped(NamedTuple):
+    path: str
+    reason: str
+
+
+class Batch(NamedTuple):
+    images: torch.Tensor | None     # uint8 NCHW, None if every image of the batch failed
+    labels: torch.Tensor
+    indices: torch.Tensor
+    skipped: list                   # [(path, reason)] of images that failed to decode
+
+
+class ImageDataset(Dataset):
+    """Decodes the images of a :class:`SplitIndex` and applies a transform.
+
+    Items are addressed by ``index`` (deterministic transforms) or ``(index, seed)``
+    (random transforms draw from a generator seeded with ``seed``). An image that fails
+    to decode comes back as :class:`Skipped` instead of raising, so one bad file never
+    stops a run; the batch records it.
+    """
+
+    def __init__(self, split: SplitIndex, transform: Callable, loader: Callable = load_rgb):
+        self.split = split
+        self.transform = transform
+        self.loader = loader
+
+    def __len__(self) -> int:
+        return len(self.split.samples)
+
+    def __getitem__(self, key):
+        index, seed = key if isinstance(key, tuple) else (key, None)
+        sample = self.split.samples[index]
+        try:
+            img = self.loader(self.split.root / sample.path)
+        except UnreadableImage as e:
+            return Skipped(sample.path, str(e))
+        generator = torch.Generator().manual_seed(seed) if seed is not None else None
+        return self.transform(img, generator), sample.label, index
+
+
+def collate(items: list) -> Batch:
+    good = [it for it in items if not isinstance(it, Skipped)]
+    skipped = [tuple(it) for it in items if isinstance(it, Skipped)]
+    if not good:
+        empty = torch.zeros(0, dtype=torch.long)
+        return Batch(None, empty, empty, skipped)
+    return Batch(torch.stack([g[0] for g in good]),
+                 torch.tensor([g[1] for g in good], dtype=torch.long),
+                 torch.tensor([g[2] for g in good], dtype=torch.long),
+                 skipped)
+
+
+class TrainBatches(Sampler):
+    """Micro-batches of ``(index, seed)`` for training, ``accum`` per optimiser step.
+
+    Optimiser step ``k`` of epoch ``e`` uses positions ``k*B .. (k+1)*B`` of a permutation
+    seeded by ``(seed, e)``, cut into ``accum`` micro-batches; rank ``r`` of ``W`` takes the
+    ``r``-th contiguous share of each. The union over ranks and micro-batches of one step
+    is therefore the same global batch whatever ``W`` and ``accum`` are. The last
+    incomplete global batch is dropped. ``set_epoch(e, start_step)`` positions the sampler
+    (a resume in the middle of an epoch starts at ``start_step``).
+    """
+
+    def __init__(self, n: int, global_batch: int, seed: int, rank: int = 0, world: int = 1, accum: int = 1):
+        if global_batch % (world * accum):
+            raise ValueError(f"global batch {global_batch} is not divisible by {world} processes x {accum} accumulation steps")
+        if n < global_batch:
+            raise ValueError(f"{n} training images are fewer than one batch of {global_batch}")
+        self.n, self.global_batch, self.seed, self.rank, self.world, self.accum = n, global_batch, seed, rank, world, accum
+        self.epoch, self.start_step = 0, 0
+
+    def set_epoch(self, epoch: int, start_step: int = 0) -> None:
+        self.epoch, self.start_step = epoch, start_step
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return self.n // self.global_batch
+
+    def __len__(self) -> int:
+        return (self.steps_per_epoch - self.start_step) * self.accum
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        g = torch.Generator().manual_seed(mix_seed(self.seed, self.epoch))
+        order = torch.randperm(self.n, generator=g).tolist()
+        micro = self.global_batch // self.accum
+        share = micro // self.world
+        for step in range(self.start_step, self.steps_per_epoch):
+            for m in range(self.accum):
+                begin = step * self.global_batch + m * micro + self.rank * share
+                yield [(i, mix_seed(self.seed, self.epoch, i)) for i in order[begin:begin + share]]
+
+
+class EvalShard(Sampler):
+    """Rank ``r`` of ``W`` takes indices ``r, r+W, ...``: every image exactly once overall,
+    no padding and no drop (unlike DistributedSampler)."""
+
+    def __init__(self, n: int, rank: int = 0, world: int = 1):
+        self.n, self.rank, self.world = n, rank, world
+
+    def __len__(self) -> int:
+        return len(range(self.rank, self.n, self.world))
+
+    def __iter__(self):
+        return iter(range(self.rank, self.n, self.world))
+
+
+def default_workers() -> int:
+    """Data-loading processes: all cores but one for compute, at most 16."""
+    return max(1, min(16, (os.cpu_count() or 2) - 1))
+
+
+def make_loader(dataset: Dataset, *, batch_sampler: Sampler | None = None, sampler: Sampler | None = None,
+                batch_size: int | None = None, workers: int | None = None, pin_memory: bool = False,
+                persistent: bool = False) -> DataLoader:
+    workers = default_workers() if workers is None else workers
+    kwargs = dict(num_workers=workers, collate_fn=collate, pin_memory=pin_memory)
+    if workers > 0:
+        kwargs.update(persistent_workers=persistent, prefetch_factor=4)
+    if batch_sampler is not None:
+        return DataLoader(dataset, batch_sampler=batch_sampler, **kwargs)
+    return DataLoader(dataset, sampler=sampler, batch_size=batch_size, **kwargs)

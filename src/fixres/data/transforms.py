@@ -1,0 +1,168 @@
+"""Train and test preprocessing: the one place where resize and crop geometry lives.
+
+Both transforms take a decoded RGB PIL image and return a uint8 CHW tensor; mean/std
+normalisation happens later on the device (:func:`normalize`), so a batch crosses to the
+GPU as bytes, not floats. The operations are torchvision's own functional kernels, called
+with parameters we sample ourselves from an explicit ``torch.Generator``: the random draw
+of every image is then a pure function of its seed (reproducible across worker counts and
+after a resume) and still consumes random numbers exactly as torchvision's
+``RandomResizedCrop -> RandomHorizontalFlip -> ColorJitter`` would (tests check both).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from PIL import Image
+from torchvision.transforms import InterpolationMode
+from torchvision.transforms.v2 import functional as F
+
+from ..errors import FixresError
+
+INTERPOLATIONS = {
+    "bilinear": InterpolationMode.BILINEAR,
+    "bicubic": InterpolationMode.BICUBIC,
+    "nearest": InterpolationMode.NEAREST,
+}
+
+DEFAULT_CROP_PCT = 0.875
+DEFAULT_SCALE = (0.08, 1.0)
+DEFAULT_RATIO = (3 / 4, 4 / 3)
+
+
+def interpolation_mode(name: str) -> InterpolationMode:
+    try:
+        return INTERPOLATIONS[name]
+    except KeyError:
+        raise FixresError(f"unknown interpolation {name!r}; choose one of {', '.join(INTERPOLATIONS)}") from None
+
+
+def check_resolution(value: int, what: str = "resolution", minimum: int = 8, maximum: int = 4096) -> int:
+    """Validate a resolution given by the user (in pixels)."""
+    if not isinstance(value, int) or isinstance(value, bool) or not minimum <= value <= maximum:
+        raise FixresError(f"{what} must be an integer number of pixels between {minimum} and {maximum}, got {value!r}")
+    return value
+
+
+def check_crop_pct(value: float) -> float:
+    if not isinstance(value, (int, float)) or not 0.1 <= value <= 1.0:
+        raise FixresError(f"crop_pct must be in [0.1, 1.0] (fraction of the resized image kept by the centre crop), got {value!r}")
+    return float(value)
+
+
+def eval_geometry(test_res: int, crop_pct: float = DEFAULT_CROP_PCT) -> tuple[int, int]:
+    """Return ``(resize_size, crop_size)`` of the test preprocessing.
+
+    The shorter side is resized to ``floor(test_res / crop_pct)``, then the centre
+    ``test_res x test_res`` is kept. ``floor`` (not ``round``) is timm's convention
+    (``transforms_imagenet_eval``), so a checkpoint exported with ``test_input_size`` and
+    ``crop_pct`` is evaluated by timm exactly as fixres evaluated it.
+    """
+    check_resolution(test_res, "test resolution")
+    check_crop_pct(crop_pct)
+    return math.floor(test_res / crop_pct), test_res
+
+
+def sample_rrc_params(height: int, width: int, scale: tuple[float, float], ratio: tuple[float, float],
+                      generator: torch.Generator | None = None) -> tuple[int, int, int, int]:
+    """Sample a RandomResizedCrop box ``(top, left, h, w)`` exactly as torchvision does.
+
+    Same algorithm and the same random-number consumption as
+    ``torchvision.transforms.RandomResizedCrop.get_params``: up to 10 tries of an area
+    fraction ~ U[scale] and a log-uniform aspect ratio, accepted if the box fits; then a
+    centre crop of the whole image clamped to the ratio range.
+    """
+    area = height * width
+    log_ratio = torch.log(torch.tensor(ratio))
+    for _ in range(10):
+        target_area = area * torch.empty(1).uniform_(scale[0], scale[1], generator=generator).item()
+        aspect = torch.exp(torch.empty(1).uniform_(log_ratio[0], log_ratio[1], generator=generator)).item()
+        w = int(round(math.sqrt(target_area * aspect)))
+        h = int(round(math.sqrt(target_area / aspect)))
+        if 0 < w <= width and 0 < h <= height:
+            top = int(torch.randint(0, height - h + 1, size=(1,), generator=generator).item())
+            left = int(torch.randint(0, width - w + 1, size=(1,), generator=generator).item())
+            return top, left, h, w
+    in_ratio = width / height
+    if in_ratio < min(ratio):
+        w, h = width, int(round(width / min(ratio)))
+    elif in_ratio > max(ratio):
+        h, w = height, int(round(height * max(ratio)))
+    else:
+        w, h = width, height
+    return (height - h) // 2, (width - w) // 2, h, w
+
+
+@dataclass(frozen=True)
+class TrainTransform:
+    """RandomResizedCrop(size, scale, ratio) + horizontal flip + optional colour jitter."""
+
+    size: int
+    scale: tuple[float, float] = DEFAULT_SCALE
+    ratio: tuple[float, float] = DEFAULT_RATIO
+    hflip: float = 0.5
+    color_jitter: float = 0.0
+    interpolation: str = "bilinear"
+
+    def __post_init__(self):
+        check_resolution(self.size, "train resolution")
+        a, b = self.scale
+        if not 0 < a <= b <= 1:
+            raise FixresError(f"scale must satisfy 0 < min <= max <= 1, got {self.scale}")
+        r0, r1 = self.ratio
+        if not 0 < r0 <= r1:
+            raise FixresError(f"ratio must satisfy 0 < min <= max, got {self.ratio}")
+        if not 0 <= self.hflip <= 1 or self.color_jitter < 0:
+            raise FixresError("hflip must be a probability and color_jitter non-negative")
+        interpolation_mode(self.interpolation)
+
+    def __call__(self, img: Image.Image, generator: torch.Generator | None = None) -> torch.Tensor:
+        top, left, h, w = sample_rrc_params(img.height, img.width, self.scale, self.ratio, generator)
+        img = F.resized_crop(img, top, left, h, w, [self.size, self.size],
+                             interpolation=interpolation_mode(self.interpolation), antialias=True)
+        if self.hflip > 0 and torch.rand(1, generator=generator).item() < self.hflip:
+            img = F.horizontal_flip(img)
+        if self.color_jitter > 0:
+            img = _color_jitter(img, self.color_jitter, generator)
+        return F.pil_to_tensor(img)
+
+
+def _color_jitter(img: Image.Image, strength: float, generator: torch.Generator | None) -> Image.Image:
+    """torchvision ``ColorJitter(strength, strength, strength)`` (no hue), same draws."""
+    lo, hi = max(0.0, 1 - strength), 1 + strength
+    order = torch.randperm(4, generator=generator).tolist()
+    factors = [float(torch.empty(1).uniform_(lo, hi, generator=generator)) for _ in range(3)]
+    ops = {0: F.adjust_brightness, 1: F.adjust_contrast, 2: F.adjust_saturation}
+    for i in order:
+        if i in ops:
+            img = ops[i](img, factors[i])
+    return img
+
+
+@dataclass(frozen=True)
+class EvalTransform:
+    """Resize the shorter side to ``floor(test_res / crop_pct)``, centre-crop ``test_res``."""
+
+    test_res: int
+    crop_pct: float = DEFAULT_CROP_PCT
+    interpolation: str = "bilinear"
+
+    def __post_init__(self):
+        eval_geometry(self.test_res, self.crop_pct)
+        interpolation_mode(self.interpolation)
+
+    @property
+    def resize_size(self) -> int:
+        return eval_geometry(self.test_res, self.crop_pct)[0]
+
+    def __call__(self, img: Image.Image, generator: torch.Generator | None = None) -> torch.Tensor:
+        img = F.resize(img, [self.resize_size], interpolation=interpolation_mode(self.interpolation), antialias=True)
+        img = F.center_crop(img, [self.test_res, self.test_res])
+        return F.pil_to_tensor(img)
+
+
+def normalize(images: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """uint8 NCHW -> float, the same arithmetic as ``ToTensor()`` then ``Normalize(mean, std)``."""
+    x = images.float().div_(255)
+    return x.sub_(mean.view(1, -1, 1, 1)).div_(std.view(1, -1, 1, 1))

@@ -1,0 +1,328 @@
+"""``fit``: train a classifier at a chosen resolution, evaluate it, checkpoint it, resume it.
+
+Exactness of ``--resume``: the data order and every augmentation are functions of
+``(seed, epoch, index)`` (see :mod:`fixres.data.loader`), the learning rate is a function
+of the step, and a checkpoint stores the model, optimiser, gradient scaler and random
+states together with the position (epoch, step in epoch). Resuming from any checkpoint
+therefore replays exactly the steps an uninterrupted run would have taken; on the CPU
+with a fixed seed, final weights are bit-identical (tests/test_resume.py kills a real
+process to check it).
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+
+from . import checkpoint as ckpt
+from .config import dump_yaml, read_yaml
+from .data import scan_dataset
+from .data.loader import ImageDataset, TrainBatches, make_loader, mix_seed
+from .data.transforms import TrainTransform
+from .errors import FixresError
+from .evaluate import Preprocess, evaluate
+from .models import create_model, model_preprocessing
+from .optim import make_optimizer, schedule_for
+from .progress import Progress, peak_memory_mb
+from .rundir import append_jsonl, prepare_run_dir, read_jsonl, write_json, write_text
+from .runtime import (Dist, autocast, autocast_dtype, barrier, init_distributed, resolve_device, rng_state,
+                      seed_everything, set_rng_state)
+from .train_config import RESUMABLE_CHANGES, TrainConfig
+
+
+class NonFiniteLoss(FixresError):
+    pass
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    run_dir: Path
+    summary: dict
+
+
+def stored_config(values: dict, run_dir: Path) -> dict:
+    """The settings stored in a run being resumed, after checking ``values`` against them.
+
+    Only settings in ``RESUMABLE_CHANGES`` may differ; any other difference is refused."""
+    path = run_dir / "config.yaml"
+    if not path.is_file():
+        raise FixresError(f"cannot resume: {run_dir} is not a fixres run directory (no config.yaml)")
+    stored = read_yaml(path)
+    changed = sorted(k for k, v in values.items()
+                     if k in stored and k not in RESUMABLE_CHANGES and _norm(stored[k]) != _norm(v))
+    if changed:
+        raise FixresError(f"cannot resume {run_dir} with different settings: "
+                          + ", ".join(f"{k} ({stored[k]!r} -> {values[k]!r})" for k in changed))
+    return stored
+
+
+def _norm(v):
+    return list(v) if isinstance(v, tuple) else v
+
+
+class Trainer:
+    """The state of one training run; ``run()`` is the loop."""
+
+    def __init__(self, cfg: TrainConfig, *, resume: bool, overwrite: bool, quiet: bool):
+        self.cfg, self.quiet = cfg, quiet
+        self.dist: Dist = init_distributed(cfg.device)
+        self.device = resolve_device(cfg.device, self.dist)
+        self.amp_dtype = autocast_dtype(cfg.amp, self.device)
+        self.run_dir = Path(cfg.out)
+        if self.dist.is_main:
+            prepare_run_dir(self.run_dir, resume=resume, overwrite=overwrite)
+            write_text(self.run_dir / "config.yaml", dump_yaml(cfg))
+        barrier(self.dist)
+
+        self.data = scan_dataset(cfg.data)
+        self.classes = self.data.classes
+        seed_everything(cfg.seed)  # identical initial weights on every rank
+        self.model = create_model(cfg.model, len(self.classes), pretrained=cfg.pretrained, weights=cfg.weights,
+                                  **self.model_kwargs)
+        prep = model_preprocessing(self.model)
+        self.preprocess = Preprocess(prep["mean"], prep["std"], cfg.channels_last)
+        self.model.to(self.device)
+        if cfg.channels_last:
+            self.model.to(memory_format=torch.channels_last)
+        if cfg.sync_bn and self.dist.enabled:
+            self.model = nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
+        self.optimizer = make_optimizer(self.model, cfg, self.device)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
+        self.net = (DistributedDataParallel(self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+                    if self.dist.enabled else self.model)
+
+        if cfg.batch_size % (cfg.accum_steps * self.dist.world):
+            raise FixresError(f"batch_size {cfg.batch_size} is not divisible by accum_steps {cfg.accum_steps} "
+                              f"x {self.dist.world} processes")
+        if len(self.data.train) < cfg.batch_size:
+            raise FixresError(f"{len(self.data.train)} training images are fewer than one batch of {cfg.batch_size}")
+        self.sampler = TrainBatches(len(self.data.train), cfg.batch_size, cfg.seed, self.dist.rank, self.dist.world,
+                                    accum=cfg.accum_steps)
+        transform = TrainTransform(cfg.train_res, cfg.scale, cfg.ratio, cfg.hflip, cfg.color_jitter, cfg.interpolation)
+        self.loader = make_loader(ImageDataset(self.data.train, transform), batch_sampler=self.sampler,
+                                  workers=cfg.workers, pin_memory=self.device.type == "cuda", persistent=True)
+        self.steps_per_epoch = self.sampler.steps_per_epoch
+        self.lr_at = schedule_for(cfg, self.steps_per_epoch)
+        self.epoch, self.step_in_epoch, self.step = 0, 0, 0
+        self.best_top1, self.best_epoch = -1.0, None
+        self.skipped = {("train", p): r for p, r in self.data.train.skipped} | {("val", p): r for p, r in self.data.val.skipped}
+        self.train_seconds, self.train_images = 0.0, 0
+        if resume:
+            self._restore()
+        torch.manual_seed(mix_seed(cfg.seed, self.dist.rank, self.step))  # per-rank dropout / drop-path draws
+        if resume and self._resume_rng is not None:
+            set_rng_state(self._resume_rng)
+
+    @property
+    def model_kwargs(self) -> dict:
+        return {k: v for k, v in dict(drop_rate=self.cfg.drop_rate, drop_path_rate=self.cfg.drop_path_rate).items()
+                if v is not None}
+
+    # ----------------------------------------------------------------- checkpoints
+    def _meta(self, metrics: dict) -> ckpt.CheckpointMeta:
+        return ckpt.CheckpointMeta(
+            model=self.cfg.model, class_names=self.classes, mean=self.preprocess.mean, std=self.preprocess.std,
+            interpolation=self.cfg.interpolation, crop_pct=self.cfg.crop_pct, train_res=self.cfg.train_res,
+            test_res=self.cfg.eval_res, epoch=self.epoch, step=self.step, metrics=metrics,
+            data_digest=f"{self.data.train.digest()}-{self.data.val.digest()}", model_kwargs=self.model_kwargs)
+
+    def _train_state(self) -> dict:
+        states = [rng_state()]
+        if self.dist.enabled:
+            states = [None] * self.dist.world
+            torch.distributed.all_gather_object(states, rng_state())
+        return {"optimizer": self.optimizer.state_dict(), "scaler": self.scaler.state_dict(), "rng": states,
+                "epoch": self.epoch, "step_in_epoch": self.step_in_epoch, "step": self.step,
+                "best_top1": self.best_top1, "best_epoch": self.best_epoch,
+                "train_seconds": self.train_seconds, "train_images": self.train_images}
+
+    def save(self, metrics: dict, is_best: bool = False) -> None:
+        self._sync_bn_buffers()
+        state = self._train_state()  # collective: every rank takes part
+        if self.dist.is_main:
+            name = f"epoch-{self.epoch:04d}" if self.step_in_epoch == 0 else f"step-{self.step:07d}"
+            directory = self.run_dir / "checkpoints" / name
+            ckpt.save_checkpoint(directory, self.model, self._meta(metrics), state)
+            ckpt.point(self.run_dir / "last", directory)
+            if is_best:
+                ckpt.point(self.run_dir / "best", directory)
+            self._prune()
+        barrier(self.dist)
+
+    def _prune(self) -> None:
+        keep = {(self.run_dir / n).resolve() for n in ("last", "best") if (self.run_dir / n).exists()}
+        ordered = sorted((p for p in (self.run_dir / "checkpoints").iterdir() if not p.name.startswith(".")),
+                         key=lambda p: ckpt.read_meta(p).step)
+        for old in ordered[:-self.cfg.keep_last]:
+            if old.resolve() not in keep:
+                shutil.rmtree(old)
+
+    def _restore(self) -> None:
+        self._resume_rng = None
+        last = self.run_dir / "last"
+        if not last.exists():
+            self._log(f"no checkpoint in {self.run_dir} yet: starting from the beginning")
+            return
+        state_dict, meta, directory = ckpt.load_checkpoint(last)
+        if tuple(meta.class_names) != self.classes:
+            raise FixresError(f"{directory}: checkpoint classes differ from the data's")
+        self.model.load_state_dict(state_dict)
+        state = ckpt.load_train_state(directory)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scaler.load_state_dict(state["scaler"])
+        for key in ("epoch", "step_in_epoch", "step", "best_top1", "best_epoch", "train_seconds", "train_images"):
+            setattr(self, key, state[key])
+        rngs = state["rng"]
+        self._resume_rng = rngs[self.dist.rank] if len(rngs) == self.dist.world else None
+        if self.dist.is_main:  # forget log rows written after the checkpoint: they will be redone
+            rows = [r for r in read_jsonl(self.run_dir / "metrics.jsonl") if r.get("step", 0) <= self.step]
+            write_text(self.run_dir / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
+        self._log(f"resumed {self.run_dir} at epoch {self.epoch}, step {self.step}")
+
+    def _sync_bn_buffers(self) -> None:
+        """Average batch-norm running statistics over ranks, so that every rank (and the
+        checkpoint) evaluates the same model."""
+        if not self.dist.enabled:
+            return
+        for m in self.model.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats:
+                for buf in (m.running_mean, m.running_var):
+                    torch.distributed.all_reduce(buf, op=torch.distributed.ReduceOp.SUM)
+                    buf.div_(self.dist.world)
+
+    # ----------------------------------------------------------------- loop
+    def train_epoch(self, bar: Progress) -> dict:
+        """One epoch from the current position. Returns its training statistics."""
+        cfg, accum = self.cfg, self.cfg.accum_steps
+        self.net.train()
+        self.sampler.set_epoch(self.epoch, self.step_in_epoch)
+        batches = iter(self.loader)
+        loss_sum = torch.zeros((), device=self.device)  # stays on the device: no per-step sync
+        images, t0 = 0, time.perf_counter()
+        while self.step_in_epoch < self.steps_per_epoch:
+            lr = self.lr_at(self.step)
+            for group in self.optimizer.param_groups:
+                group["lr"] = lr
+            for micro in range(accum):
+                batch = next(batches)
+                self._note_skipped("train", batch.skipped)
+                if batch.images is None:
+                    continue
+                x, y = self.preprocess(batch.images, self.device), batch.labels.to(self.device, non_blocking=True)
+                sync = micro == accum - 1 or not self.dist.enabled
+                with (contextlib.nullcontext() if sync else self.net.no_sync()), autocast(self.device, self.amp_dtype):
+                    loss = F.cross_entropy(self.net(x), y, label_smoothing=cfg.label_smoothing)
+                self.scaler.scale(loss / accum).backward()
+                loss_sum += loss.detach() * y.numel()
+                images += y.numel()
+            if cfg.clip_grad:
+                self.scaler.unscale_(self.optimizer)
+                nn.utils.clip_grad_norm_(self.model.parameters(), cfg.clip_grad)
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            self.optimizer.zero_grad(set_to_none=True)
+            self.step += 1
+            self.step_in_epoch += 1
+            if bar.due(self.step_in_epoch):  # a host sync, only every few steps
+                self._check_finite(loss_sum)
+                bar.update(self.step_in_epoch, loss=loss_sum.item() / max(images, 1),
+                           images_per_s=images * self.dist.world / (time.perf_counter() - t0), lr=lr)
+            if cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0 and self.step_in_epoch < self.steps_per_epoch:
+                self.save({"train_loss": loss_sum.item() / max(images, 1)})
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+        seconds = time.perf_counter() - t0
+        self._check_finite(loss_sum)
+        total = torch.tensor([loss_sum.item(), images], dtype=torch.float64, device=self.device)
+        if self.dist.enabled:
+            torch.distributed.all_reduce(total)
+        self.train_seconds += seconds
+        self.train_images += int(total[1])
+        return {"train_loss": total[0].item() / max(total[1].item(), 1), "train_images": int(total[1]),
+                "train_seconds": round(seconds, 3), "train_images_per_s": round(total[1].item() / max(seconds, 1e-9), 1),
+                "lr": lr}
+
+    def _check_finite(self, loss_sum: torch.Tensor) -> None:
+        if not math.isfinite(loss_sum.item()):
+            last = (self.run_dir / "last").resolve() if (self.run_dir / "last").exists() else None
+            kept = f"; the last good checkpoint is kept at {last}" if last else "; no checkpoint was written yet"
+            raise NonFiniteLoss(f"training loss became {loss_sum.item()} near step {self.step} (epoch {self.epoch})"
+                                f"{kept}. Lower --lr, add --clip-grad, or use --amp none")
+
+    def _note_skipped(self, split: str, items) -> None:
+        for path, reason in items:
+            self.skipped[(split, path)] = reason
+
+    def run(self) -> TrainResult:
+        cfg = self.cfg
+        if self.epoch >= cfg.epochs:
+            self._log(f"{self.run_dir} already finished {self.epoch} epochs")
+        while self.epoch < cfg.epochs:
+            with Progress(self.steps_per_epoch, f"epoch {self.epoch + 1}/{cfg.epochs}", start=self.step_in_epoch,
+                          enabled=self.dist.is_main and not self.quiet) as bar:
+                row = self.train_epoch(bar)
+            self.epoch, self.step_in_epoch = self.epoch + 1, 0
+            row = {"epoch": self.epoch, "step": self.step, **row}
+            is_best = False
+            if self.epoch % cfg.eval_every == 0 or self.epoch == cfg.epochs:
+                self._sync_bn_buffers()
+                result, skipped = evaluate(self.model, self.data.val, test_res=cfg.eval_res, crop_pct=cfg.crop_pct,
+                                           interpolation=cfg.interpolation, preprocess=self.preprocess,
+                                           device=self.device, workers=cfg.workers, amp_dtype=self.amp_dtype,
+                                           dist_env=self.dist)
+                self._note_skipped("val", skipped)
+                row.update({f"val_{k}": v for k, v in result.row().items()})
+                is_best = result.top1 > self.best_top1
+                if is_best:
+                    self.best_top1, self.best_epoch = result.top1, self.epoch
+            self.save(row, is_best=is_best)
+            if self.dist.is_main:
+                append_jsonl(self.run_dir / "metrics.jsonl", row)
+                self._write_skipped()
+            self._log(_epoch_line(row, cfg.epochs))
+        summary = self._summary()
+        if self.dist.is_main:
+            write_json(self.run_dir / "summary.json", summary)
+        return TrainResult(self.run_dir, summary)
+
+    def _write_skipped(self) -> None:
+        rows = [{"split": s, "path": p, "reason": r} for (s, p), r in sorted(self.skipped.items())]
+        write_json(self.run_dir / "skipped.json", {"count": len(rows), "files": rows})
+
+    def _summary(self) -> dict:
+        rows = read_jsonl(self.run_dir / "metrics.jsonl") if self.dist.is_main else []
+        last = rows[-1] if rows else {}
+        best = next((r for r in rows if r.get("epoch") == self.best_epoch), {})
+        return {"run_dir": str(self.run_dir), "model": self.cfg.model, "classes": len(self.classes),
+                "train_res": self.cfg.train_res, "test_res": self.cfg.eval_res, "epochs": self.epoch, "steps": self.step,
+                "best_epoch": self.best_epoch, "best_val_top1": best.get("val_top1"), "last_val_top1": last.get("val_top1"),
+                "train_seconds": round(self.train_seconds, 2),
+                "train_images_per_s": round(self.train_images / max(self.train_seconds, 1e-9), 1),
+                "peak_memory_mb": peak_memory_mb(self.device), "device": str(self.device), "world_size": self.dist.world,
+                "skipped_files": len(self.skipped), "versions": ckpt.versions()}
+
+    def _log(self, text: str) -> None:
+        if self.dist.is_main:
+            Progress.write(text)
+
+
+def _epoch_line(row: dict, epochs: int) -> str:
+    text = (f"epoch {row['epoch']}/{epochs}  loss {row['train_loss']:.4f}  "
+            f"{row['train_images_per_s']:.0f} img/s  {row['train_seconds']:.1f}s")
+    if "val_top1" in row:
+        text += f"  val@{row['val_test_res']} top1 {row['val_top1']:.2f} top5 {row['val_top5']:.2f}"
+    return text
+
+
+def fit(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False, quiet: bool = False) -> TrainResult:
+    """Train ``cfg.model`` on ``cfg.data`` into the run directory ``cfg.out``."""
+    return Trainer(cfg, resume=resume, overwrite=overwrite, quiet=quiet).run()

@@ -1,0 +1,98 @@
+"""The settings of ``fixres train``: one frozen dataclass, validated on construction."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal, Optional
+
+from .config import option
+from .data.transforms import DEFAULT_CROP_PCT, check_crop_pct, check_resolution, interpolation_mode
+from .errors import FixresError
+
+# Settings that may change when a run is resumed; any other difference is refused.
+RESUMABLE_CHANGES = ("epochs", "workers", "device", "eval_every", "checkpoint_every", "keep_last")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    data: str = option(help="dataset directory holding train/<class>/ and val/<class>/")
+    out: str = option(help="run directory to create (or to continue with --resume)")
+    model: str = option("resnet50", "timm model name")
+    pretrained: bool = option(False, "start from timm's pretrained weights (downloads them: needs internet)")
+    weights: Optional[str] = option(None, "start from a local weights file (.safetensors, or a torch file loaded weights-only); "
+                                          "a classifier of another size is re-initialised")
+    train_res: int = option(224, "training resolution K_train (pixels)")
+    test_res: Optional[int] = option(None, "resolution of the per-epoch evaluation (default: the training resolution)")
+    crop_pct: float = option(DEFAULT_CROP_PCT, "test-time centre crop fraction: resize shorter side to test_res/crop_pct")
+    interpolation: Literal["bilinear", "bicubic"] = option("bilinear", "resampling filter for train and test resizes")
+    scale: tuple[float, float] = option((0.08, 1.0), "RandomResizedCrop area range", metavar=("MIN", "MAX"))
+    ratio: tuple[float, float] = option((3 / 4, 4 / 3), "RandomResizedCrop aspect-ratio range", metavar=("MIN", "MAX"))
+    hflip: float = option(0.5, "horizontal flip probability")
+    color_jitter: float = option(0.0, "brightness/contrast/saturation jitter strength (0: off)")
+    epochs: int = option(90, "number of epochs")
+    batch_size: int = option(256, "global batch size (over all processes and accumulation steps)")
+    accum_steps: int = option(1, "gradient accumulation steps per optimiser step")
+    optimizer: Literal["sgd", "adamw"] = option("sgd", "optimiser")
+    lr: Optional[float] = option(None, "peak learning rate (default: 0.1 x batch/256 for SGD, 1e-3 x batch/512 for AdamW)")
+    momentum: float = option(0.9, "SGD momentum")
+    nesterov: bool = option(False, "Nesterov momentum (SGD)")
+    weight_decay: Optional[float] = option(None, "weight decay, not applied to norms and biases "
+                                                 "(default: 1e-4 for SGD, 0.05 for AdamW)")
+    schedule: Literal["cosine", "step"] = option("cosine", "learning-rate schedule after warm-up")
+    warmup_epochs: float = option(1.0, "linear warm-up length in epochs")
+    step_epochs: int = option(30, "step schedule: decay every this many epochs")
+    step_gamma: float = option(0.1, "step schedule: decay factor")
+    min_lr: float = option(0.0, "cosine schedule: final learning rate")
+    label_smoothing: float = option(0.0, "label smoothing of the cross-entropy")
+    clip_grad: Optional[float] = option(None, "clip the gradient norm to this value")
+    amp: Literal["auto", "bf16", "fp16", "none"] = option("auto", "mixed precision (auto: bf16 on a GPU that has it, none on CPU)")
+    channels_last: bool = option(False, "channels_last memory format")
+    sync_bn: bool = option(False, "synchronise batch-norm statistics across processes (distributed runs)")
+    drop_rate: Optional[float] = option(None, "dropout before the classifier (timm drop_rate)")
+    drop_path_rate: Optional[float] = option(None, "stochastic depth rate (timm drop_path_rate)")
+    seed: int = option(0, "random seed (data order, augmentation, initialisation)")
+    workers: Optional[int] = option(None, "data-loading processes per training process (default: cores - 1, at most 16)")
+    device: str = option("auto", "cpu, cuda, cuda:N or auto")
+    eval_every: int = option(1, "evaluate every this many epochs (and always after the last)")
+    checkpoint_every: int = option(0, "also checkpoint every this many optimiser steps (0: at epoch ends only)")
+    keep_last: int = option(2, "number of recent checkpoints kept (the best one is always kept)")
+
+    def __post_init__(self):
+        check_resolution(self.train_res, "train_res")
+        if self.test_res is not None:
+            check_resolution(self.test_res, "test_res")
+        check_crop_pct(self.crop_pct)
+        interpolation_mode(self.interpolation)
+        positive = dict(epochs=self.epochs, batch_size=self.batch_size, accum_steps=self.accum_steps,
+                        eval_every=self.eval_every, keep_last=self.keep_last)
+        for name, value in positive.items():
+            if value < 1:
+                raise FixresError(f"{name} must be at least 1, got {value}")
+        if self.batch_size % self.accum_steps:
+            raise FixresError(f"batch_size {self.batch_size} is not divisible by accum_steps {self.accum_steps}")
+        for name in ("momentum", "hflip", "label_smoothing"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise FixresError(f"{name} must be in [0, 1], got {getattr(self, name)}")
+        if self.lr is not None and self.lr <= 0:
+            raise FixresError(f"lr must be positive, got {self.lr}")
+        if self.warmup_epochs < 0 or self.checkpoint_every < 0 or self.color_jitter < 0:
+            raise FixresError("warmup_epochs, checkpoint_every and color_jitter must not be negative")
+        if self.workers is not None and self.workers < 0:
+            raise FixresError(f"workers must not be negative, got {self.workers}")
+        if self.pretrained and self.weights:
+            raise FixresError("give either --pretrained or --weights, not both")
+
+    @property
+    def eval_res(self) -> int:
+        return self.test_res or self.train_res
+
+    @property
+    def peak_lr(self) -> float:
+        if self.lr is not None:
+            return self.lr
+        return 0.1 * self.batch_size / 256 if self.optimizer == "sgd" else 1e-3 * self.batch_size / 512
+
+    @property
+    def decay(self) -> float:
+        if self.weight_decay is not None:
+            return self.weight_decay
+        return 1e-4 if self.optimizer == "sgd" else 0.05

@@ -1,0 +1,50 @@
+"""Shared fixtures: small real image folders written to disk (JPEG/PNG of varied sizes)."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+CLASSES = ("blue", "green", "red")
+
+
+def write_colour_folder(root: Path, per_class: dict[str, int], seed: int = 0, size_range=(40, 96)) -> Path:
+    """ImageFolder of noisy images whose class is the dominant colour channel (learnable in a
+    few steps), with random sizes and aspect ratios, as JPEG and PNG."""
+    rng = np.random.default_rng(seed)
+    for split, n in per_class.items():
+        for label, name in enumerate(CLASSES):
+            d = root / split / name
+            d.mkdir(parents=True, exist_ok=True)
+            for i in range(n):
+                h, w = (int(v) for v in rng.integers(*size_range, size=2))
+                arr = rng.integers(0, 120, size=(h, w, 3), dtype=np.uint8)
+                arr[..., 2 - label] = rng.integers(150, 256, size=(h, w), dtype=np.uint8)
+                ext = "png" if i % 5 == 4 else "jpg"
+                Image.fromarray(arr).save(d / f"{name}_{i:03d}.{ext}", quality=90)
+    return root
+
+
+@pytest.fixture(scope="session")
+def colour_data(tmp_path_factory) -> Path:
+    """24 train + 8 val images per class, 3 classes."""
+    return write_colour_folder(tmp_path_factory.mktemp("colour"), {"train": 24, "val": 8})
+
+
+@pytest.fixture(scope="session")
+def photo(tmp_path_factory) -> Path:
+    """A real-looking decoded JPEG (smooth gradients + texture + edges), 333 x 500."""
+    rng = np.random.default_rng(1)
+    y, x = np.mgrid[0:333, 0:500]
+    arr = np.stack([(x * 0.5) % 256, (y * 0.7) % 256, ((x + y) * 0.3) % 256], -1)
+    arr += rng.normal(0, 12, arr.shape)
+    arr[100:200, 150:350] = [250, 30, 30]
+    path = tmp_path_factory.mktemp("photo") / "photo.jpg"
+    Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8)).save(path, quality=92)
+    return path

@@ -138,12 +138,14 @@ def evaluate_checkpoint(checkpoint: str | Path, data: str | Path, *, split: str 
                         quiet: bool = True) -> tuple[EvalResult, CheckpointMeta, list]:
     """Evaluate a checkpoint; geometry defaults to what the checkpoint records."""
     model, meta = open_checkpoint(checkpoint)
+    test_res = meta.test_res if test_res is None else test_res
+    crop_pct = meta.crop_pct if crop_pct is None else crop_pct
     index = load_split(data, split, meta.class_names)
     dev = resolve_device(device)
     model.to(dev)
     result, skipped = evaluate(
-        model, index, test_res=test_res or meta.test_res, crop_pct=crop_pct or meta.crop_pct,
+        model, index, test_res=test_res, crop_pct=crop_pct,
         interpolation=interpolation or meta.interpolation, preprocess=Preprocess(meta.mean, meta.std),
         device=dev, batch_size=batch_size, workers=workers, amp_dtype=autocast_dtype(amp, dev),
-        progress=lambda it: iterate(it, f"eval@{test_res or meta.test_res}", enabled=not quiet, total=len(it)))
+        progress=lambda it: iterate(it, f"eval@{test_res}", enabled=not quiet, total=len(it)))
     return result, meta, skipped

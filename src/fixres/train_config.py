@@ -9,7 +9,7 @@ from .data.transforms import DEFAULT_CROP_PCT, check_crop_pct, check_resolution,
 from .errors import FixresError
 
 # Settings that may change when a run is resumed; any other difference is refused.
-RESUMABLE_CHANGES = ("epochs", "workers", "device", "eval_every", "checkpoint_every", "keep_last")
+RESUMABLE_CHANGES = ("out", "epochs", "workers", "device", "eval_every", "checkpoint_every", "keep_last")
 
 
 @dataclass(frozen=True)

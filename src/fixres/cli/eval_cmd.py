@@ -25,8 +25,8 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    if args.test_res is not None or args.crop_pct is not None:
-        eval_geometry(args.test_res or 224, args.crop_pct or 0.875)  # validate before loading anything
+    if args.test_res is not None or args.crop_pct is not None:  # validate before loading anything
+        eval_geometry(224 if args.test_res is None else args.test_res, 0.875 if args.crop_pct is None else args.crop_pct)
     result, meta, skipped = evaluate_checkpoint(
         args.checkpoint, args.data, split=args.split, test_res=args.test_res, crop_pct=args.crop_pct,
         interpolation=args.interpolation, batch_size=args.batch_size, workers=args.workers, device=args.device,

@@ -148,7 +148,9 @@ def make_loader(dataset: Dataset, *, batch_sampler: Sampler | None = None, sampl
                 batch_size: int | None = None, workers: int | None = None, pin_memory: bool = False,
                 persistent: bool = False) -> DataLoader:
     workers = default_workers() if workers is None else workers
-    kwargs = dict(num_workers=workers, collate_fn=collate, pin_memory=pin_memory)
+    # The loader's own generator: creating an iterator must not draw from the global RNG,
+    # or a resumed run (which creates one iterator more) would see different dropout masks.
+    kwargs = dict(num_workers=workers, collate_fn=collate, pin_memory=pin_memory, generator=torch.Generator())
     if workers > 0:
         kwargs.update(persistent_workers=persistent, prefetch_factor=4)
     if batch_sampler is not None:

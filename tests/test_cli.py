@@ -1,0 +1,171 @@
+"""The CLI end to end on real files, and every bad input as one clear line with exit code 2."""
+import json
+import pickle
+import shutil
+
+import pytest
+import timm
+
+from fixres.cli import main
+
+TRAIN = ["--model", "test_resnet", "--train-res", "32", "--test-res", "40", "--epochs", "2", "--batch-size", "24",
+         "--lr", "0.05", "--workers", "0", "--quiet"]
+
+
+def run_cli(capsys, *argv):
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def one_line_error(code, err, *needles):
+    assert code == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert "Traceback" not in err
+    for n in needles:
+        assert n in lines[0], lines[0]
+    return lines[0]
+
+
+@pytest.fixture(scope="module")
+def trained(colour_data, tmp_path_factory):
+    run = tmp_path_factory.mktemp("cli") / "run"
+    assert main(["train", "--data", str(colour_data), "--out", str(run), *TRAIN]) == 0
+    return run
+
+
+def test_train_writes_a_complete_run_directory(trained):
+    import yaml
+    cfg = yaml.safe_load((trained / "config.yaml").read_text())
+    assert cfg["model"] == "test_resnet" and cfg["train_res"] == 32 and cfg["scale"] == [0.08, 1.0]
+    rows = [json.loads(line) for line in (trained / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [1, 2]
+    assert all(r["val_n"] == 24 and r["val_test_res"] == 40 for r in rows)
+    summary = json.loads((trained / "summary.json").read_text())
+    assert summary["epochs"] == 2 and summary["train_images_per_s"] > 0
+    for link in ("best", "last"):
+        meta = json.loads((trained / link / "meta.json").read_text())
+        assert (trained / link / "model.safetensors").is_file()
+        assert meta["model"] == "test_resnet" and meta["class_names"] == ["blue", "green", "red"]
+        assert meta["train_res"] == 32 and meta["crop_pct"] == 0.875 and meta["interpolation"] == "bilinear"
+        declared = timm.create_model("test_resnet").pretrained_cfg  # the model's own normalisation
+        assert meta["mean"] == pytest.approx(declared["mean"]) and meta["std"] == pytest.approx(declared["std"])
+        assert len(meta["data_digest"]) == 33
+    assert (trained / "last" / "state.pt").is_file()
+
+
+def test_eval_json_counts_every_image(trained, colour_data, capsys):
+    code, out, _ = run_cli(capsys, "eval", "--checkpoint", trained, "--data", colour_data, "--json", "--workers", 0)
+    assert code == 0
+    r = json.loads(out)
+    assert r["n"] == 24 and r["n_skipped"] == 0 and r["test_res"] == 40  # the checkpoint's recorded resolution
+    assert 0 <= r["top1"] <= r["top5"] <= 100 and r["loss"] > 0
+    code, out, _ = run_cli(capsys, "eval", "--checkpoint", trained / "last" / "model.safetensors", "--data",
+                           colour_data, "--test-res", 64, "--crop-pct", 1.0, "--workers", 0)
+    assert code == 0 and "at 64px (crop_pct 1" in out and "images 24" in out
+
+
+def test_existing_run_directory_is_never_overwritten(trained, colour_data, capsys, tmp_path):
+    before = (trained / "best" / "model.safetensors").read_bytes()
+    code, _, err = run_cli(capsys, "train", "--data", colour_data, "--out", trained, *TRAIN)
+    one_line_error(code, err, "already exists")
+    assert (trained / "best" / "model.safetensors").read_bytes() == before
+    other = tmp_path / "not-a-run"
+    other.mkdir()
+    (other / "precious.txt").write_text("keep me")
+    code, _, err = run_cli(capsys, "train", "--data", colour_data, "--out", other, *TRAIN, "--overwrite")
+    one_line_error(code, err, "not a fixres run directory")
+    assert (other / "precious.txt").read_text() == "keep me"
+
+
+def test_overwrite_replaces_a_run(colour_data, tmp_path, capsys):
+    run = tmp_path / "r"
+    args = ["train", "--data", colour_data, "--out", run, *TRAIN[:-7], "--epochs", 1, "--batch-size", 24, "--workers", 0,
+            "--quiet"]
+    assert run_cli(capsys, *args)[0] == 0
+    (run / "stale.txt").write_text("old")
+    assert run_cli(capsys, *args, "--overwrite")[0] == 0
+    assert not (run / "stale.txt").exists()
+
+
+@pytest.mark.parametrize("argv,needle", [
+    (["--model", "resnet5O"], "unknown model 'resnet5O'; did you mean resnet50"),
+    (["--train-res", "-3"], "train_res must be"),
+    (["--train-res", "100000"], "train_res must be"),
+    (["--crop-pct", "1.7"], "crop_pct"),
+    (["--batch-size", "1000"], "fewer than one batch"),
+    (["--epochs", "0"], "epochs must be at least 1"),
+])
+def test_bad_training_arguments(colour_data, tmp_path, capsys, argv, needle):
+    code, _, err = run_cli(capsys, "train", "--data", colour_data, "--out", tmp_path / "x", *TRAIN, *argv)
+    one_line_error(code, err, needle)
+
+
+def test_bad_data_and_outputs(colour_data, tmp_path, capsys):
+    code, _, err = run_cli(capsys, "train", "--data", tmp_path / "missing", "--out", tmp_path / "x", *TRAIN)
+    one_line_error(code, err, "does not exist")
+    (tmp_path / "empty").mkdir()
+    code, _, err = run_cli(capsys, "train", "--data", tmp_path / "empty", "--out", tmp_path / "y", *TRAIN)
+    one_line_error(code, err, "no train/")
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    code, _, err = run_cli(capsys, "train", "--data", colour_data, "--out", blocker / "run", *TRAIN)
+    one_line_error(code, err, "cannot write")
+
+
+def test_yaml_config_is_validated(colour_data, tmp_path, capsys):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("model: test_resnet\ntrain_rez: 32\n")
+    code, _, err = run_cli(capsys, "train", "--config", cfg, "--data", colour_data, "--out", tmp_path / "a")
+    one_line_error(code, err, "unknown setting 'train_rez'")
+    cfg.write_text("model: test_resnet\ntrain_res: big\n")
+    code, _, err = run_cli(capsys, "train", "--config", cfg, "--data", colour_data, "--out", tmp_path / "a")
+    one_line_error(code, err, "train_res", "integer")
+    cfg.write_text("model: [unclosed\n")
+    code, _, err = run_cli(capsys, "train", "--config", cfg, "--data", colour_data, "--out", tmp_path / "a")
+    one_line_error(code, err, "invalid YAML")
+
+
+def test_checkpoint_problems(trained, colour_data, tmp_path, capsys):
+    code, _, err = run_cli(capsys, "eval", "--checkpoint", tmp_path / "nothing", "--data", colour_data)
+    one_line_error(code, err, "does not exist")
+    broken = tmp_path / "broken"
+    shutil.copytree(trained / "best", broken)
+    (broken / "model.safetensors").write_bytes(b"\x00" * 100)
+    code, _, err = run_cli(capsys, "eval", "--checkpoint", broken, "--data", colour_data)
+    one_line_error(code, err, "does not match the hash")
+    other = tmp_path / "other-classes"
+    shutil.copytree(colour_data, other)
+    shutil.move(other / "val" / "red", other / "val" / "yellow")
+    code, _, err = run_cli(capsys, "eval", "--checkpoint", trained, "--data", other)
+    one_line_error(code, err, "class mismatch", "yellow")
+    code, _, err = run_cli(capsys, "eval", "--checkpoint", trained, "--data", colour_data, "--test-res", 0)
+    one_line_error(code, err, "test resolution")
+
+
+class _Evil:
+    def __reduce__(self):
+        import os
+        return (os.system, ("touch /tmp/fixres-pwned",))
+
+
+def test_pickle_weights_are_refused_not_executed(colour_data, tmp_path, capsys):
+    import os
+    if os.path.exists("/tmp/fixres-pwned"):
+        os.remove("/tmp/fixres-pwned")
+    evil = tmp_path / "weights.pth"
+    evil.write_bytes(pickle.dumps({"state_dict": _Evil()}))
+    code, _, err = run_cli(capsys, "train", "--data", colour_data, "--out", tmp_path / "x", *TRAIN, "--weights", evil)
+    one_line_error(code, err, "refusing to load")
+    assert not os.path.exists("/tmp/fixres-pwned")
+
+
+def test_local_weights_start_a_run_with_a_new_classifier(trained, colour_data, tmp_path, capsys):
+    """The offline 'pretrained' path: a local safetensors file of another model run."""
+    code, _, err = run_cli(capsys, "train", "--data", colour_data, "--out", tmp_path / "ft", *TRAIN,
+                           "--weights", trained / "best" / "model.safetensors")
+    assert code == 0, err
+    code, _, err = run_cli(capsys, "train", "--data", colour_data, "--out", tmp_path / "ft2", *TRAIN[:1], "resnet10t",
+                           *TRAIN[2:], "--weights", trained / "best" / "model.safetensors")
+    one_line_error(code, err, "does not fit model")

@@ -136,3 +136,15 @@ def test_index_digest_tracks_content(colour_data):
     assert a.digest() != scan_split(colour_data / "val").digest()
     assert [s.label for s in a.samples] == sorted(s.label for s in a.samples)
     assert all(40 <= s.width < 96 and 40 <= s.height < 96 for s in a.samples)
+
+
+def test_holdout_is_deterministic_per_class_and_disjoint(colour_data):
+    from fixres.data.folder import split_holdout
+    index = scan_split(colour_data / "train")
+    keep, held = split_holdout(index, 0.25, seed=7)
+    assert len(held) == 3 * 6 and len(keep) == 3 * 18
+    assert {s.path for s in keep.samples}.isdisjoint(s.path for s in held.samples)
+    assert [s.path for s in split_holdout(scan_split(colour_data / "train"), 0.25, seed=7)[1].samples] == [s.path for s in held.samples]
+    assert [s.path for s in split_holdout(index, 0.25, seed=8)[1].samples] != [s.path for s in held.samples]
+    with pytest.raises(FixresError):
+        split_holdout(index, 1.0, 0)

@@ -49,6 +49,7 @@ class CheckpointMeta:
     step: int = 0                      # completed optimiser steps
     metrics: dict = field(default_factory=dict)
     data_digest: str = ""
+    holdout: dict | None = None        # {"fraction", "seed"}: training images held out (see data.folder.split_holdout)
     model_kwargs: dict = field(default_factory=dict)
     adaptation: dict | None = None     # set by fixres adapt: method, source, accuracy before/after
     weights_sha256: str = ""

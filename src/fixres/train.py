@@ -26,6 +26,7 @@ from torch.nn.parallel import DistributedDataParallel
 from . import checkpoint as ckpt
 from .config import dump_yaml, read_yaml
 from .data import scan_dataset
+from .data.folder import split_holdout
 from .data.loader import ImageDataset, TrainBatches, make_loader, mix_seed
 from .data.transforms import TrainTransform
 from .errors import FixresError
@@ -85,6 +86,7 @@ class Trainer:
 
         self.data = scan_dataset(cfg.data)
         self.classes = self.data.classes
+        self.train_split, self.holdout_split = split_holdout(self.data.train, cfg.holdout, cfg.seed)
         seed_everything(cfg.seed)  # identical initial weights on every rank
         self.model = create_model(cfg.model, len(self.classes), pretrained=cfg.pretrained, weights=cfg.weights,
                                   **self.model_kwargs)
@@ -103,12 +105,12 @@ class Trainer:
         if cfg.batch_size % (cfg.accum_steps * self.dist.world):
             raise FixresError(f"batch_size {cfg.batch_size} is not divisible by accum_steps {cfg.accum_steps} "
                               f"x {self.dist.world} processes")
-        if len(self.data.train) < cfg.batch_size:
-            raise FixresError(f"{len(self.data.train)} training images are fewer than one batch of {cfg.batch_size}")
-        self.sampler = TrainBatches(len(self.data.train), cfg.batch_size, cfg.seed, self.dist.rank, self.dist.world,
+        if len(self.train_split) < cfg.batch_size:
+            raise FixresError(f"{len(self.train_split)} training images are fewer than one batch of {cfg.batch_size}")
+        self.sampler = TrainBatches(len(self.train_split), cfg.batch_size, cfg.seed, self.dist.rank, self.dist.world,
                                     accum=cfg.accum_steps)
         transform = TrainTransform(cfg.train_res, cfg.scale, cfg.ratio, cfg.hflip, cfg.color_jitter, cfg.interpolation)
-        self.loader = make_loader(ImageDataset(self.data.train, transform), batch_sampler=self.sampler,
+        self.loader = make_loader(ImageDataset(self.train_split, transform), batch_sampler=self.sampler,
                                   workers=cfg.workers, pin_memory=self.device.type == "cuda", persistent=True)
         self.steps_per_epoch = self.sampler.steps_per_epoch
         self.lr_at = schedule_for(cfg, self.steps_per_epoch)
@@ -133,7 +135,9 @@ class Trainer:
             model=self.cfg.model, class_names=self.classes, mean=self.preprocess.mean, std=self.preprocess.std,
             interpolation=self.cfg.interpolation, crop_pct=self.cfg.crop_pct, train_res=self.cfg.train_res,
             test_res=self.cfg.eval_res, epoch=self.epoch, step=self.step, metrics=metrics,
-            data_digest=f"{self.data.train.digest()}-{self.data.val.digest()}", model_kwargs=self.model_kwargs)
+            data_digest=f"{self.data.train.digest()}-{self.data.val.digest()}", model_kwargs=self.model_kwargs,
+            holdout={"fraction": self.cfg.holdout, "seed": self.cfg.seed, "images": len(self.holdout_split)}
+            if self.cfg.holdout else None)
 
     def _train_state(self) -> dict:
         states = [rng_state()]

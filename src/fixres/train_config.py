@@ -28,6 +28,8 @@ class TrainConfig:
     ratio: tuple[float, float] = option((3 / 4, 4 / 3), "RandomResizedCrop aspect-ratio range", metavar=("MIN", "MAX"))
     hflip: float = option(0.5, "horizontal flip probability")
     color_jitter: float = option(0.0, "brightness/contrast/saturation jitter strength (0: off)")
+    holdout: float = option(0.0, "fraction of each training class held out of training, on which later commands "
+                                 "(fixres sweep) choose the test resolution without touching val")
     epochs: int = option(90, "number of epochs")
     batch_size: int = option(256, "global batch size (over all processes and accumulation steps)")
     accum_steps: int = option(1, "gradient accumulation steps per optimiser step")
@@ -76,6 +78,8 @@ class TrainConfig:
             raise FixresError(f"lr must be positive, got {self.lr}")
         if self.warmup_epochs < 0 or self.checkpoint_every < 0 or self.color_jitter < 0:
             raise FixresError("warmup_epochs, checkpoint_every and color_jitter must not be negative")
+        if not 0 <= self.holdout < 1:
+            raise FixresError(f"holdout must be in [0, 1), got {self.holdout}")
         if self.workers is not None and self.workers < 0:
             raise FixresError(f"workers must not be negative, got {self.workers}")
         if self.pretrained and self.weights:

@@ -167,3 +167,30 @@ def check_same_classes(expected: tuple[str, ...], found: tuple[str, ...], expect
         if only_expected:
             parts.append(f"in {expected_name} but not in {found_name}: {', '.join(only_expected)}")
         raise FixresError("class mismatch: " + "; ".join(parts))
+
+
+def split_holdout(index: SplitIndex, fraction: float, seed: int) -> tuple[SplitIndex, SplitIndex]:
+    """Split off ``fraction`` of every class (at least one image when fraction > 0).
+
+    The choice is a pure function of the relative paths and ``seed`` (a hash order per
+    class), so any later command can rebuild the same held-out images from the data
+    directory and the two numbers a checkpoint records.
+    """
+    if not 0 <= fraction < 1:
+        raise FixresError(f"holdout fraction must be in [0, 1), got {fraction}")
+    if fraction == 0:
+        return index, SplitIndex(index.root, index.classes, [], [])
+    by_class: dict[int, list[Sample]] = {}
+    for s in index.samples:
+        by_class.setdefault(s.label, []).append(s)
+    held: set[str] = set()
+    for label, samples in by_class.items():
+        k = max(1, round(fraction * len(samples)))
+        if k >= len(samples):
+            raise FixresError(f"holdout {fraction} leaves no training image in class {index.classes[label]!r}")
+        ranked = sorted(samples, key=lambda s: hashlib.sha256(f"{seed}:{s.path}".encode()).digest())
+        held.update(s.path for s in ranked[:k])
+    keep = [s for s in index.samples if s.path not in held]
+    out = [s for s in index.samples if s.path in held]
+    return (SplitIndex(index.root, index.classes, keep, index.skipped),
+            SplitIndex(index.root, index.classes, out, []))

@@ -1,0 +1,746 @@
+"""Embedded synthetic image-classification dataset that shows the train/test resolution effect.
+
+Every image is a photo-like scene: a canvas of varied size and aspect ratio, a cluttered,
+textured background, optionally a distractor "badge" with a non-class fill, and one main
+badge whose *interior texture* is the class (stripes, checker, dots, rings, ...).  The
+silhouette, colours, shading, rotation, size and position of the badge are drawn
+independently of the class, so the class is decidable only from fine detail: 5-7 pattern
+periods across a badge that covers a fifth to all of the shorter image side.  At a low
+input resolution the texture is not resolved; the apparent object size varies, and
+RandomResizedCrop zooms in at train time - the two ingredients of the FixRes
+train/test resolution discrepancy (see docs/data-synth.md and METHOD.md section 7).
+
+Only numpy and Pillow are used (no download, no font).  Each image gets its own seed,
+derived with :class:`numpy.random.SeedSequence` from ``(seed, split, class index, image
+index)``, so the bytes written do not depend on the number of worker processes or on the
+order in which images are rendered.
+
+Public API: :data:`CLASS_NAMES`, :data:`MAX_CLASSES`, :class:`SynthSummary`,
+:func:`synthesize`, :func:`render_image` (plus :func:`pattern_texture` for tests/docs).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import multiprocessing
+import os
+import pathlib
+import secrets
+import shutil
+import sys
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+__all__ = [
+    "CLASS_NAMES",
+    "MAX_CLASSES",
+    "SYNTH_VERSION",
+    "SynthSummary",
+    "synthesize",
+    "render_image",
+    "pattern_texture",
+]
+
+#: Bump when the rendered bytes change for a given seed.
+SYNTH_VERSION = 1
+
+SPLITS = ("train", "val")
+_SEED_TAG = 0x5F1E5  # constant mixed into every per-image seed ("fixres synth")
+
+# Geometry / appearance ranges (documented in docs/data-synth.md).
+SHORT_SIDE = (160, 400)  # canvas shorter side, pixels (uniform)
+OBJECT_FRACTION = (0.2, 1.0)  # badge diameter / shorter side (log-uniform, median ~0.45)
+PERIODS = (5.0, 7.0)  # pattern periods across the badge diameter
+MAX_ROTATION_DEG = 12.0
+JPEG_QUALITY = (80, 95)
+MIN_LUMA_CONTRAST = 0.3
+
+# Aspect ratios (width / height): mostly landscape, some square, a few portrait (>= 3:4).
+_ASPECTS = np.array([4 / 3, 3 / 2, 16 / 9, 1.0, 3 / 4, 4 / 5])
+_ASPECT_P = np.array([0.30, 0.22, 0.18, 0.12, 0.10, 0.08])
+
+
+# --------------------------------------------------------------------------------------
+# Class patterns.  Each takes badge-frame coordinates (u, v) where the badge radius is 1
+# (u to the right, v downwards, already rotated with the badge), the pattern period p in
+# the same units, the scale R (pixels per unit, for analytic anti-aliasing) and a phase
+# tuple in [0, 1)^2; it returns the "ink" coverage in [0, 1].  No pattern is the mirror
+# image (left-right flip) of another, so a horizontal flip keeps the label; every pattern
+# is either left-right symmetric up to a translation / the random phase (stripes, lattices)
+# or, for diagonal stripes, its mirror image is not a class.
+# --------------------------------------------------------------------------------------
+
+_SQ2 = math.sqrt(2.0)
+_SQ3 = math.sqrt(3.0)
+
+
+def _band(s: np.ndarray, p: float, duty: float = 0.5) -> np.ndarray:
+    """Signed distance to the edge of bands of width duty*p centred on multiples of p."""
+    return duty * p * 0.5 - np.abs(s - p * np.round(s / p))
+
+
+def _aa(sdf: np.ndarray, R: float) -> np.ndarray:
+    """Coverage of a pixel (box filter, 1-px ramp) from a signed distance in badge units."""
+    return np.clip(sdf * R + 0.5, 0.0, 1.0)
+
+
+def _signed(sdf: np.ndarray, R: float) -> np.ndarray:
+    return np.clip(sdf * (2.0 * R), -1.0, 1.0)
+
+
+def _lat(s: np.ndarray, p: float) -> np.ndarray:
+    """Coordinate relative to the nearest multiple of p."""
+    return s - p * np.round(s / p)
+
+
+def _pat_hstripes(u, v, p, R, ph):
+    return _aa(_band(v + ph[1] * p, p), R)
+
+
+def _pat_vstripes(u, v, p, R, ph):
+    return _aa(_band(u + ph[0] * p, p), R)
+
+
+def _pat_dstripes(u, v, p, R, ph):
+    # Only one diagonal direction is a class: its mirror image ("\") is not a class.
+    return _aa(_band((u + v) / _SQ2 + ph[0] * p, p), R)
+
+
+def _checker(a, b, p, R):
+    return 0.5 + 0.5 * _signed(_band(a, p), R) * _signed(_band(b, p), R)
+
+
+def _pat_checker(u, v, p, R, ph):
+    return _checker(u + ph[0] * p, v + ph[1] * p, p, R)
+
+
+def _pat_dots(u, v, p, R, ph):
+    a = _lat(u + ph[0] * p, p)
+    b = _lat(v + ph[1] * p, p)
+    return _aa(0.4 * p - np.sqrt(a * a + b * b), R)
+
+
+def _pat_rings(u, v, p, R, ph):
+    return _aa(_band(np.sqrt(u * u + v * v) + ph[0] * p, p), R)
+
+
+def _pat_spokes(u, v, p, R, ph):
+    r = np.sqrt(u * u + v * v)
+    m = max(6, int(round(2.0 * math.pi * 0.6 / p)))  # ~p apart at 60% of the radius
+    step = 2.0 * math.pi / m
+    ang = np.arctan2(v, u) + ph[0] * step
+    d = np.abs(ang - step * np.round(ang / step))  # angular distance to nearest spoke axis
+    t = _aa(r * (step * 0.25 - d), R)
+    # Fade to the mean near the centre where the spokes get closer than ~2 px.
+    fade = np.clip((r * step * R - 2.0) / 2.0, 0.0, 1.0)
+    return fade * t + (1.0 - fade) * 0.5
+
+
+def _pat_grid(u, v, p, R, ph):
+    return _aa(np.maximum(_band(u + ph[0] * p, p, 0.29), _band(v + ph[1] * p, p, 0.29)), R)
+
+
+def _pat_zigzag(u, v, p, R, ph):
+    # Horizontal zigzag stripes; slope 1 (45 degree segments).
+    x = (u + ph[0] * p) / p
+    tri = 2.0 * np.abs(x - np.round(x))  # 0..1, period p
+    s = v + 0.5 * p * tri + ph[1] * p
+    return _aa(_band(s, p) / _SQ2, R)
+
+
+def _pat_diamonds(u, v, p, R, ph):
+    a = (u + v) / _SQ2 + ph[0] * p
+    b = (u - v) / _SQ2 + ph[1] * p
+    return _checker(a, b, p, R)
+
+
+def _pat_honeycomb(u, v, p, R, ph):
+    # Hexagon outlines, neighbour spacing p, horizontal neighbours (left-right symmetric).
+    x = (u + ph[0] * p) / p
+    y = (v + ph[1] * p) / p
+    ax = x - np.round(x)
+    ay = y - _SQ3 * np.round(y / _SQ3)
+    bx = x - 0.5 - np.round(x - 0.5)
+    by = y - _SQ3 / 2 - _SQ3 * np.round((y - _SQ3 / 2) / _SQ3)
+    use_a = ax * ax + ay * ay < bx * bx + by * by
+    gx = np.abs(np.where(use_a, ax, bx))
+    gy = np.abs(np.where(use_a, ay, by))
+    hexd = np.maximum(gx, 0.5 * gx + 0.5 * _SQ3 * gy)
+    edge = 0.5 - hexd  # distance to the cell border, in cells
+    return _aa((0.1 - edge) * p, R)
+
+
+def _pat_crosses(u, v, p, R, ph):
+    a = np.abs(_lat(u + ph[0] * p, p))
+    b = np.abs(_lat(v + ph[1] * p, p))
+    L, W = 0.4 * p, 0.14 * p
+    sdf = np.maximum(np.minimum(L - a, W - b), np.minimum(W - a, L - b))
+    return _aa(sdf, R)
+
+
+def _pat_squares(u, v, p, R, ph):
+    return _aa(_band(np.maximum(np.abs(u), np.abs(v)) + ph[0] * p, p), R)
+
+
+def _pat_waves(u, v, p, R, ph):
+    # Vertical wavy stripes (mirror image = same waves shifted by half a wavelength).
+    q = 2.0 * p
+    A = 0.3 * p
+    w = 2.0 * math.pi / q
+    arg = w * (v + ph[1] * q)
+    s = u + A * np.sin(arg) + ph[0] * p
+    grad = np.sqrt(1.0 + (A * w * np.cos(arg)) ** 2)
+    return _aa(_band(s, p) / grad, R)
+
+
+def _pat_triangles(u, v, p, R, ph):
+    # Upward-pointing equilateral triangles on a square lattice (left-right symmetric).
+    a = _lat(u + ph[0] * p, p)
+    b = _lat(v + ph[1] * p, p) - 0.06 * p
+    rr = 0.5 * p
+    e1 = b  # base (outward normal pointing down the screen)
+    e2 = -0.5 * _SQ3 * a - 0.5 * b
+    e3 = 0.5 * _SQ3 * a - 0.5 * b
+    return _aa(0.5 * rr - np.maximum(e1, np.maximum(e2, e3)), R)
+
+
+def _pat_bricks(u, v, p, R, ph):
+    h = 0.5 * p
+    y = v + ph[1] * p
+    row = np.floor(y / h)
+    x = u + ph[0] * p + 0.5 * p * np.mod(row, 2.0)
+    m = 0.12 * p
+    return _aa(np.maximum(_band(y, h, m / h), _band(x, p, m / p)), R)
+
+
+def _pat_ringdots(u, v, p, R, ph):
+    a = _lat(u + ph[0] * p, p)
+    b = _lat(v + ph[1] * p, p)
+    r = np.sqrt(a * a + b * b)
+    return _aa(0.09 * p - np.abs(r - 0.3 * p), R)
+
+
+def _pat_xgrid(u, v, p, R, ph):
+    a = (u + v) / _SQ2 + ph[0] * p
+    b = (u - v) / _SQ2 + ph[1] * p
+    return _aa(np.maximum(_band(a, p, 0.29), _band(b, p, 0.29)), R)
+
+
+_PATTERNS: tuple[tuple[str, Callable], ...] = (
+    ("hstripes", _pat_hstripes),
+    ("vstripes", _pat_vstripes),
+    ("dstripes", _pat_dstripes),
+    ("checker", _pat_checker),
+    ("dots", _pat_dots),
+    ("rings", _pat_rings),
+    ("spokes", _pat_spokes),
+    ("grid", _pat_grid),
+    ("zigzag", _pat_zigzag),
+    ("diamonds", _pat_diamonds),
+    ("honeycomb", _pat_honeycomb),
+    ("crosses", _pat_crosses),
+    ("squares", _pat_squares),
+    ("waves", _pat_waves),
+    ("triangles", _pat_triangles),
+    ("bricks", _pat_bricks),
+    ("ringdots", _pat_ringdots),
+    ("xgrid", _pat_xgrid),
+)
+
+#: All available class (pattern) names, in order; the first 10 are the default classes.
+CLASS_NAMES: tuple[str, ...] = tuple(name for name, _ in _PATTERNS)
+#: Largest accepted ``classes`` argument.
+MAX_CLASSES: int = len(CLASS_NAMES)
+_PATTERN_FUNCS = tuple(f for _, f in _PATTERNS)
+
+
+def pattern_texture(
+    class_index: int,
+    size: int = 128,
+    periods: float = 6.0,
+    angle_deg: float = 0.0,
+    phase: tuple[float, float] = (0.0, 0.0),
+) -> np.ndarray:
+    """The class texture alone, as a float array (size, size) in [0, 1].
+
+    Rendered over the square [-1, 1]^2 (the badge's bounding square) with the badge frame
+    rotated by ``angle_deg``; used by the tests (mirror-image check) and the docs.
+    """
+    _check_class_index(class_index)
+    R = size / 2.0
+    c = (np.arange(size, dtype=np.float64) + 0.5) / R - 1.0
+    x, y = np.meshgrid(c, c)
+    t = math.radians(angle_deg)
+    u = math.cos(t) * x + math.sin(t) * y
+    v = -math.sin(t) * x + math.cos(t) * y
+    return _PATTERN_FUNCS[class_index](u, v, 2.0 / periods, R, phase).astype(np.float32)
+
+
+def _check_class_index(class_index: int) -> None:
+    if not 0 <= int(class_index) < MAX_CLASSES:
+        raise ValueError(f"class_index must be in [0, {MAX_CLASSES - 1}], got {class_index}")
+
+
+# --------------------------------------------------------------------------------------
+# Silhouettes (signed distance, positive inside, badge units; all fit the unit disc).
+# --------------------------------------------------------------------------------------
+
+
+def _silhouette_params(rng: np.random.Generator) -> tuple:
+    kind = int(rng.integers(4))
+    if kind == 0:
+        return ("circle",)
+    if kind == 1:
+        return ("ellipse", float(rng.uniform(0.6, 0.88)))
+    if kind == 2:
+        return ("roundsq", float(rng.uniform(0.7, 0.78)), float(rng.uniform(0.1, 0.3)))
+    return ("polygon", int(rng.integers(5, 9)), float(rng.uniform(0, 2 * math.pi)))
+
+
+def _silhouette_sdf(params: tuple, u: np.ndarray, v: np.ndarray) -> np.ndarray:
+    kind = params[0]
+    if kind == "circle":
+        return 1.0 - np.sqrt(u * u + v * v)
+    if kind == "ellipse":
+        b = params[1]
+        k = np.sqrt(u * u + (v / b) ** 2)
+        return (1.0 - k) * b
+    if kind == "roundsq":
+        hs, rc = params[1], params[2]
+        qx = np.abs(u) - (hs - rc)
+        qy = np.abs(v) - (hs - rc)
+        outside = np.sqrt(np.maximum(qx, 0.0) ** 2 + np.maximum(qy, 0.0) ** 2)
+        inside = np.minimum(np.maximum(qx, qy), 0.0)
+        return rc - outside - inside
+    n, rot = params[1], params[2]
+    step = 2.0 * math.pi / n
+    ang = np.mod(np.arctan2(v, u) + rot, step) - step / 2
+    return math.cos(math.pi / n) - np.sqrt(u * u + v * v) * np.cos(ang)
+
+
+# --------------------------------------------------------------------------------------
+# Rendering
+# --------------------------------------------------------------------------------------
+
+
+def _luma(c: np.ndarray) -> float:
+    return float(0.299 * c[0] + 0.587 * c[1] + 0.114 * c[2])
+
+
+def _colour_pair(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    while True:
+        a = rng.uniform(0.0, 1.0, 3)
+        b = rng.uniform(0.0, 1.0, 3)
+        if abs(_luma(a) - _luma(b)) >= MIN_LUMA_CONTRAST:
+            return a.astype(np.float32), b.astype(np.float32)
+
+
+def _canvas_size(rng: np.random.Generator) -> tuple[int, int]:
+    short = int(rng.integers(SHORT_SIDE[0], SHORT_SIDE[1] + 1))
+    aspect = float(rng.choice(_ASPECTS, p=_ASPECT_P)) * float(rng.uniform(0.97, 1.03))
+    aspect = min(max(aspect, 0.75), 16 / 9)
+    if aspect >= 1.0:
+        return int(round(short * aspect)), short
+    return short, int(round(short / aspect))
+
+
+def _background(rng: np.random.Generator, W: int, H: int) -> Image.Image:
+    # Low-frequency colour field.
+    gh, gw = int(rng.integers(2, 6)), int(rng.integers(2, 7))
+    base = rng.uniform(0.1, 0.9, (gh, gw, 3)) * 255
+    img = np.asarray(
+        Image.fromarray(base.astype(np.uint8), "RGB").resize((W, H), Image.BICUBIC), np.float32
+    )
+    # Noise texture: two octaves of grayscale value noise at random scales.
+    for lo, hi, amp in ((3.0, 10.0, 0.12), (8.0, 40.0, 0.10)):
+        s = float(rng.uniform(lo, hi))
+        nh, nw = max(2, int(H / s)), max(2, int(W / s))
+        noise = rng.standard_normal((nh, nw), dtype=np.float32)
+        up = np.asarray(Image.fromarray(noise, "F").resize((W, H), Image.BILINEAR))
+        img += (float(rng.uniform(0.2, 1.0)) * amp * 255.0) * up[..., None]
+    img = Image.fromarray(np.clip(img, 0, 255).astype(np.uint8), "RGB")
+    _clutter(rng, img)
+    return img
+
+
+def _rand_rgba(rng: np.random.Generator, alpha: tuple[int, int]) -> tuple[int, int, int, int]:
+    c = rng.integers(0, 256, 3)
+    return int(c[0]), int(c[1]), int(c[2]), int(rng.integers(alpha[0], alpha[1]))
+
+
+def _clutter(rng: np.random.Generator, img: Image.Image) -> None:
+    """8-25 translucent shapes and lines drawn over the background, in place."""
+    W, H = img.size
+    draw = ImageDraw.Draw(img, "RGBA")
+    n = int(rng.integers(8, 26))
+    big = max(W, H)
+    for _ in range(n):
+        kind = int(rng.integers(5))
+        cx, cy = rng.uniform(-0.1, 1.1) * W, rng.uniform(-0.1, 1.1) * H
+        sz = big * float(np.exp(rng.uniform(math.log(0.04), math.log(0.5))))
+        fill = _rand_rgba(rng, (40, 170))
+        if kind == 0:
+            a = sz * float(rng.uniform(0.3, 1.0))
+            draw.ellipse([cx - sz / 2, cy - a / 2, cx + sz / 2, cy + a / 2], fill=fill)
+        elif kind == 1:
+            a = sz * float(rng.uniform(0.2, 1.0))
+            draw.rectangle([cx - sz / 2, cy - a / 2, cx + sz / 2, cy + a / 2], fill=fill)
+        elif kind == 2:
+            k = int(rng.integers(3, 7))
+            ang = np.sort(rng.uniform(0, 2 * math.pi, k))
+            rad = sz / 2 * rng.uniform(0.4, 1.0, k)
+            pts = [(cx + r * math.cos(t), cy + r * math.sin(t)) for r, t in zip(rad, ang)]
+            draw.polygon(pts, fill=fill)
+        elif kind == 3:
+            t = float(rng.uniform(0, math.pi))
+            dx, dy = math.cos(t) * sz, math.sin(t) * sz
+            width = int(rng.integers(1, max(2, big // 60)))
+            draw.line([cx - dx, cy - dy, cx + dx, cy + dy], fill=fill, width=width)
+        else:
+            start = float(rng.uniform(0, 360))
+            width = int(rng.integers(1, max(2, big // 80)))
+            draw.arc([cx - sz / 2, cy - sz / 2, cx + sz / 2, cy + sz / 2], start,
+                     start + float(rng.uniform(60, 300)), fill=fill, width=width)
+
+
+def _fill_nonclass(rng: np.random.Generator, u, v, R):
+    """A distractor fill that is not a class pattern: solid, gradient, blotches or smooth noise."""
+    kind = int(rng.integers(4))
+    if kind == 0:
+        return np.zeros_like(u)
+    if kind == 1:
+        t = float(rng.uniform(0, 2 * math.pi))
+        return np.clip(0.5 + 0.5 * (math.cos(t) * u + math.sin(t) * v), 0.0, 1.0)
+    # Random low-frequency field on a small grid (bilinear), blotches thresholded with AA.
+    g = int(rng.integers(3, 7))
+    field = rng.standard_normal((g + 1, g + 1))
+    fx = np.clip((u + 1.0) * 0.5 * g, 0, g - 1e-6)
+    fy = np.clip((v + 1.0) * 0.5 * g, 0, g - 1e-6)
+    ix, iy = fx.astype(np.int64), fy.astype(np.int64)
+    ax, ay = fx - ix, fy - iy
+    val = (field[iy, ix] * (1 - ax) * (1 - ay) + field[iy, ix + 1] * ax * (1 - ay)
+           + field[iy + 1, ix] * (1 - ax) * ay + field[iy + 1, ix + 1] * ax * ay)
+    if kind == 2:
+        return np.clip(val * R * 0.15 + 0.5, 0.0, 1.0)
+    return np.clip(0.5 + 0.35 * val, 0.0, 1.0)
+
+
+def _draw_badge(
+    rng: np.random.Generator,
+    canvas: np.ndarray,
+    cx: float,
+    cy: float,
+    D: float,
+    fill: Callable,
+) -> None:
+    """Composite one badge (with drop shadow) onto canvas (H, W, 3 float32, 0..255) in place.
+
+    ``fill(u, v, R)`` returns the ink coverage in [0, 1] in the (rotated) badge frame.
+    """
+    H, W, _ = canvas.shape
+    R = D / 2.0
+    sil = _silhouette_params(rng)
+    theta = math.radians(float(rng.uniform(-MAX_ROTATION_DEG, MAX_ROTATION_DEG)))
+    ink, paper = _colour_pair(rng)
+    if rng.random() < 0.5:
+        ink, paper = paper, ink
+    # Drop shadow: direction mostly from the upper left, soft edge.
+    sh_ang = float(rng.uniform(math.radians(10), math.radians(80)))
+    sh_off = R * float(rng.uniform(0.03, 0.12))
+    sh_dx, sh_dy = sh_off * math.cos(sh_ang), sh_off * math.sin(sh_ang)
+    sh_soft = max(1.0, R * float(rng.uniform(0.04, 0.18)))
+    sh_strength = float(rng.uniform(0.25, 0.6))
+    # Shading: linear light gradient + a soft highlight.
+    g_amp = float(rng.uniform(0.0, 0.35))
+    g_ang = float(rng.uniform(0, 2 * math.pi))
+    hl_amp = float(rng.uniform(0.0, 0.25))
+    hl_x, hl_y = rng.uniform(-0.6, 0.6, 2)
+    rim = float(rng.uniform(0.03, 0.08)) if rng.random() < 0.4 else 0.0
+    rim_col = rng.uniform(0.0, 1.0, 3).astype(np.float32)
+
+    pad = 1.05 * R + sh_off + sh_soft + 2
+    x0, x1 = max(0, int(cx - pad)), min(W, int(math.ceil(cx + pad)))
+    y0, y1 = max(0, int(cy - pad)), min(H, int(math.ceil(cy + pad)))
+    if x1 <= x0 or y1 <= y0:
+        return
+    xs = (np.arange(x0, x1, dtype=np.float32) + 0.5 - cx) / R
+    ys = (np.arange(y0, y1, dtype=np.float32) + 0.5 - cy) / R
+    X, Y = np.meshgrid(xs, ys)
+    c, s = math.cos(theta), math.sin(theta)
+    region = canvas[y0:y1, x0:x1]
+
+    # Drop shadow (analytic soft edge of the shifted silhouette).
+    Xs, Ys = X - sh_dx / R, Y - sh_dy / R
+    sdf_sh = _silhouette_sdf(sil, c * Xs + s * Ys, -s * Xs + c * Ys)
+    shadow = np.clip(sdf_sh * (R / (2.0 * sh_soft)) + 0.5, 0.0, 1.0) * sh_strength
+    region *= (1.0 - shadow)[..., None]
+
+    u = c * X + s * Y
+    v = -s * X + c * Y
+    sdf = _silhouette_sdf(sil, u, v)
+    alpha = _aa(sdf, R)
+    t = fill(u, v, R).astype(np.float32)
+    col = paper[None, None, :] + t[..., None] * (ink - paper)[None, None, :]
+    if rim > 0:
+        r_t = _aa(rim - sdf, R)[..., None]
+        col = col * (1.0 - r_t) + rim_col * r_t
+    shade = (1.0 + g_amp * (math.cos(g_ang) * u + math.sin(g_ang) * v)
+             + hl_amp * np.exp(-((u - hl_x) ** 2 + (v - hl_y) ** 2) * 2.5))
+    col = np.clip(col * shade[..., None], 0.0, 1.0) * 255.0
+    a = alpha[..., None]
+    region *= 1.0 - a
+    region += a * col
+
+
+def _photometric(rng: np.random.Generator, img: np.ndarray) -> np.ndarray:
+    """Gain, gamma, colour cast, vignette and sensor noise; returns uint8."""
+    H, W, _ = img.shape
+    gain = float(rng.uniform(0.75, 1.25))
+    gamma = float(rng.uniform(0.75, 1.35))
+    cast = rng.uniform(0.88, 1.12, 3).astype(np.float32)
+    vig = float(rng.uniform(0.0, 0.45))
+    sigma = float(rng.uniform(0.0, 6.0))
+    # Gain, gamma and colour cast as one 256-entry lookup table per channel.
+    levels = (np.arange(256, dtype=np.float64) / 255.0) ** gamma
+    lut = (levels[None, :] * (cast[:, None] * gain * 255.0)).astype(np.float32)
+    u8 = np.clip(img + 0.5, 0.0, 255.0).astype(np.uint8)
+    x = np.empty((H, W, 3), np.float32)
+    for ch in range(3):
+        np.take(lut[ch], u8[..., ch], out=x[..., ch])
+    if vig > 0.0:
+        xs = np.linspace(-1.0, 1.0, W, dtype=np.float32) ** 2
+        ys = np.linspace(-1.0, 1.0, H, dtype=np.float32) ** 2
+        x *= (1.0 - vig * 0.5 * (ys[:, None] + xs[None, :]))[..., None]
+    if sigma > 0.5:
+        # Uniform noise with standard deviation sigma (much cheaper than Gaussian).
+        noise = rng.random((H, W, 3), dtype=np.float32)
+        noise -= 0.5
+        noise *= sigma * math.sqrt(12.0)
+        x += noise
+    np.clip(x, 0.0, 255.0, out=x)
+    return (x + 0.5).astype(np.uint8)
+
+
+def render_image(class_index: int, rng: np.random.Generator) -> Image.Image:
+    """Render one RGB image of class ``class_index`` (index into :data:`CLASS_NAMES`)."""
+    _check_class_index(class_index)
+    pattern = _PATTERN_FUNCS[int(class_index)]
+    W, H = _canvas_size(rng)
+    short = min(W, H)
+    bg = _background(rng, W, H)
+    canvas = np.asarray(bg, dtype=np.float32).copy()
+
+    # Main object: size log-uniform over OBJECT_FRACTION of the shorter side, centred with
+    # jitter that keeps it inside the central (test-time) crop when it fits.
+    f = math.exp(rng.uniform(math.log(OBJECT_FRACTION[0]), math.log(OBJECT_FRACTION[1])))
+    D = f * short
+    jit = max(0.0, (0.875 * short - D) / 2.0) * 0.85
+    cx = W / 2.0 + float(rng.uniform(-jit, jit))
+    cy = H / 2.0 + float(rng.uniform(-jit, jit))
+    n_periods = float(rng.uniform(*PERIODS))
+    phase = (float(rng.random()), float(rng.random()))
+    p = 2.0 / n_periods
+
+    # Distractor badge with a non-class fill in half of the images, drawn underneath.
+    if rng.random() < 0.5:
+        Dd = short * math.exp(rng.uniform(math.log(0.15), math.log(0.5)))
+        dx = float(rng.uniform(Dd / 2, W - Dd / 2))
+        dy = float(rng.uniform(Dd / 2, H - Dd / 2))
+        dseed = rng.integers(2**63)
+        _draw_badge(rng, canvas, dx, dy, Dd,
+                    lambda u, v, R: _fill_nonclass(np.random.default_rng(dseed), u, v, R))
+
+    _draw_badge(rng, canvas, cx, cy, D, lambda u, v, R: pattern(u, v, p, R, phase))
+    return Image.fromarray(_photometric(rng, canvas), "RGB")
+
+
+# --------------------------------------------------------------------------------------
+# Dataset writer
+# --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SynthSummary:
+    """What :func:`synthesize` wrote."""
+
+    root: pathlib.Path
+    classes: tuple[str, ...]
+    n_train: int
+    n_val: int
+    seconds: float
+
+
+def _image_rng(seed: int, split: int, class_index: int, index: int) -> np.random.Generator:
+    ss = np.random.SeedSequence([_SEED_TAG, SYNTH_VERSION, int(seed), split, class_index, index])
+    return np.random.default_rng(ss)
+
+
+def _file_name(name: str, index: int) -> str:
+    return f"{name}_{index:05d}.jpg"
+
+
+def _render_to_file(task: tuple[str, int, int, int, int]) -> int:
+    root, seed, split, class_index, index = task
+    rng = _image_rng(seed, split, class_index, index)
+    img = render_image(class_index, rng)
+    quality = int(rng.integers(JPEG_QUALITY[0], JPEG_QUALITY[1] + 1))
+    buf = io.BytesIO()
+    img.save(buf, "JPEG", quality=quality)
+    name = CLASS_NAMES[class_index]
+    path = os.path.join(root, SPLITS[split], name, _file_name(name, index))
+    with open(path, "wb") as fh:
+        fh.write(buf.getvalue())
+    return 1
+
+
+def _validate_int(name: str, value, lo: int, hi: int | None = None) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise ValueError(f"{name} must be an integer, got {value!r}")
+    value = int(value)
+    if value < lo or (hi is not None and value > hi):
+        rng = f"between {lo} and {hi}" if hi is not None else f"at least {lo}"
+        raise ValueError(f"{name} must be {rng}, got {value}")
+    return value
+
+
+def _non_empty_dir(path: pathlib.Path) -> bool:
+    return path.is_dir() and any(path.iterdir())
+
+
+def synthesize(
+    out,
+    classes: int = 10,
+    train_per_class: int = 400,
+    val_per_class: int = 100,
+    seed: int = 0,
+    workers: int | None = None,
+    progress: bool = True,
+) -> SynthSummary:
+    """Write the synthetic ImageFolder dataset ``out/{train,val}/<class>/<class>_NNNNN.jpg``.
+
+    Deterministic for a ``seed`` (same bytes, whatever ``workers``).  Uses the first
+    ``classes`` names of :data:`CLASS_NAMES`.  Also writes ``out/synth.json``.  Refuses
+    (FileExistsError) when ``out/train`` or ``out/val`` exists and is not empty.  Images
+    are written to a temporary sibling directory that is renamed into place at the end,
+    so an interrupted run leaves nothing half-written at ``out``.
+    """
+    t0 = time.perf_counter()
+    if isinstance(classes, (int, np.integer)) and not isinstance(classes, bool) and classes > MAX_CLASSES:
+        raise ValueError(f"classes must be at most {MAX_CLASSES} (the number of available "
+                         f"patterns), got {classes}")
+    classes = _validate_int("classes", classes, 2, MAX_CLASSES)
+    train_per_class = _validate_int("train_per_class", train_per_class, 1)
+    val_per_class = _validate_int("val_per_class", val_per_class, 1)
+    seed = _validate_int("seed", seed, 0)
+    if workers is None:
+        workers = os.cpu_count() or 1
+    workers = _validate_int("workers", workers, 1)
+
+    out = pathlib.Path(out).expanduser().resolve()
+    for split in SPLITS:
+        if _non_empty_dir(out / split):
+            raise FileExistsError(f"{out / split} already exists and is not empty; "
+                                  f"choose another OUT or remove it")
+    if out.exists() and not out.is_dir():
+        raise FileExistsError(f"{out} exists and is not a directory")
+    out.parent.mkdir(parents=True, exist_ok=True)
+
+    names = CLASS_NAMES[:classes]
+    counts = (train_per_class, val_per_class)
+    # Temporary sibling (same file system, so the final rename is atomic); created with
+    # os.mkdir so that it gets the usual umask permissions (mkdtemp would give 0700).
+    tmp = out.parent / f".{out.name}.synth-{os.getpid()}-{secrets.token_hex(4)}"
+    tmp.mkdir()
+    try:
+        tasks = []
+        for split, n in enumerate(counts):
+            for ci, name in enumerate(names):
+                (tmp / SPLITS[split] / name).mkdir(parents=True)
+                tasks.extend((str(tmp), seed, split, ci, i) for i in range(n))
+        _run_tasks(tasks, workers, progress)
+        meta = {
+            "generator": "fixres.data.synth",
+            "version": SYNTH_VERSION,
+            "seed": seed,
+            "arguments": {
+                "classes": classes,
+                "train_per_class": train_per_class,
+                "val_per_class": val_per_class,
+                "seed": seed,
+            },
+            "classes": list(names),
+            "counts": {
+                "train": train_per_class * classes,
+                "val": val_per_class * classes,
+                "train_per_class": train_per_class,
+                "val_per_class": val_per_class,
+            },
+        }
+        (tmp / "synth.json").write_text(json.dumps(meta, indent=2) + "\n")
+        _move_into_place(tmp, out)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return SynthSummary(
+        root=out,
+        classes=tuple(names),
+        n_train=train_per_class * classes,
+        n_val=val_per_class * classes,
+        seconds=time.perf_counter() - t0,
+    )
+
+
+def _run_tasks(tasks: list, workers: int, progress: bool) -> None:
+    from tqdm import tqdm
+
+    workers = min(workers, len(tasks))
+    with tqdm(total=len(tasks), unit="img", file=sys.stderr, disable=not progress,
+              desc="synth") as bar:
+        if workers <= 1:
+            for task in tasks:
+                bar.update(_render_to_file(task))
+            return
+        chunk = max(1, min(32, len(tasks) // (workers * 8)))
+        with multiprocessing.get_context().Pool(workers, initializer=_worker_init) as pool:
+            for done in pool.imap_unordered(_render_to_file, tasks, chunksize=chunk):
+                bar.update(done)
+
+
+def _worker_init() -> None:
+    """Keep freed image buffers in the heap of the worker processes (glibc only).
+
+    Each image allocates a few MB-sized numpy arrays; by default glibc serves those with
+    mmap and returns them to the kernel at once, so every image pays for fresh zeroed pages
+    (~20 % of the rendering time as system time).  Raising the mmap and trim thresholds in
+    the short-lived workers avoids that.  Output bytes are unaffected.
+    """
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt(-3, 64 * 1024 * 1024)  # M_MMAP_THRESHOLD
+        libc.mallopt(-1, 128 * 1024 * 1024)  # M_TRIM_THRESHOLD
+    except (OSError, AttributeError):  # not glibc: nothing to tune
+        pass
+
+
+def _move_into_place(tmp: pathlib.Path, out: pathlib.Path) -> None:
+    if not out.exists():
+        os.rename(tmp, out)
+        return
+    # OUT exists (empty, or holding other files): move the pieces in; empty train/ and
+    # val/ directories (checked above) are replaced.
+    for split in SPLITS:
+        target = out / split
+        if target.is_dir():
+            target.rmdir()  # empty (checked before rendering); fails loudly if not
+        os.rename(tmp / split, target)
+    os.replace(tmp / "synth.json", out / "synth.json")

@@ -50,7 +50,7 @@ def read_header(path: str | Path) -> ImageHeader:
             with Image.open(path) as img:
                 width, height = img.size
                 fmt = img.format or "?"
-                orientation = img.getexif().get(0x0112, 1) if fmt in ("JPEG", "WEBP", "PNG", "TIFF") else 1
+                orientation = img.getexif().get(0x0112, 1)
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
         raise UnreadableImage(_reason(e)) from None
     _check_size(width, height)

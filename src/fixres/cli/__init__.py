@@ -7,13 +7,15 @@ stderr and exit code 2.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from .. import __version__
 from ..errors import FixresError
 from . import data_cmd, eval_cmd, train_cmd
+from . import analyze_cmd
 
-COMMANDS = (data_cmd, train_cmd, eval_cmd)
+COMMANDS = (data_cmd, train_cmd, eval_cmd, analyze_cmd)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -40,3 +42,6 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"fixres {args.command}: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # output piped into e.g. `head`, which stopped reading: not an error
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second failure at exit
+        return 0

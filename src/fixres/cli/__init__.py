@@ -13,9 +13,10 @@ import sys
 from .. import __version__
 from ..errors import FixresError
 from . import data_cmd, eval_cmd, train_cmd
+from . import sweep_cmd
 from . import analyze_cmd
 
-COMMANDS = (data_cmd, train_cmd, eval_cmd, analyze_cmd)
+COMMANDS = (data_cmd, train_cmd, eval_cmd, analyze_cmd, sweep_cmd)
 
 
 class _Parser(argparse.ArgumentParser):

@@ -1,0 +1,208 @@
+"""``fixres sweep``: one pass equals ``evaluate`` at every geometry; the best resolution is
+chosen on held-out training images (never val by default); outputs and one-line errors."""
+import csv
+import json
+import shutil
+import sys
+import types
+
+import pytest
+
+from fixres.checkpoint import find_checkpoint, open_checkpoint, read_meta, save_checkpoint
+from fixres.cli import main
+from fixres.data.folder import scan_split, split_holdout
+from fixres.errors import FixresError
+from fixres.evaluate import evaluate_checkpoint
+from fixres.plots import plot_sweep
+from fixres.sweep import choose_best, parse_resolutions, sweep_checkpoint
+
+FAST = dict(batch_size=12, workers=0)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """One compute thread: on a small, shared CPU two OpenMP threads of tiny convolutions mostly wait for each
+    other (measured here: test_resnet ~14x slower with 2 threads than with 1 under load)."""
+    import torch
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def run(colour_data, tmp_path_factory):
+    """A 1-epoch run that held out a quarter of every training class (6 of 24 images)."""
+    out = tmp_path_factory.mktemp("sweep") / "run"
+    assert main(["train", "--data", str(colour_data), "--out", str(out), "--model", "test_resnet", "--train-res", "32",
+                 "--epochs", "1", "--batch-size", "24", "--workers", "0", "--holdout", "0.25",
+                 "--scale", "0.25", "1.0", "--quiet"]) == 0
+    return out
+
+
+@pytest.fixture(scope="module")
+def no_holdout(run, tmp_path_factory):
+    """The same weights in a checkpoint that records no held-out images."""
+    model, meta = open_checkpoint(run)
+    path = tmp_path_factory.mktemp("plain") / "ckpt"
+    save_checkpoint(path, model, meta.replace(holdout=None))
+    return path
+
+
+@pytest.fixture(scope="module")
+def data_with_corrupt_image(colour_data, tmp_path_factory):
+    """The colour dataset plus one truncated JPEG in val (readable header, undecodable pixels)."""
+    root = tmp_path_factory.mktemp("corrupt") / "data"
+    shutil.copytree(colour_data, root)
+    good = sorted((root / "val" / "red").glob("*.jpg"))[0].read_bytes()
+    (root / "val" / "red" / "truncated.jpg").write_bytes(good[:len(good) // 3])
+    return root
+
+
+def run_cli(capsys, *argv):
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.mark.parametrize("given, expected", [
+    (["32", "48", "64"], [32, 48, 64]),
+    (["32:128:16"], [32, 48, 64, 80, 96, 112, 128]),
+    (["32:40:16", "48"], [32, 48]),
+    (["64", "32", "64"], [32, 64]),
+    ([96], [96]),
+    (["48:48:8"], [48]),
+])
+def test_parse_resolutions(given, expected):
+    assert parse_resolutions(given) == expected
+
+
+@pytest.mark.parametrize("bad", [["0"], ["-32"], ["5000"], ["abc"], ["32:16:8"], ["32:64:0"], ["32:64"], ["1:2:3:4"],
+                                 ["32.5"], ["8:4096:1"], []])
+def test_parse_resolutions_refuses(bad):
+    with pytest.raises(FixresError):
+        parse_resolutions(bad)
+
+
+def test_sweep_equals_evaluate_at_every_geometry(run, data_with_corrupt_image):
+    result = sweep_checkpoint(run, data_with_corrupt_image, test_res=[24, 40], crop_pcts=[0.875, 1.0],
+                              select_on="none", **FAST)
+    assert [(r.test_res, r.crop_pct) for r in result.rows] == [(24, .875), (40, .875), (24, 1.0), (40, 1.0)]
+    assert result.best is None and result.selection_rows == ()
+    assert [p for p, _ in result.skipped] == ["red/truncated.jpg"]
+    for row in result.rows:
+        ref, meta, _ = evaluate_checkpoint(run, data_with_corrupt_image, test_res=row.test_res, crop_pct=row.crop_pct,
+                                           **FAST)
+        assert (row.top1, row.top5, row.n, row.n_skipped) == (ref.top1, ref.top5, ref.n, ref.n_skipped)
+        assert row.loss == pytest.approx(ref.loss, abs=1e-5)
+        assert (row.n, row.n_skipped, row.split, row.model, row.train_res) == (24, 1, "val", "test_resnet", 32)
+        assert row.resize_size == int(row.test_res / row.crop_pct) and row.interpolation == meta.interpolation
+        assert row.adapted is None and row.checkpoint == str(find_checkpoint(run))
+
+
+def test_selection_uses_the_recorded_holdout_and_never_val(run, colour_data):
+    meta = read_meta(run)
+    result = sweep_checkpoint(run, colour_data, test_res=[24, 32, 48], **FAST)
+    assert result.chosen_on == "holdout" and result.selection.split == "holdout"
+    held = split_holdout(scan_split(colour_data / "train", meta.class_names), meta.holdout["fraction"],
+                         meta.holdout["seed"])
+    assert sorted(s.path for s in result.selection.index.samples) == sorted(s.path for s in held[1].samples)
+    assert not {s.path for s in result.selection.index.samples} & {s.path for s in held[0].samples}
+    assert all(r.split == "holdout" and r.n == meta.holdout["images"] == 18 for r in result.selection_rows)
+    assert all(r.split == "val" and r.n == 24 for r in result.rows)
+    best = choose_best(result.selection_rows)
+    assert result.best == (best.test_res, best.crop_pct)
+    assert result.best_row().split == "val" and result.best_row().test_res == best.test_res
+    assert "held out of training" in result.table() and "best on holdout" in result.table()
+    on_train = sweep_checkpoint(run, colour_data, test_res=[32], select_on="train", select_images=3, **FAST)
+    sample = {s.path for s in on_train.selection.index.samples}
+    assert len(sample) == 9 and sample <= {s.path for s in held[0].samples}   # only images trained on
+    assert on_train.chosen_on == "train" and "were not used" in on_train.selection.note
+
+
+def test_without_holdout_selection_is_a_train_sample_and_says_so(no_holdout, colour_data):
+    result = sweep_checkpoint(no_holdout, colour_data, test_res=[32, 40], select_images=5, **FAST)
+    assert result.chosen_on == "train" and result.selection.seen_in_training
+    assert all(r.split == "train" and r.n == 15 for r in result.selection_rows)
+    assert "trained on" in result.table() and result.to_json()["selection"]["seen_in_training"] is True
+    with pytest.raises(FixresError, match="held-out"):
+        sweep_checkpoint(no_holdout, colour_data, test_res=[32], select_on="holdout", **FAST)
+    on_val = sweep_checkpoint(no_holdout, colour_data, test_res=[32, 40], select_on="val", **FAST)
+    assert on_val.chosen_on == "val" and on_val.selected_on_report and "optimistic" in on_val.table()
+
+
+def test_cli_writes_csv_json_png_and_refuses_to_overwrite(run, colour_data, tmp_path, capsys):
+    out = tmp_path / "sweep"
+    args = ["sweep", "--checkpoint", run, "--data", colour_data, "--test-res", "24:40:16", "--crop-pct", "0.875", "1",
+            "--batch-size", 10, "--workers", 0, "--quiet", "--out", out]
+    code, stdout, _ = run_cli(capsys, *args)
+    assert code == 0 and "<- best" in stdout and "held out of training" in stdout
+    rows = list(csv.DictReader((out / "sweep.csv").open()))
+    assert len(rows) == 8 and {r["split"] for r in rows} == {"holdout", "val"}
+    assert set(rows[0]) == {"checkpoint", "model", "train_res", "test_res", "crop_pct", "resize_size", "interpolation",
+                            "split", "top1", "top5", "loss", "n", "n_skipped", "adapted"}
+    data = json.loads((out / "sweep.json").read_text())
+    assert data["chosen"]["split"] == "holdout" and len(data["rows"]) == 4 and len(data["selection_rows"]) == 4
+    assert data["chosen"]["test_res"] in (24, 40) and "torch" in data["versions"]
+    assert (out / "sweep.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    code, _, err = run_cli(capsys, *args)
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "--overwrite" in err
+    code, stdout, _ = run_cli(capsys, *args, "--overwrite", "--json")
+    assert code == 0 and json.loads(stdout)["train_res"] == 32
+
+
+@pytest.mark.parametrize("flags, needle", [
+    (["--test-res", "0"], "test resolution"),
+    (["--test-res", "10000"], "test resolution"),
+    (["--test-res", "64:32:8"], "START <= END"),
+    (["--test-res", "x"], "not an integer"),
+    (["--test-res", "32", "--crop-pct", "1.5"], "crop_pct"),
+    (["--test-res", "32", "--crop-pct", "0.05"], "crop_pct"),
+    (["--test-res", "32", "--batch-size", "0"], "batch size"),
+])
+def test_cli_bad_input_is_one_line(run, colour_data, capsys, flags, needle):
+    code, _, err = run_cli(capsys, "sweep", "--checkpoint", run, "--data", colour_data, "--workers", 0, *flags)
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert needle in err
+
+
+def test_cli_class_mismatch_is_one_line(run, colour_data, tmp_path, capsys):
+    other = tmp_path / "other"
+    shutil.copytree(colour_data, other)
+    (other / "val" / "red").rename(other / "val" / "yellow")
+    code, _, err = run_cli(capsys, "sweep", "--checkpoint", run, "--data", other, "--test-res", 32, "--workers", 0)
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "class mismatch" in err and "yellow" in err
+
+
+def test_predicted_marker_gets_the_runs_rrc_settings(run, colour_data, monkeypatch):
+    calls = []
+
+    def predict_test_res(train_res, *, scale, ratio, crop_pct, sizes=None, statistic="mean-ratio", source=None):
+        calls.append((train_res, scale, ratio, crop_pct, len(sizes)))
+        return types.SimpleNamespace(test_res=41, statistic=statistic, source=source)
+
+    monkeypatch.setitem(sys.modules, "fixres.analyze", types.SimpleNamespace(predict_test_res=predict_test_res))
+    result = sweep_checkpoint(run, colour_data, test_res=[32], crop_pcts=[1.0], select_on="val", **FAST)
+    assert calls == [(32, (0.25, 1.0), (0.75, 4 / 3), 1.0, 24)]        # the run's --scale 0.25 1.0, val's sizes
+    assert result.predicted["test_res"] == 41 and "41px" in result.table()
+    result = sweep_checkpoint(run, colour_data, test_res=[32], crop_pcts=[1.0], **FAST)
+    assert calls[-1][-1] == 18 and "18 holdout" in result.predicted["sizes"]  # the held-out images' sizes
+
+
+def test_real_prediction_is_reported(run, colour_data):
+    from fixres.analyze import predict_test_res
+    result = sweep_checkpoint(run, colour_data, test_res=[32], select_on="val", **FAST)
+    sizes = [(s.width, s.height) for s in scan_split(colour_data / "val").samples]
+    expected = predict_test_res(32, scale=(0.25, 1.0), ratio=(0.75, 4 / 3), crop_pct=0.875, sizes=sizes)
+    assert result.predicted["test_res"] == expected.test_res and result.to_json()["predicted"]["statistic"]
+
+
+def test_plot_overlays_several_curves(tmp_path):
+    row = dict(split="val", crop_pct=0.875)
+    before = [{**row, "test_res": r, "top1": a} for r, a in ((32, 50.0), (48, 60.0), (64, 55.0))]
+    after = [{**row, "test_res": r, "top1": a} for r, a in ((32, 52.0), (48, 63.0), (64, 66.0))]
+    path = plot_sweep({"before adaptation": before, "after adaptation": after}, tmp_path / "f.png",
+                      train_res=32, predicted=40.2, chosen=(48, 0.875))
+    assert path.read_bytes()[:4] == b"\x89PNG" and not list(tmp_path.glob(".*"))
+    with pytest.raises(ValueError):
+        plot_sweep({"empty": []}, tmp_path / "g.png")

@@ -14,9 +14,10 @@ from .. import __version__
 from ..errors import FixresError
 from . import data_cmd, eval_cmd, train_cmd
 from . import sweep_cmd
+from . import export_cmd, predict_cmd
 from . import analyze_cmd
 
-COMMANDS = (data_cmd, train_cmd, eval_cmd, analyze_cmd, sweep_cmd)
+COMMANDS = (data_cmd, train_cmd, eval_cmd, analyze_cmd, sweep_cmd, export_cmd, predict_cmd)
 
 
 class _Parser(argparse.ArgumentParser):

@@ -1,0 +1,42 @@
+"""``fixres predict``: top-k classes of image files with the recorded test preprocessing."""
+from __future__ import annotations
+
+from ..errors import FixresError
+from ..predict import classify, load_classifier
+from .common import print_json
+
+
+def register(sub) -> None:
+    p = sub.add_parser("predict", help="classify image files with a checkpoint or an exported folder",
+                       description="Print the top-k classes and probabilities of each image, preprocessed as the "
+                                   "checkpoint records (resize floor(test_res / crop_pct), centre crop test_res, "
+                                   "its interpolation and mean/std). An unreadable image is reported on its line; "
+                                   "the exit code is 2 only if no image could be read.")
+    p.add_argument("images", nargs="+", metavar="IMG", help="image files")
+    p.add_argument("--checkpoint", required=True, help="run directory, checkpoint directory, model.safetensors file "
+                                                       "or a folder written by fixres export")
+    p.add_argument("--top-k", type=int, default=5, help="classes to show per image (default: 5)")
+    p.add_argument("--batch-size", type=int, default=32, help="images per batch (default: 32)")
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default: auto)")
+    p.add_argument("--json", action="store_true", help="print the predictions as JSON")
+    p.set_defaults(handler=run)
+
+
+def run(args) -> int:
+    if args.top_k < 1:   # before loading the model
+        raise FixresError(f"--top-k must be at least 1, got {args.top_k}")
+    clf = load_classifier(args.checkpoint)
+    rows = classify(clf, args.images, top_k=args.top_k, device=args.device, batch_size=args.batch_size)
+    if args.json:
+        print_json({**clf.describe(), "predictions": [r.row() for r in rows]})
+    else:
+        d = clf.describe()
+        print(f"{d['model']} at {d['test_res']}px (resize {d['resize']}, crop_pct {d['crop_pct']:g}, "
+              f"{d['interpolation']}) from {d['source']}")
+        for r in rows:
+            text = f"unreadable ({r.error})" if r.error else \
+                "  ".join(f"{label} {100 * p:.1f}%" for label, p in zip(r.labels, r.probs))
+            print(f"{r.path}: {text}")
+    if all(r.error for r in rows):
+        raise FixresError(f"none of the {len(rows)} image(s) could be read")
+    return 0

@@ -122,6 +122,11 @@ def test_refusals(ckpts, tmp_path, capsys):
     with pytest.raises(FixresError, match="parametric"):
         export_checkpoint(ckpts["parametric"], tmp_path / "p")
     assert not (tmp_path / "p").exists() and not list(tmp_path.glob(".tmp-*"))
+    # adapted again (head) on top of a parametric equaliser, which the model keeps
+    stacked = _copy_with_meta(ckpts["run"] / "best", tmp_path / "stacked", test_res=ADAPTED_RES,
+                              adaptation={"method": "head", "equaliser": {"module": "fc"}})
+    with pytest.raises(FixresError, match="parametric"):
+        export_checkpoint(stacked, tmp_path / "s")
     (tmp_path / "empty").mkdir()           # an existing empty folder is fine
     assert (export_checkpoint(ckpts["run"], tmp_path / "empty") / "model.safetensors").is_file()
     assert main(["export", "--checkpoint", str(ckpts["parametric"]), "--out", str(tmp_path / "q")]) == 2

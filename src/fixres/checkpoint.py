@@ -214,6 +214,8 @@ def build_model(meta: CheckpointMeta, state: dict[str, torch.Tensor]) -> nn.Modu
     except RuntimeError as e:
         first = str(e).strip().splitlines()
         raise FixresError(f"checkpoint weights do not fit {meta.model}: {first[1].strip() if len(first) > 1 else first[0]}") from None
+    from .adapt.parametric import reapply_adaptation   # an adaptation may act outside the weights
+    reapply_adaptation(model, meta)
     return model
 
 

@@ -125,7 +125,10 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path, *, onnx: bool = F
 
 
 def refuse_unexportable(meta: CheckpointMeta) -> None:
-    method = (meta.adaptation or {}).get("method")
+    adaptation = meta.adaptation or {}
+    method = adaptation.get("method")
+    if method not in NOT_EXPORTABLE and adaptation.get("equaliser"):
+        method = "parametric"   # adapted again on top of a parametric equaliser, which it keeps
     if method in NOT_EXPORTABLE:
         raise FixresError(f"cannot export a checkpoint adapted with the {method!r} method: {NOT_EXPORTABLE[method]} "
                           f"(export the checkpoint it was adapted from, or adapt with another method)")

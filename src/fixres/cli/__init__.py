@@ -16,8 +16,9 @@ from . import data_cmd, eval_cmd, train_cmd
 from . import sweep_cmd
 from . import export_cmd, predict_cmd
 from . import analyze_cmd
+from . import adapt_cmd
 
-COMMANDS = (data_cmd, train_cmd, eval_cmd, analyze_cmd, sweep_cmd, export_cmd, predict_cmd)
+COMMANDS = (data_cmd, train_cmd, eval_cmd, analyze_cmd, sweep_cmd, adapt_cmd, export_cmd, predict_cmd)
 
 
 class _Parser(argparse.ArgumentParser):

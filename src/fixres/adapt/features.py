@@ -1,0 +1,154 @@
+"""Cached features of the frozen layers, and the pooled features the classifier sees.
+
+Why caching is exact: below the adapted layers every module is frozen and in eval mode,
+so ``bottom(x)`` is a fixed function of the image. With the v1 preprocessing (the test
+one, no randomness) the image of a training sample is the same at every epoch, hence so
+is ``bottom(x)``: computing it once and training ``top`` on the stored tensors performs
+the same arithmetic as running the whole network every step (the only difference is the
+batch grouping of the frozen convolutions, which changes float rounding, not the maths).
+
+Memory of the cache: ``N x sum_t prod(shape_t[1:]) x bytes_per_element`` over the tensors
+``t`` that cross the cut (for ``fixres`` on a ResNet: the last block's input to its final
+batch-norm plus its shortcut, ``2 x C x (K/32)^2`` values per image; for ``head``: the
+``C`` pooled features). It stays on the GPU when it takes at most half of the free GPU
+memory, else in (pinned) CPU memory when it takes at most half of the available RAM;
+otherwise training falls back to the full-network loop.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from ..evaluate import Preprocess
+from ..runtime import autocast
+from .surgery import find_classifier
+
+CACHE_FRACTION = 0.5
+
+
+def host_available_bytes() -> int:
+    """Memory the OS can give this process without swapping (Linux MemAvailable)."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+
+
+def cache_storage(nbytes: int, device: torch.device) -> torch.device | None:
+    """Where a cache of ``nbytes`` goes: the compute device, the CPU, or nowhere (None)."""
+    if device.type == "cuda" and nbytes <= CACHE_FRACTION * torch.cuda.mem_get_info(device)[0]:
+        return device
+    if nbytes <= CACHE_FRACTION * host_available_bytes():
+        return torch.device("cpu")
+    return None
+
+
+@dataclass
+class FeatureCache:
+    """The crossing tensors of every adaptation image, row ``i`` = image ``i``."""
+
+    tensors: tuple[torch.Tensor, ...]
+    labels: torch.Tensor            # (N,) on the CPU
+    valid: torch.Tensor             # (N,) bool on the CPU: False for images that failed to decode
+    skipped: list                   # [(path, reason)]
+
+    @property
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in self.tensors)
+
+    @property
+    def storage(self) -> torch.device:
+        return self.tensors[0].device
+
+    def batch(self, indices: list[int], device: torch.device):
+        """``(inputs, labels)`` on ``device`` for the decodable images among ``indices``
+        (the order kept), or None if there is none. Rows are copied: the top may work in place."""
+        idx = torch.tensor(indices, dtype=torch.long)
+        idx = idx[self.valid[idx]]
+        if not len(idx):
+            return None
+        rows = idx.to(self.storage)
+        inputs = tuple(t.index_select(0, rows).to(device, non_blocking=True) for t in self.tensors)
+        return inputs, self.labels[idx].to(device, non_blocking=True)
+
+
+@torch.no_grad()
+def build_cache(bottom: nn.Module, loader, n: int, preprocess: Preprocess, device: torch.device,
+                amp_dtype: torch.dtype | None) -> tuple[FeatureCache | None, str]:
+    """Run ``bottom`` once over the ``n`` images of ``loader`` (in index order) and keep its
+    outputs. Returns ``(cache, "")``, or ``(None, reason)`` when the cache would not fit."""
+    tensors, labels = None, torch.zeros(n, dtype=torch.long)
+    valid, skipped = torch.zeros(n, dtype=torch.bool), []
+    for batch in loader:
+        skipped.extend(batch.skipped)
+        if batch.images is None:
+            continue
+        with autocast(device, amp_dtype):
+            out = bottom(preprocess(batch.images, device))
+        if tensors is None:
+            per_image = sum(t[0].numel() * t.element_size() for t in out)
+            storage = cache_storage(per_image * n, device)
+            if storage is None:
+                return None, (f"the cached features would take {per_image * n / 2**30:.2f} GiB "
+                              f"({per_image / 2**20:.2f} MiB per image x {n}), more than half of the free memory")
+            pin = storage.type == "cpu" and device.type == "cuda"
+            tensors = tuple(torch.empty((n, *t.shape[1:]), dtype=t.dtype, device=storage, pin_memory=pin)
+                            for t in out)
+        rows = batch.indices.to(tensors[0].device)
+        for dst, src in zip(tensors, out):
+            dst.index_copy_(0, rows, src.to(dst.device, dst.dtype))
+        labels[batch.indices] = batch.labels
+        valid[batch.indices] = True
+    if tensors is None:
+        return None, "no adaptation image could be decoded"
+    return FeatureCache(tensors, labels, valid, skipped), ""
+
+
+class _Capture:
+    def __init__(self):
+        self.rows: list[torch.Tensor] = []
+
+    def __call__(self, module, args):
+        self.rows.append(args[0].detach().flatten(1).float())
+
+
+def pooled_features(model: nn.Module, images: torch.Tensor, *, classifier: str | None = None) -> torch.Tensor:
+    """The classifier's input (the pooled features, ``(N, C)``) for normalised images.
+
+    Read before any equalisation a checkpoint may apply to it (``method parametric``).
+    """
+    capture = _Capture()
+    handle = model.get_submodule(classifier or find_classifier(model)).register_forward_pre_hook(capture, prepend=True)
+    try:
+        with torch.no_grad():
+            model(images)
+    finally:
+        handle.remove()
+    return capture.rows[-1]
+
+
+@torch.no_grad()
+def collect_pooled(model: nn.Module, classifier: str, loader, preprocess: Preprocess, device: torch.device,
+                   amp_dtype: torch.dtype | None) -> tuple[torch.Tensor, list]:
+    """Pooled features of every decodable image of ``loader`` (CPU, float32) and the skipped files."""
+    capture, skipped = _Capture(), []
+    handle = model.get_submodule(classifier).register_forward_pre_hook(capture, prepend=True)
+    model.eval()
+    try:
+        for batch in loader:
+            skipped.extend(batch.skipped)
+            if batch.images is not None:
+                with autocast(device, amp_dtype):
+                    model(preprocess(batch.images, device))
+    finally:
+        handle.remove()
+    if not capture.rows:
+        return torch.zeros(0, 0), skipped
+    return torch.cat([r.cpu() for r in capture.rows]), skipped

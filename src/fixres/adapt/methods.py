@@ -1,0 +1,179 @@
+"""The adaptation loops: train the top of the network, or re-estimate batch-norm statistics.
+
+One training loop (:func:`train`) serves both ways of feeding it: cached features of the
+frozen layers (:func:`cached_batches`) or images through the whole network
+(:func:`naive_batches`). Both draw the same batches: the order of epoch ``e`` is
+:class:`~fixres.data.loader.TrainBatches`' permutation for ``(seed, e)`` over the same
+images, so the two give the same parameters up to float rounding (tests check it).
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from typing import Callable, Iterator
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..data.folder import SplitIndex
+from ..data.loader import ImageDataset, TrainBatches, make_loader
+from ..errors import FixresError
+from ..evaluate import Preprocess
+from ..optim import param_groups
+from ..progress import iterate
+from ..runtime import autocast
+from .features import FeatureCache
+from .options import BN_MOMENTUM, MOMENTUM, WEIGHT_DECAY, AdaptOptions
+from .surgery import Plan, batchnorms_in, freeze_for, set_modes
+
+Batches = Callable[[int], Iterator[tuple[tuple[torch.Tensor, ...], torch.Tensor]]]
+
+
+def cached_batches(cache: FeatureCache, batch_size: int, seed: int, device: torch.device) -> Batches:
+    sampler = TrainBatches(len(cache.labels), batch_size, seed)
+
+    def batches(epoch: int):
+        sampler.set_epoch(epoch)
+        for items in sampler:
+            got = cache.batch([i for i, _ in items], device)
+            if got is not None:
+                yield got
+    return batches
+
+
+def naive_batches(split: SplitIndex, transform, batch_size: int, seed: int, workers: int | None,
+                  preprocess: Preprocess, device: torch.device, skipped: dict) -> Batches:
+    """Images decoded and transformed every epoch (each draw seeded by (seed, epoch, index))."""
+    sampler = TrainBatches(len(split), batch_size, seed)
+    loader = make_loader(ImageDataset(split, transform), batch_sampler=sampler, workers=workers,
+                         pin_memory=device.type == "cuda", persistent=True)
+
+    def batches(epoch: int):
+        sampler.set_epoch(epoch)
+        for batch in loader:
+            skipped.update(batch.skipped)
+            if batch.images is not None:
+                yield (preprocess(batch.images, device),), batch.labels.to(device, non_blocking=True)
+    return batches
+
+
+@contextlib.contextmanager
+def adaptation_state(model: nn.Module, plan: Plan):
+    """Freeze as the plan says and set batch-norm momentum to the paper's 0.1 while training;
+    restore ``requires_grad``, momenta and eval mode afterwards."""
+    flags = [(p, p.requires_grad) for p in model.parameters()]
+    bns = batchnorms_in(model, plan.train_mode)
+    momenta = [(m, m.momentum) for m in bns]
+    try:
+        for m in bns:
+            m.momentum = BN_MOMENTUM
+        yield freeze_for(model, plan)
+    finally:
+        for p, flag in flags:
+            p.requires_grad_(flag)
+        for m, momentum in momenta:
+            m.momentum = momentum
+        model.eval()
+
+
+def train(model: nn.Module, plan: Plan, forward: Callable, batches: Batches, opts: AdaptOptions,
+          device: torch.device, amp_dtype: torch.dtype | None, log: Callable[[str], None]) -> list[dict]:
+    """SGD (momentum 0.9, weight decay 1e-4 on weights) with step decay, on ``forward``
+    (the top on cached features, or the model). Returns one row per epoch."""
+    history = []
+    with adaptation_state(model, plan) as params:
+        if not params:
+            raise FixresError(f"method {plan.method}: nothing to train in this model")
+        optimizer = torch.optim.SGD(param_groups(model, WEIGHT_DECAY), lr=opts.base_lr, momentum=MOMENTUM)
+        for epoch in range(opts.epochs):
+            lr = opts.lr_at(epoch)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            set_modes(model, plan)
+            sums = torch.zeros(3, dtype=torch.float64, device=device)   # loss, correct, images: no per-step sync
+            t0 = time.perf_counter()
+            for inputs, labels in batches(epoch):
+                with autocast(device, amp_dtype):
+                    logits = forward(*inputs)
+                loss = F.cross_entropy(logits.float(), labels, label_smoothing=opts.label_smoothing)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                sums += torch.stack([loss.detach().double() * labels.numel(),
+                                     (logits.argmax(1) == labels).sum().double(),
+                                     torch.tensor(labels.numel(), dtype=torch.float64, device=device)])
+            loss_sum, correct, n = sums.tolist()   # one host sync per epoch
+            if not math.isfinite(loss_sum):
+                raise FixresError(f"adaptation loss became {loss_sum} in epoch {epoch + 1}; lower --lr")
+            row = {"epoch": epoch + 1, "loss": loss_sum / max(n, 1), "train_top1": 100 * correct / max(n, 1),
+                   "images": int(n), "lr": lr, "seconds": round(time.perf_counter() - t0, 3)}
+            history.append(row)
+            log(f"epoch {row['epoch']}/{opts.epochs}  loss {row['loss']:.4f}  train top-1 {row['train_top1']:.2f}  "
+                f"lr {lr:.3g}  {row['seconds']:.2f}s")
+    return history
+
+
+class _Moments:
+    """Per-channel count, mean and sum of squared deviations of a batch-norm's input,
+    merged batch by batch in float64 (Chan et al.), so the result is exactly the mean and
+    variance over every pixel of every image, whatever the batching."""
+
+    def __init__(self):
+        self.n, self.mean, self.m2 = 0, None, None
+
+    def __call__(self, module, args):
+        x = args[0].detach().double()
+        dims = [d for d in range(x.ndim) if d != 1]
+        count = x.numel() // x.shape[1]
+        mean = x.mean(dims)
+        shape = [1, -1] + [1] * (x.ndim - 2)
+        m2 = ((x - mean.view(shape)) ** 2).sum(dims)
+        if self.mean is None:
+            self.n, self.mean, self.m2 = count, mean, m2
+            return
+        total = self.n + count
+        delta = mean - self.mean
+        self.mean = self.mean + delta * count / total
+        self.m2 = self.m2 + m2 + delta ** 2 * self.n * count / total
+        self.n = total
+
+
+@torch.no_grad()
+def reestimate_bn(model: nn.Module, names: tuple[str, ...], loader, preprocess: Preprocess, device: torch.device,
+                  amp_dtype: torch.dtype | None, quiet: bool) -> tuple[int, list]:
+    """Replace the running mean/var of the named batch-norms by the exact mean and unbiased
+    variance of their inputs over every image of ``loader`` (no gradient, no labels).
+
+    The named batch-norms run in train mode during the pass, so layers after them see
+    batch-normalised inputs (what matters with ``all_bn``); ``num_batches_tracked`` is kept.
+    Returns the number of images used and the files that could not be decoded.
+    """
+    bns = [model.get_submodule(n) for n in names]
+    moments = [_Moments() for _ in bns]
+    handles = [bn.register_forward_pre_hook(m) for bn, m in zip(bns, moments)]
+    tracked = [bn.num_batches_tracked.clone() if bn.num_batches_tracked is not None else None for bn in bns]
+    images, skipped = 0, []
+    model.eval()
+    for bn in bns:
+        bn.train()
+    try:
+        for batch in iterate(loader, "bn statistics", enabled=not quiet, total=len(loader)):
+            skipped.extend(batch.skipped)
+            if batch.images is not None:
+                with autocast(device, amp_dtype):
+                    model(preprocess(batch.images, device))
+                images += len(batch.images)
+    finally:
+        for h in handles:
+            h.remove()
+        model.eval()
+    if images == 0:
+        raise FixresError("no adaptation image could be decoded")
+    for bn, m, count in zip(bns, moments, tracked):
+        bn.running_mean.copy_(m.mean.to(bn.running_mean.dtype))
+        bn.running_var.copy_((m.m2 / max(m.n - 1, 1)).to(bn.running_var.dtype))
+        if count is not None:
+            bn.num_batches_tracked.copy_(count)
+    return images, skipped

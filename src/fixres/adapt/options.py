@@ -1,0 +1,83 @@
+"""The settings of ``fixres adapt``: one frozen dataclass, validated on construction."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal, Optional
+
+from ..config import option
+from ..data.transforms import check_resolution
+from ..errors import FixresError
+from .surgery import METHODS
+
+TRAINING_METHODS = ("fixres", "head", "full")
+MOMENTUM, WEIGHT_DECAY, LR_PER_64, STEP_GAMMA, BN_MOMENTUM = 0.9, 1e-4, 1e-3, 0.1, 0.1
+
+
+@dataclass(frozen=True)
+class AdaptOptions:
+    test_res: int = option(help="test resolution K_test to adapt the model to (pixels)")
+    method: Literal["fixres", "bn", "parametric", "head", "full"] = option(
+        "fixres", "fixres: classifier + statistics of the last batch-norm (the paper's); bn: statistics only, "
+                  "label-free; parametric: GEV equalisation of the pooled features, label-free; head: classifier "
+                  "only; full: the whole network")
+    epochs: int = option(30, "training epochs (fixres, head, full)")
+    batch_size: int = option(64, "images per training step (and per evaluation batch)")
+    lr: Optional[float] = option(None, "learning rate (default: 1e-3 x batch_size / 64, the paper's rule)")
+    step_epochs: int = option(30, "divide the learning rate by 10 every this many epochs")
+    aug: Literal["v1", "v2"] = option("v1", "v1: exactly the test preprocessing; v2: + horizontal flip, horizontally "
+                                            "shifted centre crop, colour jitter 0.05 (fixres, head, full)")
+    label_smoothing: float = option(0.0, "label smoothing of the cross-entropy (FixEfficientNet used 0.1)")
+    train_bn_affine: bool = option(False, "fixres: also train the adapted batch-norm's gamma and beta")
+    all_bn: bool = option(False, "bn: re-estimate every batch-norm, not only the last one(s)")
+    images: Optional[int] = option(None, "use this many training images, drawn at random (default: all that the "
+                                         "checkpoint did not hold out)")
+    bn_module: Optional[tuple[str, ...]] = option(None, "batch-norm module name(s) to adapt instead of the "
+                                                        "discovered ones", metavar="NAME")
+    classifier_module: Optional[str] = option(None, "classifier module name, for models that timm does not describe",
+                                              metavar="NAME")
+    cache: bool = option(True, "train on cached features of the frozen layers (exact; falls back to the full "
+                               "network when the model cannot be split or the cache does not fit in memory)")
+    seed: int = option(0, "random seed (data order, image subset, augmentation)")
+    device: str = option("auto", "cpu, cuda, cuda:N or auto")
+    amp: Literal["auto", "bf16", "fp16", "none"] = option("auto", "mixed precision (auto: bf16 on a GPU that has it, "
+                                                                  "none on CPU)")
+    workers: Optional[int] = option(None, "data-loading processes (default: cores - 1, at most 16)")
+
+    def __post_init__(self):
+        check_resolution(self.test_res, "test_res")
+        if self.method not in METHODS:
+            raise FixresError(f"unknown adaptation method {self.method!r}; choose one of {', '.join(METHODS)}")
+        for name in ("epochs", "step_epochs", "batch_size"):
+            if getattr(self, name) < 1:
+                raise FixresError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.batch_size < 2 and self.method in ("fixres", "full"):
+            raise FixresError("batch_size must be at least 2: batch-norm statistics need two images")
+        if self.lr is not None and self.lr <= 0:
+            raise FixresError(f"lr must be positive, got {self.lr}")
+        if not 0 <= self.label_smoothing < 1:
+            raise FixresError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
+        if self.images is not None and self.images < 1:
+            raise FixresError(f"images must be at least 1, got {self.images}")
+        if self.workers is not None and self.workers < 0:
+            raise FixresError(f"workers must not be negative, got {self.workers}")
+        if self.all_bn and self.method != "bn":
+            raise FixresError("--all-bn applies to --method bn only")
+        if self.train_bn_affine and self.method != "fixres":
+            raise FixresError("--train-bn-affine applies to --method fixres only")
+        if self.method not in TRAINING_METHODS and (self.aug != "v1" or self.label_smoothing):
+            raise FixresError(f"--aug and --label-smoothing apply to the training methods "
+                              f"({', '.join(TRAINING_METHODS)}), not to {self.method}")
+        if self.bn_module is not None and self.method not in ("fixres", "bn"):
+            raise FixresError("--bn-module applies to --method fixres or bn")
+
+    @property
+    def trains(self) -> bool:
+        return self.method in TRAINING_METHODS
+
+    @property
+    def base_lr(self) -> float:
+        return self.lr if self.lr is not None else LR_PER_64 * self.batch_size / 64
+
+    def lr_at(self, epoch: int) -> float:
+        """Step decay: x0.1 every ``step_epochs`` epochs (the paper's schedule)."""
+        return self.base_lr * STEP_GAMMA ** (epoch // self.step_epochs)

@@ -1,0 +1,225 @@
+"""Which layers an adaptation touches, and one helper that sets what trains and what re-estimates.
+
+Discovery is generic (STYLE #6: one function per idea, not per architecture):
+
+* the classifier is the module timm declares in ``pretrained_cfg["classifier"]`` (else the
+  module ``get_classifier()`` returns), checked to exist and hold parameters;
+* the batch-norm before the global pooling is the *last batch-norm called before the
+  classifier*, read from forward hooks on a tiny input (execution order, not names), plus
+  the batch-norms whose outputs merge with it before the pooling (see
+  :func:`fixres.adapt.graph.final_batchnorms`: a projection shortcut in the last block).
+
+The only per-architecture knowledge is :data:`PAPER_EXCEPTIONS`, the paper's explicit
+recipe for PNASNet (its last three cells are fine-tuned with the classifier).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
+
+from ..errors import FixresError
+from .graph import final_batchnorms, trace
+
+METHODS = ("fixres", "bn", "parametric", "head", "full")
+
+# timm architecture -> modules the paper fine-tunes with the classifier (FixRes section 5, PNASNet-5).
+PAPER_EXCEPTIONS: dict[str, tuple[str, ...]] = {
+    "pnasnet5large": ("cell_9", "cell_10", "cell_11"),
+}
+
+NO_BN_NOTE = "no batch-norm: fixres adapts the classifier only; LayerNorm/GroupNorm need no re-estimation"
+
+
+def architecture(model: nn.Module) -> str:
+    cfg = getattr(model, "pretrained_cfg", None) or {}
+    return cfg.get("architecture") or type(model).__name__
+
+
+def find_classifier(model: nn.Module, override: str | None = None) -> str:
+    """Name of the classifier module (the last linear layer that produces the logits)."""
+    modules = dict(model.named_modules())
+    if override is not None:
+        names = [override]
+    else:
+        declared = (getattr(model, "pretrained_cfg", None) or {}).get("classifier")
+        names = [declared] if isinstance(declared, str) else list(declared or [])
+        if not names and hasattr(model, "get_classifier"):
+            head = model.get_classifier()
+            names = [n for n, m in modules.items() if m is head]
+    for name in names:
+        module = modules.get(name)
+        if module is not None and any(True for _ in module.parameters()):
+            return name
+    if override is not None:
+        hint = "no such module" if override not in modules else "it has no parameters"
+        raise FixresError(f"--classifier-module {override!r}: {hint} in {architecture(model)}")
+    raise FixresError(f"cannot find the classifier of {architecture(model)} (no timm pretrained_cfg['classifier'] "
+                      "or get_classifier()); name it with --classifier-module")
+
+
+def _probe_input(model: nn.Module) -> torch.Tensor:
+    param = next(model.parameters(), None)
+    device = param.device if param is not None else torch.device("cpu")
+    return torch.zeros(1, 3, 64, 64, device=device)
+
+
+def execution_order(model: nn.Module, classifier: str) -> list[str]:
+    """Batch-norms in the order they are called before the classifier's first call.
+
+    Runs the model once in eval mode on a 64-pixel input (any device, ``meta`` included);
+    models that refuse 64 pixels are probed at their configured input size.
+    """
+    order: list[str] = []
+    done = []
+
+    def hook(name, is_classifier):
+        def record(module, args, output):
+            if is_classifier:
+                done.append(True)
+            elif not done:
+                order.append(name)
+        return record
+
+    handles = [m.register_forward_hook(hook(n, n == classifier)) for n, m in model.named_modules()
+               if isinstance(m, _BatchNorm) or n == classifier]
+    was_training = model.training
+    model.eval()
+    try:
+        x = _probe_input(model)
+        with torch.no_grad():
+            try:
+                model(x)
+            except RuntimeError:
+                size = (getattr(model, "pretrained_cfg", None) or {}).get("input_size", (3, 224, 224))
+                order.clear()
+                done.clear()
+                model(torch.zeros(1, *size, device=x.device))
+    finally:
+        model.train(was_training)
+        for h in handles:
+            h.remove()
+    return order
+
+
+def find_adaptable_layers(model: nn.Module, *, classifier_module: str | None = None,
+                          bn_module: tuple[str, ...] | None = None) -> tuple[str, tuple[str, ...]]:
+    """``(classifier_name, bn_names)``: the classifier and the batch-norm(s) before the pooling.
+
+    ``bn_names`` is empty for a model without batch-norm. ``bn_module`` / ``classifier_module``
+    override discovery (checked to exist and to be of the right kind).
+    """
+    classifier = find_classifier(model, classifier_module)
+    modules = dict(model.named_modules())
+    if bn_module:
+        for name in bn_module:
+            if name not in modules:
+                raise FixresError(f"--bn-module {name!r}: no such module in {architecture(model)}")
+            if not isinstance(modules[name], _BatchNorm):
+                raise FixresError(f"--bn-module {name!r} is a {type(modules[name]).__name__}, not a batch-norm")
+        return classifier, tuple(bn_module)
+    order = execution_order(model, classifier)
+    if not order:
+        return classifier, ()
+    try:
+        names = final_batchnorms(trace(model, frozenset({classifier})), order[-1])
+    except Exception:  # untraceable: the last batch-norm called is still right for most models
+        names = [order[-1]]
+    return classifier, tuple(names)
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What one adaptation touches.
+
+    Attributes:
+        method: one of :data:`METHODS`.
+        classifier: the classifier module's name.
+        batch_norms: batch-norms whose statistics are re-estimated (``fixres``, ``bn``).
+        trainable: modules whose parameters get gradients ("" = the whole model).
+        train_mode: modules kept in train mode during training ("" = the whole model).
+        bn_affine: the batch-norms' gamma/beta train too.
+        notes: what the user should know (printed and recorded).
+    """
+
+    method: str
+    classifier: str
+    batch_norms: tuple[str, ...]
+    trainable: tuple[str, ...]
+    train_mode: tuple[str, ...]
+    bn_affine: bool = False
+    notes: tuple[str, ...] = ()
+
+    @property
+    def adapted(self) -> frozenset[str]:
+        """Modules whose computation changes during training (the graph is cut below them)."""
+        return frozenset(self.trainable) | frozenset(self.train_mode)
+
+    def row(self) -> dict:
+        return {"classifier": self.classifier, "batch_norms": list(self.batch_norms),
+                "trainable": list(self.trainable), "train_mode": list(self.train_mode), "bn_affine": self.bn_affine}
+
+
+def make_plan(model: nn.Module, method: str, *, train_bn_affine: bool = False, all_bn: bool = False,
+              bn_module: tuple[str, ...] | None = None, classifier_module: str | None = None) -> Plan:
+    """Decide the layers for ``method`` (see docs/adapt.md for the table)."""
+    if method not in METHODS:
+        raise FixresError(f"unknown adaptation method {method!r}; choose one of {', '.join(METHODS)}")
+    classifier, bns = find_adaptable_layers(model, classifier_module=classifier_module, bn_module=bn_module)
+    notes: list[str] = []
+    if method == "bn":
+        if all_bn:
+            bns = tuple(n for n, m in model.named_modules() if isinstance(m, _BatchNorm))
+        if not bns:
+            raise FixresError(f"{architecture(model)} has no batch-norm to re-estimate (method bn); "
+                              "name one with --bn-module, or use --method fixres or head")
+        return Plan(method, classifier, bns, (), (), notes=tuple(notes))
+    if method == "parametric":
+        return Plan(method, classifier, (), (), ())
+    if method == "head":
+        return Plan(method, classifier, (), (classifier,), ())
+    if method == "full":
+        return Plan(method, classifier, (), ("",), ("",), notes=("full: every layer trains; all batch-norms "
+                                                                  "re-estimate their statistics",))
+    cells = PAPER_EXCEPTIONS.get(architecture(model), ())
+    if cells and not bn_module:
+        notes.append(f"{architecture(model)}: the paper's recipe fine-tunes {', '.join(cells)} and the classifier")
+    elif not bns:
+        notes.append(NO_BN_NOTE)
+    affine = tuple(bns) if train_bn_affine else ()
+    return Plan(method, classifier, tuple(bns), (classifier, *cells, *affine), (*bns, *cells),
+                bn_affine=train_bn_affine, notes=tuple(notes))
+
+
+def _module(model: nn.Module, name: str) -> nn.Module:
+    return model if name == "" else model.get_submodule(name)
+
+
+def freeze_for(model: nn.Module, plan: Plan) -> list[nn.Parameter]:
+    """Set ``requires_grad`` on *parameters* (never on modules): only the plan's trainable
+    ones (the batch-norms' gamma/beta only with ``plan.bn_affine``). Returns them."""
+    for p in model.parameters():
+        p.requires_grad_(False)
+    for name in plan.trainable:      # the batch-norms are listed here only with bn_affine
+        for p in _module(model, name).parameters():
+            p.requires_grad_(True)
+    return [p for p in model.parameters() if p.requires_grad]
+
+
+def set_modes(model: nn.Module, plan: Plan) -> None:
+    """Everything in eval mode except the plan's train-mode modules."""
+    model.eval()
+    for name in plan.train_mode:
+        _module(model, name).train()
+
+
+def batchnorms_in(model: nn.Module, names: tuple[str, ...]) -> list[_BatchNorm]:
+    """Every batch-norm module inside (or equal to) the named modules."""
+    found = {}
+    for name in names:
+        for m in _module(model, name).modules():
+            if isinstance(m, _BatchNorm):
+                found[id(m)] = m
+    return list(found.values())

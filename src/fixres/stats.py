@@ -1,0 +1,532 @@
+"""Why adaptation is needed: the classifier's input against test resolution (paper figure 3).
+
+The classifier of a CNN sees the *pooled features*: the last activations after the ReLU,
+averaged over the image. It was trained on their distribution under the TRAIN
+preprocessing (RandomResizedCrop at ``train_res``). Tested with the centre-crop
+preprocessing at a higher resolution, the same images give pooled features with fewer
+exact zeros and larger values (METHOD.md sections 1 and 3). This module measures that
+distribution, per test resolution, against the train-time one, for one checkpoint and
+optionally for adapted ones (``compare``), so before/after adaptation is on one figure.
+
+What is measured (every number comes from one decoding pass over a deterministic,
+class-balanced sample of ``split``):
+
+* the **reference**: the pooled features of the first checkpoint with its train
+  preprocessing (RandomResizedCrop at its ``train_res`` with the run's scale, ratio, flip
+  and jitter, each image's crop seeded by ``(seed, image)``), on the same images unless
+  ``reference_split`` names another split;
+* one row per checkpoint and test resolution: the test preprocessing of ``fixres eval``.
+
+Features are read by :func:`fixres.adapt.pooled_features`, i.e. *before* the equaliser of
+a ``parametric``-adapted checkpoint; for such a checkpoint a second series, ``equalised``
+(the equaliser's map applied to them), is what its classifier actually receives.
+Distances of every row are to the reference of the FIRST checkpoint: the distribution its
+classifier was trained on. Computation is float32 (no autocast).
+"""
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from .adapt import Equaliser, find_classifier, pooled_features
+from .adapt.data import Sequential
+from .checkpoint import CheckpointMeta, find_checkpoint, open_checkpoint, versions
+from .data.folder import SplitIndex, split_holdout
+from .data.loader import ImageDataset, default_workers
+from .data.transforms import DEFAULT_RATIO, DEFAULT_SCALE, EvalTransform, TrainTransform
+from .errors import FixresError
+from .evaluate import Preprocess, load_split
+from .progress import iterate
+from .rundir import write_json, write_text
+from .runtime import resolve_device
+from .sweep import HOST_BUDGET_MB, check_geometries, collate_geometries
+from .tables import table
+
+ZEROS = "fraction of values exactly 0.0 (float32; a channel that is zero at every position)"
+DISTANCES = ("w1: 1-D Wasserstein distance between all feature values and the train-time ones (feature units); "
+             "ks: Kolmogorov-Smirnov statistic (max CDF gap); channel_shift: mean over channels of "
+             "|channel mean - train-time channel mean| / train-time channel std (constant channels excluded)")
+STATS_FILES = ("stats.csv", "stats.json", "stats-cdf.png", "stats-vs-res.png")
+
+
+# ----------------------------------------------------------------------------- statistics
+def wasserstein1(a: np.ndarray, b: np.ndarray) -> float:
+    """Exact W1 between the empirical laws of ``a`` and ``b``: the integral of |F_a - F_b|."""
+    a, b = np.sort(np.ravel(a)), np.sort(np.ravel(b))
+    x = np.sort(np.concatenate([a, b]))
+    fa = np.searchsorted(a, x[:-1], side="right") / a.size
+    fb = np.searchsorted(b, x[:-1], side="right") / b.size
+    return float(np.sum(np.abs(fa - fb) * np.diff(x)))
+
+
+def ks_statistic(a: np.ndarray, b: np.ndarray) -> float:
+    """Largest gap between the two empirical (right-continuous) CDFs."""
+    a, b = np.sort(np.ravel(a)), np.sort(np.ravel(b))
+    x = np.concatenate([a, b])
+    return float(np.max(np.abs(np.searchsorted(a, x, side="right") / a.size
+                               - np.searchsorted(b, x, side="right") / b.size)))
+
+
+def channel_shift(x: np.ndarray, ref: np.ndarray) -> tuple[float, int]:
+    """Mean over channels of ``|mean_c(x) - mean_c(ref)| / std_c(ref)``; channels constant in
+    ``ref`` (std 0) are left out. Returns ``(shift, channels used)``."""
+    sd = ref.std(axis=0)
+    used = sd > 0
+    if not used.any():
+        return float("nan"), 0
+    return float(np.mean(np.abs(x.mean(axis=0) - ref.mean(axis=0))[used] / sd[used])), int(used.sum())
+
+
+def describe(x: np.ndarray, ref: np.ndarray) -> dict:
+    """Statistics of features ``x`` (images x channels) and their distances to ``ref`` (images x channels)."""
+    x, ref = np.asarray(x, dtype=np.float64), np.asarray(ref, dtype=np.float64)
+    values = x.ravel()
+    return {"zeros": float(np.mean(values == 0)), "mean": float(values.mean()), "std": float(values.std()),
+            "median": float(np.median(values)), "p99": float(np.quantile(values, 0.99)), "max": float(values.max()),
+            "w1": wasserstein1(values, ref), "ks": ks_statistic(values, ref),
+            "channel_shift": channel_shift(x, ref)[0]}
+
+
+# ----------------------------------------------------------------------------- inputs
+def balanced_sample(index: SplitIndex, n: int, seed: int = 0) -> SplitIndex:
+    """``n`` images (all if fewer), classes taken in turn, each class in a hash order of the paths:
+    a pure function of the file names and ``seed``, balanced up to one image per class."""
+    by_class: dict[int, list] = {}
+    for s in sorted(index.samples, key=lambda s: hashlib.sha256(f"{seed}:{s.path}".encode()).digest()):
+        by_class.setdefault(s.label, []).append(s)
+    order = [queue[i] for i in range(max(map(len, by_class.values()), default=0))
+             for _, queue in sorted(by_class.items()) if i < len(queue)]
+    keep = {s.path for s in order[:n]}
+    return SplitIndex(index.root, index.classes, [s for s in index.samples if s.path in keep], list(index.skipped))
+
+
+def train_preprocessing(directory: Path, meta: CheckpointMeta) -> tuple[TrainTransform, str]:
+    """The run's RandomResizedCrop settings (its config.yaml when the checkpoint sits in a
+    run's ``checkpoints/``), else the ``fixres train`` defaults; and where they came from."""
+    from .config import read_yaml
+    config = directory.parent.parent / "config.yaml"
+    cfg, source = {}, "fixres train defaults (no run config.yaml)"
+    if directory.parent.name == "checkpoints" and config.is_file():
+        cfg, source = read_yaml(config), str(config)
+    try:
+        return TrainTransform(meta.train_res, tuple(map(float, cfg.get("scale", DEFAULT_SCALE))),
+                              tuple(map(float, cfg.get("ratio", DEFAULT_RATIO))), float(cfg.get("hflip", 0.5)),
+                              float(cfg.get("color_jitter", 0.0)), meta.interpolation), source
+    except (TypeError, ValueError):
+        raise FixresError(f"{config}: unreadable scale/ratio/hflip/color_jitter") from None
+
+
+@dataclass
+class Probe:
+    """One checkpoint opened for reading its pooled features."""
+
+    label: str
+    directory: Path
+    model: nn.Module
+    meta: CheckpointMeta
+    classifier: str
+    equaliser: Equaliser | None
+
+    @property
+    def adapted(self) -> str | None:
+        return (self.meta.adaptation or {}).get("method")
+
+    @property
+    def adapted_res(self) -> int | None:
+        return (self.meta.adaptation or {}).get("test_res")
+
+    @property
+    def series(self) -> tuple[str, ...]:
+        return ("pooled", "equalised") if self.equaliser else ("pooled",)
+
+
+def open_probe(path: str | Path) -> Probe:
+    directory = find_checkpoint(path)
+    model, meta = open_checkpoint(directory)
+    record = (meta.adaptation or {}).get("equaliser")
+    classifier = record["module"] if record else find_classifier(model)
+    adaptation = meta.adaptation or {}
+    label = f"{adaptation['method']}@{adaptation.get('test_res')}" if adaptation else "as trained"
+    return Probe(label, directory, model, meta, classifier, Equaliser.from_record(record) if record else None)
+
+
+class _Views:
+    """One decoded image -> one uint8 tensor per transform (random ones draw from the generator)."""
+
+    def __init__(self, transforms):
+        self.transforms = tuple(transforms)
+
+    def __call__(self, img, generator=None):
+        return tuple(t(img, generator) for t in self.transforms)
+
+
+def _size(t) -> int:
+    return t.size if isinstance(t, TrainTransform) else t.test_res
+
+
+def feature_map(model: nn.Module, res: int) -> str | None:
+    """``"HxW"`` of the map that is pooled at ``res`` (timm's ``forward_features``), None if not 4-D."""
+    param = next(model.parameters())
+    try:
+        with torch.no_grad():
+            out = model.forward_features(torch.zeros(1, 3, res, res, device=param.device, dtype=param.dtype))
+    except (AttributeError, RuntimeError, TypeError):
+        return None
+    return f"{out.shape[-2]}x{out.shape[-1]}" if isinstance(out, torch.Tensor) and out.ndim == 4 else None
+
+
+def features(model: nn.Module, images: torch.Tensor, classifier: str) -> torch.Tensor:
+    """Pooled features ``(N, C)`` as float32 on the CPU, or a one-line error for an unsuitable model."""
+    try:
+        return pooled_features(model, images, classifier=classifier).float().cpu()
+    except IndexError:
+        raise FixresError(f"the classifier {classifier!r} was not called by the model's forward: "
+                          "cannot read its input") from None
+
+
+@torch.no_grad()
+def collect(probes: Sequence[Probe], index: SplitIndex, views: Sequence, *, device: torch.device, seed: int = 0,
+            batch_size: int = 50, workers: int | None = None, progress=None) -> tuple[list[list[torch.Tensor]], list]:
+    """Raw pooled features of every probe for every view, decoding each image once.
+
+    Returns ``(feats, skipped)``: ``feats[p][v]`` is ``(n, C)`` for probe ``p`` and view ``v``
+    (the decodable images of ``index``, in index order) and ``skipped`` the ``(path, reason)``
+    of the images that could not be decoded.
+    """
+    workers = default_workers() if workers is None else workers
+    kwargs = dict(num_workers=workers, collate_fn=collate_geometries, pin_memory=device.type == "cuda",
+                  generator=torch.Generator())
+    if workers > 0:
+        per_batch = batch_size * 3 * sum(_size(v) ** 2 for v in views)
+        kwargs["prefetch_factor"] = max(1, min(4, HOST_BUDGET_MB * 2**20 // (per_batch * workers)))
+    loader = DataLoader(ImageDataset(index, _Views(views)), batch_sampler=Sequential(len(index), batch_size, seed),
+                        **kwargs)
+    rows = [[[] for _ in views] for _ in probes]
+    skipped = list(index.skipped)
+    for batch in (progress(loader) if progress else loader):
+        skipped.extend(batch.skipped)
+        if batch.images is None:
+            continue
+        for p, probe in enumerate(probes):
+            prep = Preprocess(probe.meta.mean, probe.meta.std)
+            for v, images in enumerate(batch.images):
+                rows[p][v].append(features(probe.model, prep(images, device), probe.classifier))
+    if not rows[0][0]:
+        raise FixresError(f"no image of {index.root} could be decoded")
+    return [[torch.cat(r) for r in per_probe] for per_probe in rows], skipped
+
+
+# ----------------------------------------------------------------------------- results
+@dataclass(frozen=True)
+class StatsRow:
+    label: str
+    checkpoint: str
+    model: str
+    adapted: str | None
+    adapted_res: int | None  # the resolution the checkpoint was adapted to
+    features: str            # "pooled" (read before any equaliser) or "equalised" (what the classifier gets)
+    preprocessing: str       # "test" (resize + centre crop) or "train" (RandomResizedCrop, the reference)
+    resolution: int
+    resize_size: int | None
+    crop_pct: float | None
+    split: str
+    n: int
+    channels: int
+    feature_map: str | None   # "HxW" positions averaged by the pooling (None: not a 2-D map)
+    zeros: float
+    mean: float
+    std: float
+    median: float
+    p99: float
+    max: float
+    w1: float
+    ks: float
+    channel_shift: float
+
+    def row(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class StatsResult:
+    rows: tuple[StatsRow, ...]          # the reference row first, then per checkpoint, series, resolution
+    reference: dict                      # how the train-time distribution was made
+    sample: dict                         # which images
+    findings: tuple[str, ...]            # derived sentences (also in the table)
+    notes: tuple[str, ...]
+    skipped: tuple = ()
+    device: str = ""
+    values: dict | None = None           # (label, features, preprocessing, resolution) -> all values (plots)
+
+    def to_json(self) -> dict:
+        return {"zeros": ZEROS, "distances": DISTANCES, "reference": self.reference, "sample": self.sample,
+                "findings": list(self.findings), "notes": list(self.notes), "device": self.device,
+                "versions": versions(), "rows": [r.row() for r in self.rows],
+                "skipped_files": [{"path": p, "reason": why} for p, why in self.skipped]}
+
+    def table(self) -> str:
+        ref = self.rows[0]
+        lines = [f"pooled features (the classifier's input) of {ref.n} {ref.split} images, {ref.channels} channels",
+                 f"reference = train-time: {self.reference['preprocessing']} on {self.reference['images']}",
+                 "zeros = values exactly 0; w1, ks, shift: distances to the reference (see --json)", ""]
+        hidden = {r.label for r in self.rows if r.features == "equalised"} - {self.rows[0].label}  # = the source's
+        shown = [{**r.row(), "zeros_pct": 100 * r.zeros, "res": f"{r.resolution} {r.preprocessing}",
+                  "what": f"{r.label}{' equalised' if r.features == 'equalised' else ''}"}
+                 for r in self.rows if r.features == "equalised" or r.label not in hidden]
+        lines += [table(shown, _COLUMNS), ""]
+        lines += [f"{label}: only its equalised rows are shown; its pooled rows (before the equaliser) equal the "
+                  "source's and are in the CSV/JSON" for label in sorted(hidden)]
+        lines += self.findings
+        lines += [f"note: {n}" for n in self.notes]
+        return "\n".join(lines)
+
+    def write(self, out_dir: str | Path, *, overwrite: bool = False) -> list[Path]:
+        """Write ``stats.csv``, ``stats.json`` and the two figures (refusing to replace them)."""
+        out = check_out_dir(out_dir, overwrite)
+        out.mkdir(parents=True, exist_ok=True)
+        buf = io.StringIO()
+        writer = csv.DictWriter(buf, fieldnames=list(self.rows[0].row()), lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(r.row() for r in self.rows)
+        write_text(out / "stats.csv", buf.getvalue())
+        write_json(out / "stats.json", self.to_json())
+        plot_cdfs(self, out / "stats-cdf.png")
+        plot_vs_resolution(self, out / "stats-vs-res.png")
+        return [out / name for name in STATS_FILES]
+
+
+_COLUMNS = [("what", "checkpoint", "s"), ("res", "res", "s"), ("feature_map", "map", "s"), ("zeros_pct", "zeros%", ".1f"), ("mean", "mean", ".4f"),
+            ("std", "std", ".4f"), ("median", "median", ".4f"), ("p99", "p99", ".3f"), ("w1", "w1", ".4f"),
+            ("ks", "ks", ".3f"), ("channel_shift", "shift", ".3f")]
+
+
+def check_out_dir(out_dir: str | Path, overwrite: bool) -> Path:
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise FixresError(f"output {out} exists and is not a directory")
+    present = [name for name in STATS_FILES if (out / name).exists()]
+    if present and not overwrite:
+        raise FixresError(f"{out} already holds {', '.join(present)} (use --overwrite to replace, or another --out)")
+    return out
+
+
+def _findings(rows: Sequence[StatsRow], probes: Sequence[Probe]) -> list[str]:
+    ref, first = rows[0], [r for r in rows[1:] if r.label == probes[0].label and r.features == "pooled"]
+    lo, hi = first[0], first[-1]
+    out = [f"{probes[0].label}: zeros {100 * ref.zeros:.1f}% and mean {ref.mean:.4f} at train time; "
+           f"test {lo.resolution}px: {100 * lo.zeros:.1f}%, {lo.mean:.4f}; test {hi.resolution}px: "
+           f"{100 * hi.zeros:.1f}%, {hi.mean:.4f}"]
+    for probe in probes[1:]:
+        k = probe.adapted_res
+        before = next((r for r in first if r.resolution == k), None)
+        series = [r for r in rows if r.label == probe.label and r.resolution == k]
+        after = next((r for r in series if r.features == "equalised"), series[0] if series else None)
+        if before is None or after is None:
+            continue
+        closer = [m for m in ("w1", "ks", "channel_shift") if getattr(after, m) < getattr(before, m)]
+        further = [m for m in ("w1", "ks", "channel_shift") if m not in closer]
+        verdict = "; ".join(f"{word} the train-time distribution by {', '.join(ms)}"
+                            for word, ms in (("closer to", closer), ("further from", further)) if ms)
+        out.append(f"{probe.label} at {k}px ({after.features}) vs {first[0].label}: w1 {before.w1:.4f} -> "
+                   f"{after.w1:.4f}, ks {before.ks:.3f} -> {after.ks:.3f}, shift {before.channel_shift:.3f} -> "
+                   f"{after.channel_shift:.3f}, zeros {100 * before.zeros:.1f}% -> {100 * after.zeros:.1f}%: {verdict}")
+    return out
+
+
+# ----------------------------------------------------------------------------- entry point
+def feature_stats(checkpoint: str | Path, data: str | Path, *, test_res: Sequence[int], split: str = "val",
+                  images: int = 500, compare: Sequence[str | Path] = (), reference_split: str | None = None,
+                  seed: int = 0, batch_size: int = 50, workers: int | None = None, device: str = "auto",
+                  quiet: bool = True) -> StatsResult:
+    """Distribution of the pooled features at each test resolution against the train-time one.
+
+    Args:
+        checkpoint: run directory, checkpoint directory or model.safetensors (its train-time
+            distribution is the reference).
+        data: dataset directory holding ``split`` (and ``reference_split``).
+        test_res: resolutions (see :func:`fixres.sweep.parse_resolutions` for ranges).
+        images: images of ``split`` (a class-balanced sample fixed by ``seed``; all if fewer).
+        compare: further checkpoints (e.g. ``fixres adapt`` outputs) measured on the same images.
+        reference_split: where the reference images come from (default: the same images);
+            ``"train"`` samples the images the checkpoint was trained on (held-out ones excluded).
+        seed: sample and RandomResizedCrop draws.
+    """
+    if images < 1 or batch_size < 1:
+        raise FixresError(f"images and batch size must be at least 1, got {images} and {batch_size}")
+    test_res = sorted({r for r, _ in check_geometries(test_res, [0.875])})
+    probes = [open_probe(c) for c in (checkpoint, *compare)]
+    for i, probe in enumerate(probes):     # labels name the series: make them unique
+        if any(p.label == probe.label for p in probes[:i]):
+            probe.label = f"{probe.label} #{i + 1}"
+    base = probes[0].meta
+    for probe in probes[1:]:
+        if probe.meta.class_names != base.class_names:
+            raise FixresError(f"--compare {probe.directory}: its classes differ from {probes[0].directory}'s")
+    index = balanced_sample(load_split(data, split, base.class_names), images, seed)
+    rrc, rrc_source = train_preprocessing(probes[0].directory, base)
+    ref_split = reference_split or split
+    dev = resolve_device(device)
+    for probe in probes:
+        probe.model.to(dev)
+    views = [EvalTransform(k, p.meta.crop_pct, p.meta.interpolation) for p in probes[:1] for k in test_res]
+    bar = (lambda what: lambda it: iterate(it, what, total=len(it), enabled=not quiet))
+    opts = dict(device=dev, seed=seed, batch_size=batch_size, workers=workers)
+    if ref_split == split:
+        feats, skipped = collect(probes, index, [rrc, *views], progress=bar(f"features x{len(views) + 1}"), **opts)
+        reference = feats[0][0].numpy()
+        feats = [f[1:] for f in feats]
+        ref_index = index
+    else:
+        ref_index = _reference_images(data, ref_split, base, images, seed)
+        reference = collect(probes[:1], ref_index, [rrc], progress=bar("reference features"), **opts)[0][0][0].numpy()
+        feats, skipped = collect(probes, index, views, progress=bar(f"features x{len(views)}"), **opts)
+    rows, values, notes = _rows(probes, views, feats, reference, split, ref_split)
+    ref_info = {"checkpoint": str(probes[0].directory), "split": ref_split, "images": f"{len(ref_index)} {ref_split} "
+                f"images" + (" (the same as the rows)" if ref_split == split else ""), "seed": seed,
+                "preprocessing": f"RandomResizedCrop({rrc.size}, scale {rrc.scale[0]:g}-{rrc.scale[1]:g}, ratio "
+                f"{rrc.ratio[0]:.3g}-{rrc.ratio[1]:.3g}) + flip {rrc.hflip:g}"
+                + (f" + jitter {rrc.color_jitter:g}" if rrc.color_jitter else ""), "settings_from": rrc_source}
+    sample = {"split": split, "images": len(index), "requested": images, "seed": seed, "per_class": "balanced",
+              "skipped": len(skipped)}
+    return StatsResult(tuple(rows), ref_info, sample, tuple(_findings(rows, probes)), tuple(notes), tuple(skipped),
+                       str(dev), values)
+
+
+def _rows(probes: Sequence[Probe], views: Sequence[EvalTransform], feats, reference: np.ndarray, split: str,
+          ref_split: str) -> tuple[list[StatsRow], dict, list[str]]:
+    """The reference row, then one row per probe, series and view; the sorted values; notes."""
+    first, notes = probes[0], []
+
+    def row(probe, series, prep, res, resize, pct, where, x):
+        return StatsRow(probe.label, str(probe.directory), probe.meta.model, probe.adapted, probe.adapted_res, series,
+                        prep, res, resize, pct, where, len(x), x.shape[1], feature_map(probe.model, res),
+                        **describe(x, reference))
+
+    rows = [row(first, "pooled", "train", first.meta.train_res, None, None, ref_split, reference)]
+    values = {(first.label, "pooled", "train", first.meta.train_res): np.sort(reference.ravel())}
+    for probe, per_view in zip(probes, feats):
+        if (probe.meta.model, probe.meta.train_res) != (first.meta.model, first.meta.train_res):
+            notes.append(f"{probe.label} is a {probe.meta.model} trained at {probe.meta.train_res}px: its distances "
+                         f"are still to {first.label}'s train-time distribution")
+        if probe.adapted_res is not None and probe.adapted_res not in [v.test_res for v in views]:
+            notes.append(f"{probe.label}: its adapted resolution {probe.adapted_res}px is not among --test-res")
+        for series in probe.series:
+            for view, x in zip(views, per_view):
+                x = (probe.equaliser.map(x) if series == "equalised" else x).numpy()
+                if x.min() < 0 and series == "pooled" and not any(probe.label in s for s in notes):
+                    notes.append(f"{probe.label}: pooled features take negative values (min {x.min():.3g}): "
+                                 "not a post-ReLU average, the zero fraction means little")
+                rows.append(row(probe, series, "test", view.test_res, view.resize_size, view.crop_pct, split, x))
+                values[(probe.label, series, "test", view.test_res)] = np.sort(x.ravel())
+    constant = reference.shape[1] - channel_shift(reference, reference)[1]
+    if constant:
+        notes.append(f"{constant} of {reference.shape[1]} channels are constant (always 0) at train time: "
+                     "left out of the channel shift")
+    return rows, values, notes
+
+
+# ----------------------------------------------------------------------------- figures
+def _series(result: StatsResult) -> dict[tuple[str, str], list[StatsRow]]:
+    """(label, features) -> test rows by resolution; equalised replaces pooled in the figures
+    (it is what that classifier receives; its pooled features are the source's)."""
+    out: dict = {}
+    for r in result.rows[1:]:
+        out.setdefault((r.label, r.features), []).append(r)
+    for label, features in list(out):
+        if features == "equalised":
+            out.pop((label, "pooled"), None)
+    return out
+
+
+def _figure(width: float, height: float, rows: int, cols: int, **kwargs):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    fig = Figure(figsize=(width, height), layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig, fig.subplots(rows, cols, squeeze=False, **kwargs).ravel()
+
+
+def _name(label: str, features: str) -> str:
+    return label + (" (equalised)" if features == "equalised" else "")
+
+
+def plot_cdfs(result: StatsResult, path: str | Path) -> Path:
+    """One panel per checkpoint: the CDF of all pooled values per test resolution (symlog x,
+    so the zero mass is the curve's height at x = 0), the train-time reference dashed black;
+    an adapted checkpoint's curve at its adapted resolution is drawn thicker."""
+    from matplotlib import colormaps
+    from .plots import save, styled
+    series, ref = _series(result), result.rows[0]
+    ref_values = result.values[(ref.label, "pooled", "train", ref.resolution)]
+    positive = ref_values[ref_values > 0]
+    linthresh = 10.0 ** np.floor(np.log10(np.quantile(positive, 0.05))) if positive.size else 1e-3
+    top = max(float(v[-1]) for v in result.values.values())
+    ticks = [0.0] + [10.0 ** e for e in range(int(np.log10(linthresh)), int(np.ceil(np.log10(max(top, 1e-9)))) + 1)]
+    u = np.linspace(0, 1, 801)
+    resolutions = sorted({r.resolution for rows in series.values() for r in rows})
+    colour = {k: colormaps["viridis"](0.9 * i / max(1, len(resolutions) - 1)) for i, k in enumerate(resolutions)}
+    with styled():
+        fig, axes = _figure(4.4 * len(series) + 0.6, 4.2, 1, len(series), sharex=True, sharey=True)
+        for ax, ((label, features), rows) in zip(axes, series.items()):
+            for r in rows:
+                bold = r.resolution == r.adapted_res
+                ax.plot(np.quantile(result.values[(label, features, "test", r.resolution)], u), u,
+                        color=colour[r.resolution], linewidth=3.0 if bold else 1.4,
+                        label=f"test {r.resolution}px" + (" (adapted)" if bold else ""))
+            ax.plot(np.quantile(ref_values, u), u, color="black", linestyle="--", linewidth=1.8,
+                    label=f"train-time (RRC {ref.resolution}px)")
+            ax.set_xscale("symlog", linthresh=linthresh, linscale=0.3)
+            ax.set_xticks(ticks, ["0"] + [f"{t:g}" for t in ticks[1:]])
+            ax.set_xlim(0, top * 1.1)
+            ax.set_title(_name(label, features) + (f", adapted at {rows[0].adapted_res}px" if rows[0].adapted_res
+                                                   else ""))
+            ax.set_xlabel(f"feature value (symlog: linear below {linthresh:g})")
+            ax.legend(loc="lower right", frameon=False, fontsize=7)
+        axes[0].set_ylabel("fraction of values <= x   (height at 0 = zeros)")
+        fig.suptitle(f"{ref.model}: CDF of the pooled features (the classifier's input), {ref.n} {ref.split} images")
+        return save(fig, path)
+
+
+def plot_vs_resolution(result: StatsResult, path: str | Path) -> Path:
+    """Zero fraction, mean, W1 and channel shift against test resolution, one line per checkpoint."""
+    from .plots import PALETTE, save, styled, vertical_marker
+    ref, series = result.rows[0], _series(result)
+    panels = [("zeros", "fraction of values exactly 0", True), ("mean", "mean value", True),
+              ("w1", "W1 distance to the train-time values", False),
+              ("channel_shift", "channel shift (in train-time channel stds)", False)]
+    adapted = sorted({rows[0].adapted_res for rows in series.values() if rows[0].adapted_res})
+    with styled():
+        fig, axes = _figure(9.0, 6.8, 2, 2, sharex=True)
+        for ax, (key, title, has_ref) in zip(axes, panels):
+            for i, ((label, features), rows) in enumerate(series.items()):
+                ax.plot([r.resolution for r in rows], [getattr(r, key) for r in rows], marker="o",
+                        color=PALETTE[i % len(PALETTE)], label=_name(label, features))
+            if has_ref:
+                ax.axhline(getattr(ref, key), color="black", linestyle="-.", linewidth=1.2,
+                           label=f"train-time (RRC {ref.resolution}px)")
+            vertical_marker(ax, ref.resolution, "train", f"train {ref.resolution}px")
+            for k in adapted:
+                ax.axvline(k, color="#ff7f0e", linestyle=":", linewidth=1.4, label=f"adapted at {k}px")
+            ax.set_title(title)
+        for ax in axes[2:]:
+            ax.set_xlabel("test resolution (px)")
+        handles, labels = axes[0].get_legend_handles_labels()
+        fig.legend(handles, labels, loc="outside lower center", ncol=min(len(labels), 4), frameon=False)
+        fig.suptitle(f"{ref.model}: pooled features against test resolution ({ref.n} {ref.split} images)")
+        return save(fig, path)
+
+
+def _reference_images(data, split: str, meta: CheckpointMeta, images: int, seed: int) -> SplitIndex:
+    index = load_split(data, split, meta.class_names)
+    if split == "train" and meta.holdout:    # only what the classifier was trained on
+        index = split_holdout(index, float(meta.holdout["fraction"]), int(meta.holdout["seed"]))[0]
+    return balanced_sample(index, images, seed)

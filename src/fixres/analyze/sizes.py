@@ -176,6 +176,11 @@ def scan_sizes(root: str | Path, workers: int = 8) -> SizeScan:
     if not root.is_dir():
         raise FixresError(f"{root} is not a directory")
     start = time.perf_counter()
+    from ..data.pack import is_store, store_split
+    if is_store(root):        # a packed store keeps every image's original size in its index
+        index = store_split(root)
+        return SizeScan(root, [(s.width, s.height) for s in index.samples], list(index.skipped),
+                        time.perf_counter() - start)
     files = _image_files(root)
     chunks = [files[i:i + _CHUNK] for i in range(0, len(files), _CHUNK)]
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:

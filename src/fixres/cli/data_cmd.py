@@ -1,4 +1,4 @@
-"""``fixres data ...``: dataset utilities (the embedded synthetic dataset)."""
+"""``fixres data ...``: dataset utilities (the embedded synthetic dataset, packed stores)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -23,6 +23,33 @@ def register(sub) -> None:
     s.add_argument("--quiet", action="store_true", help="no progress bar")
     s.set_defaults(handler=run_synth)
 
+    k = data_sub.add_parser("pack", help="convert an ImageFolder into a packed store for fast reading",
+                            description="Write SRC (a dataset with train/ and val/, or one split of class "
+                                        "directories) into OUT as packed stores: a few large shard files plus an "
+                                        "index, memory-mapped when read. Every command that takes a dataset "
+                                        "directory takes OUT. Resumable: run it again to continue an interrupted "
+                                        "pack. Verified on completion. With --verify and one path, check a store.")
+    k.add_argument("src", help="ImageFolder dataset or split to pack (with --verify alone: the store to check)")
+    k.add_argument("out", nargs="?", help="output directory (new, or an interrupted pack of the same SRC)")
+    k.add_argument("--max-size", type=int, default=None,
+                   help="bring the shorter side of larger images down to this many pixels (changes pixels; "
+                        "default: keep every image as it is)")
+    k.add_argument("--format", choices=("jpeg", "raw"), default="jpeg",
+                   help="jpeg: original file bytes, re-encoded JPEG only for resized images (default); "
+                        "raw: decoded RGB pixels (larger, nothing to decode)")
+    k.add_argument("--quality", type=int, default=90, help="JPEG quality of re-encoded images (default: 90)")
+    k.add_argument("--shard-size", type=float, default=1024, metavar="MB", help="shard size in MB (default: 1024)")
+    k.add_argument("--workers", type=int, default=None, help="encoding processes (default: all cores)")
+    k.add_argument("--verify", action="store_true", help="with one path: verify that store instead of packing")
+    k.add_argument("--quiet", action="store_true", help="no progress bar")
+    k.set_defaults(handler=run_pack)
+
+    v = data_sub.add_parser("verify", help="check every byte of a packed store",
+                            description="Check a packed store (or every split store of a packed dataset): "
+                                        "format version, counts, shard sizes and SHA-256, every image's CRC32.")
+    v.add_argument("store", help="packed store, or packed dataset directory")
+    v.set_defaults(handler=run_verify)
+
 
 def run_synth(args) -> int:
     from ..data.synth import synthesize
@@ -36,4 +63,42 @@ def run_synth(args) -> int:
         raise FixresError(f"cannot write {args.out}: {e.strerror or e}") from None
     print(f"wrote {summary.n_train} train + {summary.n_val} val images of {len(summary.classes)} classes "
           f"to {summary.root} in {summary.seconds:.1f}s")
+    return 0
+
+
+def run_pack(args) -> int:
+    from ..data.packer import PackOptions, pack
+    if args.out is None:
+        if not args.verify:
+            raise FixresError("give SRC and OUT to pack, or --verify STORE to check a store")
+        return _verify(args.src)
+    options = PackOptions(max_size=args.max_size, format=args.format, quality=args.quality,
+                          shard_mb=args.shard_size, workers=args.workers)
+    for s in pack(args.src, args.out, options, progress=not args.quiet):
+        resumed = ("; already complete, nothing written" if s.already_complete else
+                   f"; continued after {s.resumed_at} images packed earlier" if s.resumed_at else "")
+        codecs = ", ".join(f"{n} {name}" for name, n in sorted(s.codecs.items()))
+        print(f"{s.root}: {s.samples} images ({codecs}), {s.resized} resized, {s.skipped} refused by the scan; "
+              f"{s.shards} shard{'s' if s.shards != 1 else ''}, {s.stored_bytes / 2**20:.1f} MB from "
+              f"{s.source_bytes / 2**20:.1f} MB; {'' if s.already_complete else 'verified; '}{s.seconds:.1f}s{resumed}")
+    return 0
+
+
+def run_verify(args) -> int:
+    return _verify(args.store)
+
+
+def _verify(path) -> int:
+    from ..data.pack import verify_store
+    from ..data.packer import stores_under
+    bad = 0
+    for root in stores_under(path):
+        report = verify_store(root)
+        status = "OK" if report.ok else f"{len(report.problems)} problem(s)"
+        print(f"{root}: {status}: {report.samples} images, {report.shards} shard(s), {report.bytes / 2**20:.1f} MB")
+        for problem in report.problems:
+            print(f"  {problem}")
+        bad += not report.ok
+    if bad:
+        raise FixresError(f"{bad} packed store(s) failed verification")
     return 0

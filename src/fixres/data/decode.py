@@ -63,7 +63,7 @@ def load_rgb(path: str | Path, draft_size: tuple[int, int] | None = None) -> Ima
     """Decode ``path`` fully into an 8-bit RGB image with EXIF orientation applied.
 
     Args:
-        path: image file.
+        path: image file, or a binary file object (a packed store's bytes).
         draft_size: if given and the file is a JPEG, let libjpeg decode at a reduced scale
             (1/2, 1/4, 1/8) that still covers at least this (width, height). Exact pixels
             then differ from a full decode followed by a resize; used only where stated.

@@ -8,6 +8,7 @@ the reason; files whose pixels turn out to be corrupt are skipped later, when de
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -24,6 +25,7 @@ class Sample:
     width: int     # displayed size, after EXIF orientation
     height: int
     nbytes: int    # file size, part of the index digest
+    record: int | None = field(default=None, compare=False)   # position in a packed store, None for a file
 
 
 @dataclass
@@ -47,6 +49,17 @@ class SplitIndex:
             h.update(f"\0{s.path}\t{s.label}\t{s.nbytes}".encode())
         return h.hexdigest()[:16]
 
+    def source(self, sample: Sample):
+        """What a decoder opens for ``sample``: its file, or its bytes from a packed store.
+
+        Raises:
+            UnreadableImage: a packed sample whose bytes fail their checksum.
+        """
+        if sample.record is None:
+            return self.root / sample.path
+        from .pack import open_store
+        return io.BytesIO(open_store(self.root).read(sample.record))
+
     def class_counts(self) -> list[int]:
         counts = [0] * len(self.classes)
         for s in self.samples:
@@ -58,6 +71,9 @@ def list_classes(root: Path) -> tuple[str, ...]:
     """Class names: the non-hidden sub-directories of ``root``, sorted."""
     if not root.is_dir():
         raise FixresError(f"{root} is not a directory")
+    from .pack import is_store, store_classes
+    if is_store(root):
+        return store_classes(root)
     classes = tuple(sorted(e.name for e in os.scandir(root) if e.is_dir(follow_symlinks=True) and not e.name.startswith(".")))
     if not classes:
         raise FixresError(f"{root} holds no class sub-directories (expected {root}/<class>/<image files>)")
@@ -103,6 +119,9 @@ def scan_split(root: str | Path, classes: tuple[str, ...] | None = None, workers
         FixresError: missing directory, no classes, or a class with no readable image.
     """
     root = Path(root)
+    from .pack import is_store, store_split
+    if is_store(root):     # a packed store: same samples, order, sizes and digest as the folder it came from
+        return store_split(root, classes)
     found = list_classes(root)
     classes = found if classes is None else tuple(classes)
     label_of = {c: i for i, c in enumerate(classes)}

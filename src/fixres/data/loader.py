@@ -66,7 +66,7 @@ class ImageDataset(Dataset):
         index, seed = key if isinstance(key, tuple) else (key, None)
         sample = self.split.samples[index]
         try:
-            img = self.loader(self.split.root / sample.path)
+            img = self.loader(self.split.source(sample))   # a file, or bytes from a packed store
         except UnreadableImage as e:
             return Skipped(sample.path, str(e))
         generator = torch.Generator().manual_seed(seed) if seed is not None else None

@@ -1,0 +1,346 @@
+"""The batch iterables of training and evaluation, through the ``pil`` or the ``fast`` pipeline.
+
+Both yield :class:`~fixres.data.loader.Batch` (uint8 NCHW images, labels, indices,
+skipped files) -- or, for a sweep, ``GeometryBatch`` (one uint8 tensor per geometry) --
+so the training loop, ``evaluate`` and ``sweep`` consume either unchanged.
+
+``pil``: :class:`~fixres.data.loader.ImageDataset` + DataLoader workers: full decode with
+Pillow, torchvision's transforms. The reference.
+
+``fast`` reads each sample's bytes (from a packed store's memory map, or its file) and
+has one of two decoders:
+
+- ``workers``: DataLoader workers decode (for training, JPEGs at a reduced size: libjpeg
+  DCT scaling, :func:`~fixres.data.fast.decode_reduced`; for evaluation at full size
+  unless ``draft=True``) and resample the crop box straight to the output size; uint8
+  batches cross to the device.
+- ``device``: workers only read bytes and draw the crop boxes; the main process decodes
+  the whole batch with nvJPEG and crops, resizes and flips it on the GPU
+  (:mod:`~fixres.data.device_transforms`), in a background thread on its own CUDA stream,
+  ``prefetch`` batches ahead of the consumer. Images nvJPEG cannot take are decoded by
+  Pillow and go through the same device resampling (counted in ``.stats``).
+
+Crop boxes and flips come from a generator seeded with each image's ``(index, seed)``
+draw exactly as :class:`~fixres.data.transforms.TrainTransform` draws them, so a resumed
+run sees the same crops whatever the pipeline. Colour jitter exists only in the
+``workers`` decoder (``auto`` picks it when jitter is on); interpolation must be
+bilinear or bicubic.
+
+Defaults (``auto``): ``fast`` with the ``device`` decoder on a CUDA device (the GPU would
+otherwise wait for the CPU; see benchmarks/RESULTS.md), ``pil`` on the CPU (training
+there is compute-bound, and ``pil`` gives the reference pixels).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import NamedTuple, Sequence
+
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+from torchvision.transforms.v2 import functional as F
+
+from ..errors import FixresError
+from ..runtime import Dist
+from .decode import UnreadableImage
+from .device_transforms import FILTERS, check_interpolation, crop_axes, draw_train, eval_axes, resample
+from .fast import (RESAMPLE, DecodeStats, as_byte_tensor, decode_on_device, decode_reduced, full_pixels,
+                   gpu_decode_available, resize_box)
+from .folder import Sample, SplitIndex
+from .loader import Batch, EvalShard, ImageDataset, Skipped, collate, default_workers, make_loader
+from .pack import CODEC_JPEG, CODEC_OTHER, CODEC_RAW, classify, open_store, sample_bytes
+from .prefetch import Prefetched
+from .transforms import EvalTransform, TrainTransform, _color_jitter
+
+PIPELINES = ("auto", "pil", "fast")
+DECODERS = ("auto", "workers", "device")
+
+
+def resolve_pipeline(pipeline: str, device: torch.device, interpolation: str = "bilinear") -> str:
+    """``auto`` -> ``fast`` on CUDA, ``pil`` elsewhere (and for nearest interpolation)."""
+    if pipeline not in PIPELINES:
+        raise FixresError(f"pipeline must be one of {', '.join(PIPELINES)}, got {pipeline!r}")
+    if pipeline == "auto":
+        return "fast" if device.type == "cuda" and interpolation in FILTERS else "pil"
+    return pipeline
+
+
+def resolve_decoder(decoder: str, device: torch.device, *, jitter: bool = False) -> str:
+    """``auto`` -> ``device`` on CUDA when nvJPEG is usable and no colour jitter, else ``workers``."""
+    if decoder not in DECODERS:
+        raise FixresError(f"decoder must be one of {', '.join(DECODERS)}, got {decoder!r}")
+    if decoder == "auto":
+        return "device" if device.type == "cuda" and gpu_decode_available() and not jitter else "workers"
+    if decoder == "device" and jitter:
+        raise FixresError("colour jitter is not implemented in the device decoder; use the workers decoder")
+    return decoder
+
+
+@dataclass(frozen=True)
+class Geometries:
+    """The test preprocessings of an evaluation (one) or a sweep (several)."""
+
+    pairs: tuple[tuple[int, float], ...]      # (test_res, crop_pct)
+    interpolation: str
+
+
+class DeviceItem(NamedTuple):
+    payload: torch.Tensor       # encoded JPEG bytes (1-D) or decoded pixels (uint8 CHW)
+    encoded: bool
+    reason: str                 # why it was decoded on the CPU ("" when encoded)
+    height: int                 # displayed size of the stored image
+    width: int
+    box: tuple                  # (top, left, h, w, flip) for training, () for evaluation
+    label: int
+    index: int
+    path: str
+
+
+class FastDataset(Dataset):
+    """Items of the fast pipeline, addressed by ``index`` or ``(index, seed)``.
+
+    Args:
+        task: a :class:`TrainTransform` (training) or :class:`Geometries` (evaluation).
+        decoder: ``workers`` -> ``(uint8 CHW or tuple of them, label, index)``;
+            ``device`` -> :class:`DeviceItem`. Unreadable images -> :class:`Skipped`.
+        draft: allow reduced-size JPEG decoding (``workers`` decoder).
+    """
+
+    def __init__(self, split: SplitIndex, task: TrainTransform | Geometries, decoder: str, draft: bool = True):
+        self.split, self.task, self.decoder, self.draft = split, task, decoder, draft
+        check_interpolation(task.interpolation)
+
+    def __len__(self) -> int:
+        return len(self.split.samples)
+
+    def stored(self, sample: Sample, data: bytes) -> tuple[int, int, int]:
+        """``(codec, width, height)`` of the stored image (a packed store may hold it resized)."""
+        if sample.record is not None:
+            store = open_store(self.split.root)
+            return (store.codec(sample.record), *store.stored_size(sample.record))
+        if self.decoder == "workers":
+            return CODEC_OTHER, sample.width, sample.height
+        codec, size = classify(data)
+        return (codec, *size) if size else (CODEC_OTHER, sample.width, sample.height)
+
+    def __getitem__(self, key):
+        index, seed = key if isinstance(key, tuple) else (key, None)
+        sample = self.split.samples[index]
+        generator = torch.Generator().manual_seed(seed) if seed is not None else None
+        try:
+            data = sample_bytes(self.split, sample)
+            codec, width, height = self.stored(sample, data)
+            if self.decoder == "workers":
+                return self._decoded(data, width, height, generator), sample.label, index
+            return self._device_item(data, codec, width, height, generator, sample, index)
+        except UnreadableImage as e:
+            return Skipped(sample.path, str(e))
+        except OSError as e:
+            return Skipped(sample.path, f"cannot read: {e.strerror or e}")
+
+    def _decoded(self, data: bytes, width: int, height: int, generator):
+        task = self.task
+        if isinstance(task, TrainTransform):
+            top, left, h, w, flip = draw_train(height, width, generator, task)
+            img, fx, fy = decode_reduced(data, max(task.size / w, task.size / h) if self.draft else 1.0)
+            out = resize_box(img, (left * fx, top * fy, (left + w) * fx, (top + h) * fy), task.size,
+                             task.interpolation, flip, crop_first=True)
+            if task.color_jitter > 0:
+                out = _color_jitter(out, task.color_jitter, generator)
+            return F.pil_to_tensor(out)
+        axes = [eval_axes(height, width, r, c) for r, c in task.pairs]
+        need = max(max(y.out_len / y.length, x.out_len / x.length) for y, x in axes)
+        img, fx, fy = decode_reduced(data, need if self.draft else 1.0)
+        outs = []
+        for (y, x), (res, _) in zip(axes, task.pairs):
+            if (fx, fy) == (1.0, 1.0):    # not reduced: exactly the PIL path (resize, then crop)
+                out = img.resize((x.out_len, y.out_len), RESAMPLE[task.interpolation])
+                out = out.crop((x.first, y.first, x.first + res, y.first + res))
+            else:
+                sy, sx = y.length / y.out_len * fy, x.length / x.out_len * fx
+                out = resize_box(img, (x.first * sx, y.first * sy, (x.first + res) * sx, (y.first + res) * sy), res,
+                                 task.interpolation)
+            outs.append(F.pil_to_tensor(out))
+        return tuple(outs)
+
+    def _device_item(self, data: bytes, codec: int, width: int, height: int, generator, sample: Sample,
+                     index: int) -> DeviceItem:
+        if codec == CODEC_JPEG:
+            payload, encoded, reason = as_byte_tensor(data), True, ""
+        else:
+            payload, encoded = full_pixels(data, codec), False
+            reason = "raw" if codec == CODEC_RAW else "not a baseline RGB JPEG"
+            height, width = payload.shape[1:]
+        box = draw_train(height, width, generator, self.task) if isinstance(self.task, TrainTransform) else ()
+        return DeviceItem(payload, encoded, reason, height, width, box, sample.label, index, sample.path)
+
+
+class DeviceBatchIn(NamedTuple):
+    items: list
+    skipped: list
+
+
+def collate_device(items: list) -> DeviceBatchIn:
+    return DeviceBatchIn([it for it in items if isinstance(it, DeviceItem)],
+                         [tuple(it) for it in items if isinstance(it, Skipped)])
+
+
+class DeviceFinisher:
+    """Turns a :class:`DeviceBatchIn` into a batch on ``device``: decode, crop, resize, flip."""
+
+    def __init__(self, task: TrainTransform | Geometries, device: torch.device):
+        self.task, self.device, self.stats = task, device, DecodeStats()
+
+    def _decode(self, items: list, skipped: list) -> list:
+        enc = [i for i, it in enumerate(items) if it.encoded]
+        images = [None] * len(items)
+        for i, img in zip(enc, decode_on_device([items[i].payload for i in enc], self.device)):
+            if img is None:       # nvJPEG refused it: Pillow on the CPU
+                try:
+                    img = full_pixels(items[i].payload.numpy().tobytes(), CODEC_OTHER).to(self.device)
+                    self.stats.cpu["refused by the device decoder"] += 1
+                except UnreadableImage as e:
+                    skipped.append((items[i].path, str(e)))
+                    continue
+            else:
+                self.stats.device += 1
+            if tuple(img.shape[1:]) != (items[i].height, items[i].width):
+                skipped.append((items[i].path, f"decoded size {tuple(img.shape[1:])} differs from the indexed one"))
+                continue
+            images[i] = img
+        for i, it in enumerate(items):
+            if not it.encoded:
+                images[i] = it.payload.to(self.device, non_blocking=True)
+                self.stats.cpu[it.reason] += 1
+        return images
+
+    def __call__(self, batch: DeviceBatchIn):
+        skipped = list(batch.skipped)
+        images = self._decode(batch.items, skipped)
+        keep = [i for i, img in enumerate(images) if img is not None]
+        self.stats.skipped += len(skipped)
+        labels = torch.tensor([batch.items[i].label for i in keep], dtype=torch.long)
+        indices = torch.tensor([batch.items[i].index for i in keep], dtype=torch.long)
+        imgs = [images[i] for i in keep]
+        task = self.task
+        if isinstance(task, TrainTransform):
+            if not keep:
+                return Batch(None, labels, indices, skipped)
+            boxes = [batch.items[i].box for i in keep]
+            axes = [crop_axes(t, l, h, w, task.size) for t, l, h, w, _ in boxes]
+            out = resample(imgs, [a[0] for a in axes], [a[1] for a in axes], task.size, task.interpolation,
+                           [b[4] for b in boxes])
+            return Batch(out, labels, indices, skipped)
+        outs = None if not keep else tuple(self._eval(imgs, res, pct) for res, pct in task.pairs)
+        return outs, labels, indices, skipped
+
+    def _eval(self, imgs: list, res: int, pct: float) -> torch.Tensor:
+        axes = [eval_axes(img.shape[1], img.shape[2], res, pct) for img in imgs]
+        return resample(imgs, [a[0] for a in axes], [a[1] for a in axes], res, self.task.interpolation)
+
+
+def _loader(dataset: Dataset, *, collate_fn, workers: int | None, pin_memory: bool, persistent: bool = False,
+            batch_sampler: Sampler | None = None, sampler: Sampler | None = None, batch_size: int | None = None,
+            prefetch_factor: int = 4) -> DataLoader:
+    """A DataLoader set up like :func:`~fixres.data.loader.make_loader`, with another collate."""
+    workers = default_workers() if workers is None else workers
+    kwargs = dict(num_workers=workers, collate_fn=collate_fn, pin_memory=pin_memory, generator=torch.Generator())
+    if workers > 0:
+        kwargs.update(persistent_workers=persistent, prefetch_factor=prefetch_factor)
+    if batch_sampler is not None:
+        return DataLoader(dataset, batch_sampler=batch_sampler, **kwargs)
+    return DataLoader(dataset, sampler=sampler, batch_size=batch_size, **kwargs)
+
+
+def train_batches(split: SplitIndex, transform: TrainTransform, sampler: Sampler, *, device: torch.device,
+                  pipeline: str = "auto", workers: int | None = None, decoder: str = "auto", draft: bool = True,
+                  prefetch: int = 2):
+    """The training batches of ``split`` in the order of ``sampler`` (a :class:`TrainBatches`).
+
+    Re-iterable: every ``iter()`` is one pass over what the sampler yields then.
+    """
+    cuda = device.type == "cuda"
+    if resolve_pipeline(pipeline, device, transform.interpolation) == "pil":
+        return make_loader(ImageDataset(split, transform), batch_sampler=sampler, workers=workers, pin_memory=cuda,
+                           persistent=True)
+    chosen = resolve_decoder(decoder, device, jitter=transform.color_jitter > 0)
+    dataset = FastDataset(split, transform, chosen, draft)
+    if chosen == "workers":
+        return make_loader(dataset, batch_sampler=sampler, workers=workers, pin_memory=cuda, persistent=True)
+    loader = _loader(dataset, collate_fn=collate_device, workers=workers, pin_memory=cuda, persistent=True,
+                     batch_sampler=sampler, prefetch_factor=2)       # encoded batches: a few MB each
+    return Prefetched(loader, DeviceFinisher(transform, device), device, prefetch)
+
+
+def _eval_iterable(split: SplitIndex, geometries: Geometries, *, device: torch.device, pipeline: str,
+                   batch_size: int, workers: int | None, dist_env: Dist, decoder: str, draft: bool, prefetch: int,
+                   single: bool):
+    sampler = EvalShard(len(split), dist_env.rank, dist_env.world)
+    cuda = device.type == "cuda"
+    if resolve_pipeline(pipeline, device, geometries.interpolation) == "pil":
+        if single:
+            res, pct = geometries.pairs[0]
+            return make_loader(ImageDataset(split, EvalTransform(res, pct, geometries.interpolation)),
+                               sampler=sampler, batch_size=batch_size, workers=workers, pin_memory=cuda)
+        from ..sweep import sweep_loader
+        transforms = tuple(EvalTransform(r, c, geometries.interpolation) for r, c in geometries.pairs)
+        return sweep_loader(split, transforms, batch_size=batch_size, workers=workers, dist_env=dist_env,
+                            pin_memory=cuda)
+    chosen = resolve_decoder(decoder, device)
+    dataset = FastDataset(split, geometries, chosen, draft)
+    if chosen == "workers":
+        return _loader(dataset, collate_fn=_single_collate if single else _geometry_collate, workers=workers,
+                       pin_memory=cuda, sampler=sampler, batch_size=batch_size)
+    loader = _loader(dataset, collate_fn=collate_device, workers=workers, pin_memory=cuda, sampler=sampler,
+                     batch_size=batch_size, prefetch_factor=2)
+    return Prefetched(loader, DeviceFinisher(geometries, device), device, prefetch,
+                      convert=_as_single if single else _as_geometry)
+
+
+def eval_batches(split: SplitIndex, test_res: int, crop_pct: float, interpolation: str, *, device: torch.device,
+                 pipeline: str = "auto", batch_size: int = 100, workers: int | None = None, dist_env: Dist = Dist(),
+                 decoder: str = "auto", draft: bool = False, prefetch: int = 2):
+    """This rank's share of ``split`` (every image once over ranks) at one test geometry.
+
+    ``draft`` (reduced-size decoding in the workers decoder) is off by default here: it
+    moved the top-1 of a checkpoint by up to 0.8 point (benchmarks/RESULTS.md); without it
+    the workers decoder gives exactly the PIL path's pixels.
+    """
+    EvalTransform(test_res, crop_pct, interpolation)       # validates
+    return _eval_iterable(split, Geometries(((test_res, crop_pct),), interpolation), device=device,
+                          pipeline=pipeline, batch_size=batch_size, workers=workers, dist_env=dist_env,
+                          decoder=decoder, draft=draft, prefetch=prefetch, single=True)
+
+
+def sweep_batches(split: SplitIndex, geometries: Sequence[tuple[int, float]], interpolation: str, *,
+                  device: torch.device, pipeline: str = "auto", batch_size: int = 100, workers: int | None = None,
+                  dist_env: Dist = Dist(), decoder: str = "auto", draft: bool = False, prefetch: int = 2):
+    """Like :func:`eval_batches` at several geometries from one decode per image: yields
+    ``GeometryBatch`` (see :mod:`fixres.sweep`)."""
+    for r, c in geometries:
+        EvalTransform(r, c, interpolation)
+    return _eval_iterable(split, Geometries(tuple(geometries), interpolation), device=device, pipeline=pipeline,
+                          batch_size=batch_size, workers=workers, dist_env=dist_env, decoder=decoder, draft=draft,
+                          prefetch=prefetch, single=False)
+
+
+def _single_collate(items: list) -> Batch:
+    return collate([it if isinstance(it, Skipped) else (it[0][0], it[1], it[2]) for it in items])
+
+
+def _geometry_collate(items: list):
+    from ..sweep import collate_geometries
+    return collate_geometries(items)
+
+
+def _as_single(out) -> Batch:
+    images, labels, indices, skipped = out
+    return Batch(None if images is None else images[0], labels, indices, skipped)
+
+
+def _as_geometry(out):
+    from ..sweep import GeometryBatch
+    return GeometryBatch(*out)
+
+
+__all__ = ["PIPELINES", "DECODERS", "resolve_pipeline", "resolve_decoder", "train_batches", "eval_batches",
+           "sweep_batches", "FastDataset", "DeviceFinisher", "Prefetched"]

@@ -30,6 +30,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from .errors import FixresError
+from .faults import pause_point
 
 FORMAT = "fixres-checkpoint/1"
 WEIGHTS, META, STATE = "model.safetensors", "meta.json", "state.pt"
@@ -125,6 +126,7 @@ def save_checkpoint(directory: str | Path, model: nn.Module, meta: CheckpointMet
     (tmp / META).write_text(meta.to_json())
     if train_state is not None:
         torch.save(train_state, tmp / STATE)
+    pause_point("checkpoint-write")
     for f in tmp.iterdir():
         _fsync(f)
     _fsync(tmp)
@@ -147,6 +149,22 @@ def point(link: Path, target: Path) -> None:
     os.symlink(os.path.relpath(target, link.parent), tmp)
     os.replace(tmp, link)
     _fsync(link.parent)
+
+
+def remove_stale_temporaries(directory: Path) -> list[str]:
+    """Delete what an interrupted :func:`save_checkpoint` or :func:`point` left behind
+    (hidden ``.tmp-*`` / ``.trash-*`` entries); the checkpoints themselves are untouched."""
+    removed = []
+    if not directory.is_dir():
+        return removed
+    for entry in directory.iterdir():
+        if entry.name.startswith((".tmp-", ".trash-")):
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry)
+            else:
+                entry.unlink()
+            removed.append(entry.name)
+    return removed
 
 
 def find_checkpoint(path: str | Path) -> Path:

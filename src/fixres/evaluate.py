@@ -55,7 +55,14 @@ class EvalResult:
 
 
 def eval_loader(split: SplitIndex, test_res: int, crop_pct: float, interpolation: str, *, batch_size: int = 100,
-                workers: int | None = None, dist_env: Dist = Dist(), pin_memory: bool = False):
+                workers: int | None = None, dist_env: Dist = Dist(), pin_memory: bool = False,
+                device: torch.device | None = None, pipeline: str = "auto"):
+    """This rank's batches of ``split`` at one test geometry. With a ``device``, ``pipeline``
+    chooses the data pipeline (see :mod:`fixres.data.pipeline`; auto: fast on CUDA)."""
+    if device is not None:
+        from .data.pipeline import eval_batches
+        return eval_batches(split, test_res, crop_pct, interpolation, device=device, pipeline=pipeline,
+                            batch_size=batch_size, workers=workers, dist_env=dist_env)
     transform = EvalTransform(test_res, crop_pct, interpolation)
     dataset = ImageDataset(split, transform)
     return make_loader(dataset, sampler=EvalShard(len(dataset), dist_env.rank, dist_env.world),
@@ -110,15 +117,25 @@ def evaluate(model: nn.Module, split: SplitIndex, *, test_res: int, crop_pct: fl
     not be read (refused when scanned, or failed to decode).
     """
     loader = eval_loader(split, test_res, crop_pct, interpolation, batch_size=batch_size, workers=workers,
-                         dist_env=dist_env, pin_memory=device.type == "cuda")
-    tally, skipped = Tally(device), list(split.skipped)   # files refused when scanned, then decode failures
-    if dist_env.is_main:
+                         dist_env=dist_env, pin_memory=device.type == "cuda", device=device)
+    tally, failed = Tally(device), []
+    if dist_env.is_main:  # files refused when scanned: the same list on every rank, counted once
         tally.add(None, torch.zeros(0, dtype=torch.long), len(split.skipped))
     batches = progress(loader) if progress else loader
     for logits, batch in infer(model, batches, device, preprocess, amp_dtype):
         tally.add(logits, batch.labels, len(batch.skipped))
-        skipped.extend(batch.skipped)
-    return tally.result(dist_env, test_res=test_res, crop_pct=crop_pct, interpolation=interpolation), skipped
+        failed.extend(batch.skipped)
+    result = tally.result(dist_env, test_res=test_res, crop_pct=crop_pct, interpolation=interpolation)
+    return result, list(split.skipped) + gather_lists(failed, dist_env)
+
+
+def gather_lists(items: list, dist_env: Dist) -> list:
+    """The concatenation over ranks of a small per-rank list (identical on every rank)."""
+    if not dist_env.enabled:
+        return items
+    parts: list = [None] * dist_env.world
+    torch.distributed.all_gather_object(parts, items)
+    return [x for part in parts for x in part]
 
 
 def load_split(data: str | Path, split: str, class_names: tuple[str, ...]) -> SplitIndex:
@@ -135,17 +152,20 @@ def load_split(data: str | Path, split: str, class_names: tuple[str, ...]) -> Sp
 def evaluate_checkpoint(checkpoint: str | Path, data: str | Path, *, split: str = "val", test_res: int | None = None,
                         crop_pct: float | None = None, interpolation: str | None = None, batch_size: int = 100,
                         workers: int | None = None, device: str = "auto", amp: str = "auto",
-                        quiet: bool = True) -> tuple[EvalResult, CheckpointMeta, list]:
-    """Evaluate a checkpoint; geometry defaults to what the checkpoint records."""
+                        quiet: bool = True, dist_env: Dist = Dist()) -> tuple[EvalResult, CheckpointMeta, list]:
+    """Evaluate a checkpoint; geometry defaults to what the checkpoint records.
+
+    Under torchrun every rank calls this with its ``dist_env``: each evaluates a disjoint
+    shard and all get the same totals."""
     model, meta = open_checkpoint(checkpoint)
     test_res = meta.test_res if test_res is None else test_res
     crop_pct = meta.crop_pct if crop_pct is None else crop_pct
     index = load_split(data, split, meta.class_names)
-    dev = resolve_device(device)
+    dev = resolve_device(device, dist_env)
     model.to(dev)
     result, skipped = evaluate(
         model, index, test_res=test_res, crop_pct=crop_pct,
         interpolation=interpolation or meta.interpolation, preprocess=Preprocess(meta.mean, meta.std),
-        device=dev, batch_size=batch_size, workers=workers, amp_dtype=autocast_dtype(amp, dev),
-        progress=lambda it: iterate(it, f"eval@{test_res}", enabled=not quiet, total=len(it)))
+        device=dev, batch_size=batch_size, workers=workers, amp_dtype=autocast_dtype(amp, dev), dist_env=dist_env,
+        progress=lambda it: iterate(it, f"eval@{test_res}", enabled=not quiet and dist_env.is_main, total=len(it)))
     return result, meta, skipped

@@ -7,6 +7,7 @@ CPU). A single process is the world-size-1 case of the same code.
 from __future__ import annotations
 
 import contextlib
+import datetime
 import os
 import random
 from dataclasses import dataclass
@@ -43,7 +44,10 @@ def init_distributed(device: str = "auto") -> Dist:
         use_cuda = torch.cuda.is_available() and device in ("auto", "cuda") or device.startswith("cuda")
         if use_cuda:
             torch.cuda.set_device(local_rank)
-        dist.init_process_group("nccl" if use_cuda else "gloo")
+        # FIXRES_DIST_TIMEOUT_S bounds every collective (PyTorch's default: 10 min NCCL, 30 min gloo).
+        timeout = os.environ.get("FIXRES_DIST_TIMEOUT_S")
+        kwargs = {"timeout": datetime.timedelta(seconds=float(timeout))} if timeout else {}
+        dist.init_process_group("nccl" if use_cuda else "gloo", **kwargs)
     return Dist(rank, world, local_rank)
 
 

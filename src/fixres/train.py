@@ -27,7 +27,8 @@ from . import checkpoint as ckpt
 from .config import dump_yaml, read_yaml
 from .data import scan_dataset
 from .data.folder import split_holdout
-from .data.loader import ImageDataset, TrainBatches, make_loader, mix_seed
+from .data.loader import TrainBatches, mix_seed
+from .data.pipeline import train_batches
 from .data.transforms import TrainTransform
 from .errors import FixresError
 from .evaluate import Preprocess, evaluate
@@ -48,6 +49,7 @@ class NonFiniteLoss(FixresError):
 class TrainResult:
     run_dir: Path
     summary: dict
+    is_main: bool = True     # False on the other ranks of a distributed run
 
 
 def stored_config(values: dict, run_dir: Path) -> dict:
@@ -79,8 +81,15 @@ class Trainer:
         self.device = resolve_device(cfg.device, self.dist)
         self.amp_dtype = autocast_dtype(cfg.amp, self.device)
         self.run_dir = Path(cfg.out)
+        if cfg.sync_bn and self.dist.enabled and self.device.type != "cuda":
+            raise FixresError("--sync-bn needs CUDA GPUs (torch's SyncBatchNorm has no CPU kernel); without it the "
+                              "batch-norm statistics are still averaged across processes before each evaluation "
+                              "and checkpoint")
         if self.dist.is_main:
             prepare_run_dir(self.run_dir, resume=resume, overwrite=overwrite)
+            if resume:  # what a crash in the middle of a checkpoint write left behind
+                for where in (self.run_dir, self.run_dir / "checkpoints"):
+                    ckpt.remove_stale_temporaries(where)
             write_text(self.run_dir / "config.yaml", dump_yaml(cfg))
         barrier(self.dist)
 
@@ -101,6 +110,8 @@ class Trainer:
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
         self.net = (DistributedDataParallel(self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
                     if self.dist.enabled else self.model)
+        if cfg.compile:
+            self.net = torch.compile(self.net)
 
         if cfg.batch_size % (cfg.accum_steps * self.dist.world):
             raise FixresError(f"batch_size {cfg.batch_size} is not divisible by accum_steps {cfg.accum_steps} "
@@ -110,14 +121,15 @@ class Trainer:
         self.sampler = TrainBatches(len(self.train_split), cfg.batch_size, cfg.seed, self.dist.rank, self.dist.world,
                                     accum=cfg.accum_steps)
         transform = TrainTransform(cfg.train_res, cfg.scale, cfg.ratio, cfg.hflip, cfg.color_jitter, cfg.interpolation)
-        self.loader = make_loader(ImageDataset(self.train_split, transform), batch_sampler=self.sampler,
-                                  workers=cfg.workers, pin_memory=self.device.type == "cuda", persistent=True)
+        self.loader = train_batches(self.train_split, transform, self.sampler, device=self.device,
+                                    pipeline=cfg.pipeline, workers=cfg.workers)
         self.steps_per_epoch = self.sampler.steps_per_epoch
         self.lr_at = schedule_for(cfg, self.steps_per_epoch)
         self.epoch, self.step_in_epoch, self.step = 0, 0, 0
         self.best_top1, self.best_epoch = -1.0, None
         self.skipped = {("train", p): r for p, r in self.data.train.skipped} | {("val", p): r for p, r in self.data.val.skipped}
         self.train_seconds, self.train_images = 0.0, 0
+        self._epoch_loss, self._epoch_images = 0.0, 0   # this rank's sums so far in the current epoch
         if resume:
             self._restore()
         torch.manual_seed(mix_seed(cfg.seed, self.dist.rank, self.step))  # per-rank dropout / drop-path draws
@@ -140,11 +152,13 @@ class Trainer:
             if self.cfg.holdout else None)
 
     def _train_state(self) -> dict:
-        states = [rng_state()]
+        # Per rank: random state, and the running loss sum of a checkpoint taken mid-epoch.
+        mine = {"rng": rng_state(), "epoch_loss_sum": self._epoch_loss, "epoch_images": self._epoch_images}
+        ranks = [mine]
         if self.dist.enabled:
-            states = [None] * self.dist.world
-            torch.distributed.all_gather_object(states, rng_state())
-        return {"optimizer": self.optimizer.state_dict(), "scaler": self.scaler.state_dict(), "rng": states,
+            ranks = [None] * self.dist.world
+            torch.distributed.all_gather_object(ranks, mine)
+        return {"optimizer": self.optimizer.state_dict(), "scaler": self.scaler.state_dict(), "ranks": ranks,
                 "epoch": self.epoch, "step_in_epoch": self.step_in_epoch, "step": self.step,
                 "best_top1": self.best_top1, "best_epoch": self.best_epoch,
                 "train_seconds": self.train_seconds, "train_images": self.train_images}
@@ -185,8 +199,11 @@ class Trainer:
         self.scaler.load_state_dict(state["scaler"])
         for key in ("epoch", "step_in_epoch", "step", "best_top1", "best_epoch", "train_seconds", "train_images"):
             setattr(self, key, state[key])
-        rngs = state["rng"]
-        self._resume_rng = rngs[self.dist.rank] if len(rngs) == self.dist.world else None
+        ranks = state["ranks"]
+        if len(ranks) == self.dist.world:  # same world size: each rank continues its own streams
+            self._resume_rng = ranks[self.dist.rank]["rng"]
+            self._epoch_loss = ranks[self.dist.rank]["epoch_loss_sum"]
+            self._epoch_images = ranks[self.dist.rank]["epoch_images"]
         if self.dist.is_main:  # forget log rows written after the checkpoint: they will be redone
             rows = [r for r in read_jsonl(self.run_dir / "metrics.jsonl") if r.get("step", 0) <= self.step]
             write_text(self.run_dir / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
@@ -210,8 +227,10 @@ class Trainer:
         self.net.train()
         self.sampler.set_epoch(self.epoch, self.step_in_epoch)
         batches = iter(self.loader)
-        loss_sum = torch.zeros((), device=self.device)  # stays on the device: no per-step sync
-        images, t0 = 0, time.perf_counter()
+        # Sums stay on the device (no per-step sync); a resumed epoch starts from the saved ones.
+        loss_sum = torch.tensor(float(self._epoch_loss), device=self.device)
+        images, t0 = self._epoch_images, time.perf_counter()
+        images_before = images
         while self.step_in_epoch < self.steps_per_epoch:
             lr = self.lr_at(self.step)
             for group in self.optimizer.param_groups:
@@ -223,9 +242,12 @@ class Trainer:
                     continue
                 x, y = self.preprocess(batch.images, self.device), batch.labels.to(self.device, non_blocking=True)
                 sync = micro == accum - 1 or not self.dist.enabled
-                with (contextlib.nullcontext() if sync else self.net.no_sync()), autocast(self.device, self.amp_dtype):
-                    loss = F.cross_entropy(self.net(x), y, label_smoothing=cfg.label_smoothing)
-                self.scaler.scale(loss / accum).backward()
+                try:
+                    with (contextlib.nullcontext() if sync else self.net.no_sync()), autocast(self.device, self.amp_dtype):
+                        loss = F.cross_entropy(self.net(x), y, label_smoothing=cfg.label_smoothing)
+                    self.scaler.scale(loss / accum).backward()
+                except torch.cuda.OutOfMemoryError:
+                    raise self._out_of_memory(len(y)) from None
                 loss_sum += loss.detach() * y.numel()
                 images += y.numel()
             if cfg.clip_grad:
@@ -241,6 +263,8 @@ class Trainer:
                 bar.update(self.step_in_epoch, loss=loss_sum.item() / max(images, 1),
                            images_per_s=images * self.dist.world / (time.perf_counter() - t0), lr=lr)
             if cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0 and self.step_in_epoch < self.steps_per_epoch:
+                self._check_finite(loss_sum)  # never checkpoint a diverged model
+                self._epoch_loss, self._epoch_images = loss_sum.item(), images
                 self.save({"train_loss": loss_sum.item() / max(images, 1)})
         if self.device.type == "cuda":
             torch.cuda.synchronize()
@@ -249,18 +273,36 @@ class Trainer:
         total = torch.tensor([loss_sum.item(), images], dtype=torch.float64, device=self.device)
         if self.dist.enabled:
             torch.distributed.all_reduce(total)
+        ran = torch.tensor([images - images_before], dtype=torch.float64, device=self.device)
+        if self.dist.enabled:
+            torch.distributed.all_reduce(ran)
         self.train_seconds += seconds
-        self.train_images += int(total[1])
+        self.train_images += int(ran.item())
+        self._epoch_loss, self._epoch_images = 0.0, 0
         return {"train_loss": total[0].item() / max(total[1].item(), 1), "train_images": int(total[1]),
-                "train_seconds": round(seconds, 3), "train_images_per_s": round(total[1].item() / max(seconds, 1e-9), 1),
+                "train_seconds": round(seconds, 3), "train_images_per_s": round(ran.item() / max(seconds, 1e-9), 1),
                 "lr": lr}
 
     def _check_finite(self, loss_sum: torch.Tensor) -> None:
-        if not math.isfinite(loss_sum.item()):
+        """Stop if the loss is NaN or infinite on any rank (a collective: every rank calls it
+        at the same steps)."""
+        bad = (~torch.isfinite(loss_sum)).float().reshape(1)
+        if self.dist.enabled:
+            torch.distributed.all_reduce(bad)
+        if bad.item():
             last = (self.run_dir / "last").resolve() if (self.run_dir / "last").exists() else None
             kept = f"; the last good checkpoint is kept at {last}" if last else "; no checkpoint was written yet"
-            raise NonFiniteLoss(f"training loss became {loss_sum.item()} near step {self.step} (epoch {self.epoch})"
+            raise NonFiniteLoss(f"training loss became {loss_sum.item()} near step {self.step} (epoch {self.epoch + 1})"
                                 f"{kept}. Lower --lr, add --clip-grad, or use --amp none")
+
+    def _out_of_memory(self, images: int) -> FixresError:
+        cfg = self.cfg
+        torch.cuda.empty_cache()
+        half = max(self.dist.world * cfg.accum_steps, cfg.batch_size // 2)
+        return FixresError(
+            f"GPU out of memory with {images} images per process per step at {cfg.train_res}px "
+            f"(--batch-size {cfg.batch_size} over {self.dist.world} process(es) x {cfg.accum_steps} accumulation "
+            f"step(s)); try --accum-steps {cfg.accum_steps * 2} (same global batch) or --batch-size {half}")
 
     def _note_skipped(self, split: str, items) -> None:
         for path, reason in items:
@@ -296,7 +338,7 @@ class Trainer:
         summary = self._summary()
         if self.dist.is_main:
             write_json(self.run_dir / "summary.json", summary)
-        return TrainResult(self.run_dir, summary)
+        return TrainResult(self.run_dir, summary, self.dist.is_main)
 
     def _write_skipped(self) -> None:
         rows = [{"split": s, "path": p, "reason": r} for (s, p), r in sorted(self.skipped.items())]

@@ -21,6 +21,7 @@ from ..data.folder import SplitIndex, split_holdout
 from ..data.loader import ImageDataset, make_loader, mix_seed
 from ..data.transforms import EvalTransform, _color_jitter, eval_geometry, interpolation_mode
 from ..errors import FixresError
+from ..runtime import Dist
 from ..evaluate import load_split
 
 
@@ -98,22 +99,24 @@ def adaptation_images(data: str | Path, meta: CheckpointMeta, images: int | None
 
 class Sequential(Sampler):
     """Batches ``0..n-1`` in order; with a seed, items are ``(index, mix_seed(seed, index))``
-    so that a random transform draws the same for an image whatever the batching."""
+    so that a random transform draws the same for an image whatever the batching.
+    Rank ``r`` of ``W`` takes batches ``r, r+W, ...``: every image exactly once overall."""
 
-    def __init__(self, n: int, batch_size: int, seed: int | None = None):
-        self.n, self.batch_size, self.seed = n, batch_size, seed
+    def __init__(self, n: int, batch_size: int, seed: int | None = None, rank: int = 0, world: int = 1):
+        self.n, self.batch_size, self.seed, self.rank, self.world = n, batch_size, seed, rank, world
 
     def __len__(self) -> int:
-        return -(-self.n // self.batch_size)
+        return len(range(self.rank, -(-self.n // self.batch_size), self.world))
 
     def __iter__(self):
-        for begin in range(0, self.n, self.batch_size):
+        for begin in range(self.rank * self.batch_size, self.n, self.batch_size * self.world):
             idx = range(begin, min(begin + self.batch_size, self.n))
             yield list(idx) if self.seed is None else [(i, mix_seed(self.seed, i)) for i in idx]
 
 
 def ordered_loader(split: SplitIndex, transform, batch_size: int, workers: int | None, *, seed: int | None = None,
-                   pin_memory: bool = False):
-    """Every image of ``split`` once, in index order (for caching and statistics)."""
-    return make_loader(ImageDataset(split, transform), batch_sampler=Sequential(len(split), batch_size, seed),
-                       workers=workers, pin_memory=pin_memory)
+                   pin_memory: bool = False, dist_env: Dist = Dist()):
+    """Every image of ``split`` once, in index order (for caching and statistics); under
+    several processes each rank gets its share of the batches."""
+    sampler = Sequential(len(split), batch_size, seed, dist_env.rank, dist_env.world)
+    return make_loader(ImageDataset(split, transform), batch_sampler=sampler, workers=workers, pin_memory=pin_memory)

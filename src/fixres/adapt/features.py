@@ -16,14 +16,15 @@ otherwise training falls back to the full-network loop.
 """
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from ..evaluate import Preprocess
-from ..runtime import autocast
+from ..evaluate import Preprocess, gather_lists
+from ..runtime import Dist, autocast
 from .surgery import find_classifier
 
 CACHE_FRACTION = 0.5
@@ -81,34 +82,68 @@ class FeatureCache:
 
 @torch.no_grad()
 def build_cache(bottom: nn.Module, loader, n: int, preprocess: Preprocess, device: torch.device,
-                amp_dtype: torch.dtype | None) -> tuple[FeatureCache | None, str]:
+                amp_dtype: torch.dtype | None, dist_env: Dist = Dist()) -> tuple[FeatureCache | None, str]:
     """Run ``bottom`` once over the ``n`` images of ``loader`` (in index order) and keep its
-    outputs. Returns ``(cache, "")``, or ``(None, reason)`` when the cache would not fit."""
+    outputs. Returns ``(cache, "")``, or ``(None, reason)`` when the cache would not fit.
+
+    Under several processes each rank computes the rows of its batches and the rows are
+    summed across ranks (every other rank holds zeros there), so every rank ends with the
+    whole cache, exactly as one process would have computed it."""
     tensors, labels = None, torch.zeros(n, dtype=torch.long)
-    valid, skipped = torch.zeros(n, dtype=torch.bool), []
+    valid, skipped, reason = torch.zeros(n, dtype=torch.bool), [], ""
     for batch in loader:
         skipped.extend(batch.skipped)
-        if batch.images is None:
+        if batch.images is None or reason:
             continue
         with autocast(device, amp_dtype):
             out = bottom(preprocess(batch.images, device))
         if tensors is None:
-            per_image = sum(t[0].numel() * t.element_size() for t in out)
-            storage = cache_storage(per_image * n, device)
-            if storage is None:
-                return None, (f"the cached features would take {per_image * n / 2**30:.2f} GiB "
-                              f"({per_image / 2**20:.2f} MiB per image x {n}), more than half of the free memory")
-            pin = storage.type == "cpu" and device.type == "cuda"
-            tensors = tuple(torch.empty((n, *t.shape[1:]), dtype=t.dtype, device=storage, pin_memory=pin)
-                            for t in out)
+            tensors, reason = _allocate([(t.shape[1:], t.dtype) for t in out], n, device)
+            if tensors is None:
+                continue
         rows = batch.indices.to(tensors[0].device)
         for dst, src in zip(tensors, out):
             dst.index_copy_(0, rows, src.to(dst.device, dst.dtype))
         labels[batch.indices] = batch.labels
         valid[batch.indices] = True
+    if dist_env.enabled:
+        tensors, reason = _merge_ranks(tensors, reason, labels, valid, n, device, dist_env)
+        skipped = gather_lists(skipped, dist_env)
     if tensors is None:
-        return None, "no adaptation image could be decoded"
+        return None, reason or "no adaptation image could be decoded"
     return FeatureCache(tensors, labels, valid, skipped), ""
+
+
+def _allocate(layout: list, n: int, device: torch.device) -> tuple[tuple[torch.Tensor, ...] | None, str]:
+    """Zero-filled cache tensors for ``n`` images of the given (shape, dtype) layout, where they fit."""
+    per_image = sum(math.prod(shape) * torch.empty((), dtype=dtype).element_size() for shape, dtype in layout)
+    storage = cache_storage(per_image * n, device)
+    if storage is None:
+        return None, (f"the cached features would take {per_image * n / 2**30:.2f} GiB "
+                      f"({per_image / 2**20:.2f} MiB per image x {n}), more than half of the free memory")
+    pin = storage.type == "cpu" and device.type == "cuda"
+    return tuple(torch.zeros((n, *shape), dtype=dtype, device=storage, pin_memory=pin) for shape, dtype in layout), ""
+
+
+def _merge_ranks(tensors, reason: str, labels: torch.Tensor, valid: torch.Tensor, n: int, device: torch.device,
+                 dist_env: Dist):
+    """Agree on the layout (a rank may have had no batch), then sum the rows of all ranks."""
+    mine = None if tensors is None else [(tuple(t.shape[1:]), t.dtype) for t in tensors]
+    views: list = [None] * dist_env.world
+    torch.distributed.all_gather_object(views, (mine, reason))
+    reasons = [r for _, r in views if r]
+    layout = next((m for m, _ in views if m is not None), None)
+    if reasons or layout is None:
+        return None, reasons[0] if reasons else "no adaptation image could be decoded"
+    if tensors is None:
+        tensors, _ = _allocate(layout, n, device)
+    for t in tensors:  # collectives run where the tensor lives (gloo: CPU, NCCL: GPU)
+        torch.distributed.all_reduce(t)
+    for t in (labels, valid):
+        merged = t.long()
+        torch.distributed.all_reduce(merged)
+        t.copy_(merged.to(t.dtype))
+    return tensors, ""
 
 
 class _Capture:
@@ -136,9 +171,10 @@ def pooled_features(model: nn.Module, images: torch.Tensor, *, classifier: str |
 
 @torch.no_grad()
 def collect_pooled(model: nn.Module, classifier: str, loader, preprocess: Preprocess, device: torch.device,
-                   amp_dtype: torch.dtype | None) -> tuple[torch.Tensor, list]:
-    """Pooled features of every decodable image of ``loader`` (CPU, float32) and the skipped files."""
-    capture, skipped = _Capture(), []
+                   amp_dtype: torch.dtype | None, dist_env: Dist = Dist()) -> tuple[torch.Tensor, list]:
+    """Pooled features of every decodable image of ``loader`` (CPU, float32, in image index
+    order, gathered from every rank) and the skipped files."""
+    capture, skipped, indices = _Capture(), [], []
     handle = model.get_submodule(classifier).register_forward_pre_hook(capture, prepend=True)
     model.eval()
     try:
@@ -147,8 +183,16 @@ def collect_pooled(model: nn.Module, classifier: str, loader, preprocess: Prepro
             if batch.images is not None:
                 with autocast(device, amp_dtype):
                     model(preprocess(batch.images, device))
+                indices.append(batch.indices)
     finally:
         handle.remove()
-    if not capture.rows:
-        return torch.zeros(0, 0), skipped
-    return torch.cat([r.cpu() for r in capture.rows]), skipped
+    rows = torch.cat([r.cpu() for r in capture.rows]) if capture.rows else torch.zeros(0, 0)
+    order = torch.cat(indices) if indices else torch.zeros(0, dtype=torch.long)
+    if dist_env.enabled:
+        parts: list = [None] * dist_env.world
+        torch.distributed.all_gather_object(parts, (order, rows))
+        parts = [p for p in parts if len(p[0])]
+        order = torch.cat([p[0] for p in parts]) if parts else order
+        rows = torch.cat([p[1] for p in parts]) if parts else rows
+        skipped = gather_lists(skipped, dist_env)
+    return rows[order.argsort()] if len(order) else rows, skipped

@@ -20,10 +20,10 @@ from torch import nn
 from ..data.folder import SplitIndex
 from ..data.loader import ImageDataset, TrainBatches, make_loader
 from ..errors import FixresError
-from ..evaluate import Preprocess
+from ..evaluate import Preprocess, gather_lists
 from ..optim import param_groups
 from ..progress import iterate
-from ..runtime import autocast
+from ..runtime import Dist, all_reduce_sum, autocast
 from .features import FeatureCache
 from .options import BN_MOMENTUM, MOMENTUM, WEIGHT_DECAY, AdaptOptions
 from .surgery import Plan, batchnorms_in, freeze_for, set_modes
@@ -44,9 +44,12 @@ def cached_batches(cache: FeatureCache, batch_size: int, seed: int, device: torc
 
 
 def naive_batches(split: SplitIndex, transform, batch_size: int, seed: int, workers: int | None,
-                  preprocess: Preprocess, device: torch.device, skipped: dict) -> Batches:
-    """Images decoded and transformed every epoch (each draw seeded by (seed, epoch, index))."""
-    sampler = TrainBatches(len(split), batch_size, seed)
+                  preprocess: Preprocess, device: torch.device, skipped: dict, dist_env: Dist = Dist()) -> Batches:
+    """Images decoded and transformed every epoch (each draw seeded by (seed, epoch, index));
+    under several processes each rank takes its share of every batch."""
+    if batch_size % dist_env.world:
+        raise FixresError(f"--batch-size {batch_size} is not divisible by the {dist_env.world} processes")
+    sampler = TrainBatches(len(split), batch_size, seed, dist_env.rank, dist_env.world)
     loader = make_loader(ImageDataset(split, transform), batch_sampler=sampler, workers=workers,
                          pin_memory=device.type == "cuda", persistent=True)
 
@@ -79,9 +82,15 @@ def adaptation_state(model: nn.Module, plan: Plan):
 
 
 def train(model: nn.Module, plan: Plan, forward: Callable, batches: Batches, opts: AdaptOptions,
-          device: torch.device, amp_dtype: torch.dtype | None, log: Callable[[str], None]) -> list[dict]:
+          device: torch.device, amp_dtype: torch.dtype | None, log: Callable[[str], None],
+          sharded: Dist = Dist()) -> list[dict]:
     """SGD (momentum 0.9, weight decay 1e-4 on weights) with step decay, on ``forward``
-    (the top on cached features, or the model). Returns one row per epoch."""
+    (the top on cached features, or the model). Returns one row per epoch.
+
+    ``sharded``: the process group when every rank sees only its share of each batch
+    (the full-network loop); gradients and loss sums are then averaged over ranks and the
+    batch-norm statistics too at the end. On cached features every rank holds the whole
+    cache and runs the same steps, so no communication is needed (pass the default)."""
     history = []
     with adaptation_state(model, plan) as params:
         if not params:
@@ -100,10 +109,14 @@ def train(model: nn.Module, plan: Plan, forward: Callable, batches: Batches, opt
                 loss = F.cross_entropy(logits.float(), labels, label_smoothing=opts.label_smoothing)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
+                if sharded.enabled:
+                    average_gradients(params, sharded)
                 optimizer.step()
                 sums += torch.stack([loss.detach().double() * labels.numel(),
                                      (logits.argmax(1) == labels).sum().double(),
                                      torch.tensor(labels.numel(), dtype=torch.float64, device=device)])
+            if sharded.enabled:
+                torch.distributed.all_reduce(sums)
             loss_sum, correct, n = sums.tolist()   # one host sync per epoch
             if not math.isfinite(loss_sum):
                 raise FixresError(f"adaptation loss became {loss_sum} in epoch {epoch + 1}; lower --lr")
@@ -112,7 +125,25 @@ def train(model: nn.Module, plan: Plan, forward: Callable, batches: Batches, opt
             history.append(row)
             log(f"epoch {row['epoch']}/{opts.epochs}  loss {row['loss']:.4f}  train top-1 {row['train_top1']:.2f}  "
                 f"lr {lr:.3g}  {row['seconds']:.2f}s")
+        if sharded.enabled:
+            average_bn_statistics(model, sharded)
     return history
+
+
+def average_gradients(params, dist_env: Dist) -> None:
+    for p in params:
+        if p.grad is not None:
+            torch.distributed.all_reduce(p.grad)
+            p.grad.div_(dist_env.world)
+
+
+def average_bn_statistics(model: nn.Module, dist_env: Dist) -> None:
+    """Average batch-norm running statistics over ranks (every rank ends with the same model)."""
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats:
+            for buf in (m.running_mean, m.running_var):
+                torch.distributed.all_reduce(buf)
+                buf.div_(dist_env.world)
 
 
 class _Moments:
@@ -130,6 +161,9 @@ class _Moments:
         mean = x.mean(dims)
         shape = [1, -1] + [1] * (x.ndim - 2)
         m2 = ((x - mean.view(shape)) ** 2).sum(dims)
+        self._add(count, mean, m2)
+
+    def _add(self, count: int, mean: torch.Tensor, m2: torch.Tensor) -> None:
         if self.mean is None:
             self.n, self.mean, self.m2 = count, mean, m2
             return
@@ -139,10 +173,21 @@ class _Moments:
         self.m2 = self.m2 + m2 + delta ** 2 * self.n * count / total
         self.n = total
 
+    @staticmethod
+    def merge(local: "_Moments", dist_env: Dist) -> "_Moments":
+        """The moments over every rank's images (merged in rank order, identical on every rank)."""
+        parts: list = [None] * dist_env.world
+        mine = None if local.mean is None else (local.n, local.mean.cpu(), local.m2.cpu())
+        torch.distributed.all_gather_object(parts, mine)
+        merged = _Moments()
+        for part in filter(None, parts):
+            merged._add(*part)
+        return merged
+
 
 @torch.no_grad()
 def reestimate_bn(model: nn.Module, names: tuple[str, ...], loader, preprocess: Preprocess, device: torch.device,
-                  amp_dtype: torch.dtype | None, quiet: bool) -> tuple[int, list]:
+                  amp_dtype: torch.dtype | None, quiet: bool, dist_env: Dist = Dist()) -> tuple[int, list]:
     """Replace the running mean/var of the named batch-norms by the exact mean and unbiased
     variance of their inputs over every image of ``loader`` (no gradient, no labels).
 
@@ -169,6 +214,10 @@ def reestimate_bn(model: nn.Module, names: tuple[str, ...], loader, preprocess: 
         for h in handles:
             h.remove()
         model.eval()
+    if dist_env.enabled:
+        images = int(all_reduce_sum(torch.tensor([images], dtype=torch.float64, device=device), dist_env).item())
+        skipped = gather_lists(skipped, dist_env)
+        moments = [_Moments.merge(m, dist_env) for m in moments]
     if images == 0:
         raise FixresError("no adaptation image could be decoded")
     for bn, m, count in zip(bns, moments, tracked):

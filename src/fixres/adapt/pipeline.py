@@ -19,10 +19,10 @@ from ..config import build, to_dict
 from ..data.loader import ImageDataset, Skipped
 from ..data.transforms import EvalTransform, TrainTransform
 from ..errors import FixresError
-from ..evaluate import EvalResult, Preprocess, evaluate
+from ..evaluate import EvalResult, Preprocess, evaluate, gather_lists
 from ..progress import Progress, iterate
 from ..rundir import write_json
-from ..runtime import autocast_dtype, resolve_device
+from ..runtime import Dist, autocast_dtype, barrier, resolve_device
 from .data import Images, adapt_transform, adaptation_images, ordered_loader
 from .features import build_cache, collect_pooled
 from .graph import Split, check_split, split_graph
@@ -54,7 +54,8 @@ def adapt_checkpoint(checkpoint: str | Path, data: str | Path, *, test_res: int,
                      bn_module: str | tuple[str, ...] | None = None, classifier_module: str | None = None,
                      device: str | None = None, amp: str | None = None, workers: int | None = None,
                      cache: bool | None = None, seed: int | None = None, overwrite: bool = False,
-                     quiet: bool = False) -> AdaptResult:
+                     quiet: bool = False, before: EvalResult | None = None,
+                     dist_env: Dist = Dist()) -> AdaptResult:
     """Adapt a checkpoint to ``test_res`` (see :class:`AdaptOptions` for every setting;
     ``None`` takes its default: method fixres, 30 epochs, batch 64, lr 1e-3 x batch/64, v1).
 
@@ -64,6 +65,10 @@ def adapt_checkpoint(checkpoint: str | Path, data: str | Path, *, test_res: int,
         out: checkpoint directory to write (must not exist or be empty; ``overwrite``
             replaces a fixres checkpoint there). None: nothing is written.
         quiet: no progress bars and no per-epoch lines.
+        before: the unadapted checkpoint's val result at ``test_res`` if already measured
+            (e.g. by a sweep): it is recorded instead of being evaluated again.
+        dist_env: under torchrun, every rank calls this: the passes over the images are
+            shared between ranks, the result is the same as one process's, rank 0 writes.
     """
     if isinstance(bn_module, str):
         bn_module = (bn_module,)
@@ -72,7 +77,7 @@ def adapt_checkpoint(checkpoint: str | Path, data: str | Path, *, test_res: int,
                  all_bn=all_bn, images=images, bn_module=bn_module, classifier_module=classifier_module,
                  device=device, amp=amp, workers=workers, cache=cache, seed=seed)
     opts = build(AdaptOptions, {k: v for k, v in given.items() if v is not None})
-    return adapt(checkpoint, data, opts, out=out, overwrite=overwrite, quiet=quiet)
+    return adapt(checkpoint, data, opts, out=out, overwrite=overwrite, quiet=quiet, before=before, dist_env=dist_env)
 
 
 def _check_out(out: Path, overwrite: bool, source: Path) -> None:
@@ -93,9 +98,11 @@ def _check_out(out: Path, overwrite: bool, source: Path) -> None:
 
 
 def adapt(checkpoint: str | Path, data: str | Path, opts: AdaptOptions, *, out: str | Path | None = None,
-          overwrite: bool = False, quiet: bool = False) -> AdaptResult:
+          overwrite: bool = False, quiet: bool = False, before: EvalResult | None = None,
+          dist_env: Dist = Dist()) -> AdaptResult:
     """:func:`adapt_checkpoint` with validated options."""
     t_start = time.perf_counter()
+    quiet = quiet or not dist_env.is_main
     log = (lambda text: None) if quiet else Progress.write
     source = find_checkpoint(checkpoint)
     out = Path(out) if out is not None else None
@@ -108,7 +115,7 @@ def adapt(checkpoint: str | Path, data: str | Path, opts: AdaptOptions, *, out: 
     if opts.trains and len(imgs.train) < opts.batch_size:
         raise FixresError(f"{len(imgs.train)} adaptation images are fewer than one batch of {opts.batch_size}; "
                           "lower --batch-size")
-    device = resolve_device(opts.device)
+    device = resolve_device(opts.device, dist_env)
     amp_dtype = autocast_dtype(opts.amp, device)
     torch.manual_seed(opts.seed)
     model.to(device)
@@ -116,10 +123,15 @@ def adapt(checkpoint: str | Path, data: str | Path, opts: AdaptOptions, *, out: 
                      bn_module=opts.bn_module, classifier_module=opts.classifier_module)
     for note in plan.notes:
         log(note)
-    ctx = _Context(model, meta, plan, imgs, opts, device, amp_dtype, Preprocess(meta.mean, meta.std), log, quiet)
+    ctx = _Context(model, meta, plan, imgs, opts, device, amp_dtype, Preprocess(meta.mean, meta.std), log, quiet,
+                   dist_env)
 
     t0 = time.perf_counter()
-    before = ctx.evaluate("before")
+    if before is None:
+        before = ctx.evaluate("before")
+    elif (before.test_res, before.crop_pct, before.interpolation) != (opts.test_res, meta.crop_pct, meta.interpolation):
+        raise ValueError(f"the given 'before' result was measured at another geometry ({before.test_res}px, "
+                         f"crop {before.crop_pct}, {before.interpolation})")
     eval_seconds = time.perf_counter() - t0
     info = {"trains": _train_method, "bn": _bn_method, "parametric": _parametric_method}[
         "trains" if opts.trains else opts.method](ctx)
@@ -130,9 +142,10 @@ def adapt(checkpoint: str | Path, data: str | Path, opts: AdaptOptions, *, out: 
     report = _report(ctx, source, before, after, info, seconds, eval_seconds)
     new_meta = meta.replace(test_res=opts.test_res, adaptation=report,
                             metrics={f"val_{k}": v for k, v in after.row().items()})
-    if out is not None:
+    if out is not None and dist_env.is_main:
         new_meta = save_checkpoint(out, model, new_meta)
         write_json(out / "adapt.json", {**report, "checkpoint": str(out), "weights_sha256": new_meta.weights_sha256})
+    barrier(dist_env)
     return AdaptResult(model, new_meta, before, after, seconds, report, out)
 
 
@@ -148,12 +161,14 @@ class _Context:
     preprocess: Preprocess
     log: object
     quiet: bool
+    dist_env: Dist = Dist()
 
     def evaluate(self, when: str) -> EvalResult:
         k = self.opts.test_res
         result, _ = evaluate(self.model, self.imgs.val, test_res=k, crop_pct=self.meta.crop_pct,
                              interpolation=self.meta.interpolation, preprocess=self.preprocess, device=self.device,
                              batch_size=self.opts.batch_size, workers=self.opts.workers, amp_dtype=self.amp_dtype,
+                             dist_env=self.dist_env,
                              progress=lambda it: iterate(it, f"val@{k} {when}", enabled=not self.quiet, total=len(it)))
         self.log(f"{when}: val@{k} top-1 {result.top1:.2f}  top-5 {result.top5:.2f}  loss {result.loss:.4f}  "
                  f"({result.n} images)")
@@ -161,7 +176,7 @@ class _Context:
 
     def loader(self, transform, seed: int | None = None):
         return ordered_loader(self.imgs.train, transform, self.opts.batch_size, self.opts.workers, seed=seed,
-                              pin_memory=self.device.type == "cuda")
+                              pin_memory=self.device.type == "cuda", dist_env=self.dist_env)
 
     def progress(self, loader, what: str):
         return iterate(loader, what, enabled=not self.quiet, total=len(loader))
@@ -203,7 +218,7 @@ def _train_method(ctx: _Context) -> dict:
             why = check_split(model, split, probe)
         if split is not None and not why:
             cache, why = build_cache(split.bottom, ctx.progress(ctx.loader(transform), "caching features"),
-                                     len(ctx.imgs.train), ctx.preprocess, ctx.device, ctx.amp_dtype)
+                                     len(ctx.imgs.train), ctx.preprocess, ctx.device, ctx.amp_dtype, ctx.dist_env)
         if cache is not None:
             forward, crossing = split.top, split.crossing
             batches = cached_batches(cache, opts.batch_size, opts.seed, ctx.device)
@@ -214,14 +229,19 @@ def _train_method(ctx: _Context) -> dict:
         ctx.log(why)
         forward = model
         batches = naive_batches(ctx.imgs.train, transform, opts.batch_size, opts.seed, opts.workers,
-                                ctx.preprocess, ctx.device, skipped)
+                                ctx.preprocess, ctx.device, skipped, ctx.dist_env)
     else:
         skipped.update(cache.skipped)
         ctx.log(f"cached {int(cache.valid.sum())} images' features of the frozen layers "
                 f"({cache.nbytes / 2**20:.1f} MiB on {cache.storage}) in {time.perf_counter() - t0:.1f}s")
     features_seconds = time.perf_counter() - t0
     t0 = time.perf_counter()
-    history = train(model, ctx.plan, forward, batches, opts, ctx.device, ctx.amp_dtype, ctx.log)
+    # On cached features every rank holds the whole cache and takes identical steps; the
+    # full-network loop shards every batch over the ranks and averages the gradients.
+    history = train(model, ctx.plan, forward, batches, opts, ctx.device, ctx.amp_dtype, ctx.log,
+                    sharded=ctx.dist_env if cache is None else Dist())
+    if cache is None and ctx.dist_env.enabled:
+        skipped.update(dict(gather_lists(list(skipped.items()), ctx.dist_env)))
     info = {"execution": "cached" if cache is not None else "naive", "execution_note": why,
             "history": history, "epochs": opts.epochs, "lr": opts.base_lr,
             "images_skipped": len(skipped), "images_used": len(ctx.imgs.train) - len(skipped),
@@ -236,7 +256,7 @@ def _bn_method(ctx: _Context) -> dict:
     k, t0 = ctx.opts.test_res, time.perf_counter()
     loader = ctx.loader(EvalTransform(k, ctx.meta.crop_pct, ctx.meta.interpolation))
     used, skipped = reestimate_bn(ctx.model, ctx.plan.batch_norms, loader, ctx.preprocess, ctx.device,
-                                  ctx.amp_dtype, ctx.quiet)
+                                  ctx.amp_dtype, ctx.quiet, ctx.dist_env)
     ctx.log(f"re-estimated {len(ctx.plan.batch_norms)} batch-norm(s) on {used} images at {k}px")
     return {"execution": "one pass", "execution_note": "", "epochs": 0, "images_used": used,
             "images_skipped": len(skipped), "seconds_features": round(time.perf_counter() - t0, 3),
@@ -249,7 +269,7 @@ def _parametric_method(ctx: _Context) -> dict:
     train_tf = TrainTransform(meta.train_res, interpolation=meta.interpolation)
     test_tf = EvalTransform(k, meta.crop_pct, meta.interpolation)
     args = (ctx.model, ctx.plan.classifier)
-    rest = (ctx.preprocess, ctx.device, ctx.amp_dtype)
+    rest = (ctx.preprocess, ctx.device, ctx.amp_dtype, ctx.dist_env)
     train_features, skipped = collect_pooled(*args, ctx.progress(ctx.loader(train_tf, seed=ctx.opts.seed),
                                                                  f"features@{meta.train_res} train"), *rest)
     test_features, _ = collect_pooled(*args, ctx.progress(ctx.loader(test_tf), f"features@{k} test"), *rest)

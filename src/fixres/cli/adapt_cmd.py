@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from ..adapt import AdaptOptions, adapt
 from ..config import add_arguments, build, from_namespace
+from ..runtime import init_distributed
 from .common import print_json
 
 
@@ -25,7 +26,11 @@ def register(sub) -> None:
 
 def run(args) -> int:
     opts = build(AdaptOptions, from_namespace(args, AdaptOptions))
-    result = adapt(args.checkpoint, args.data, opts, out=args.out, overwrite=args.overwrite, quiet=args.quiet)
+    dist_env = init_distributed(opts.device)  # under torchrun: the passes over the images are shared
+    result = adapt(args.checkpoint, args.data, opts, out=args.out, overwrite=args.overwrite, quiet=args.quiet,
+                   dist_env=dist_env)
+    if not dist_env.is_main:
+        return 0
     r = result.report
     if args.json:
         print_json({**r, "checkpoint": str(result.out), "weights_sha256": result.meta.weights_sha256})

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from ..data.transforms import eval_geometry
 from ..evaluate import evaluate_checkpoint
+from ..runtime import init_distributed
 from .common import add_runtime_flags, print_json
 
 
@@ -27,10 +28,13 @@ def register(sub) -> None:
 def run(args) -> int:
     if args.test_res is not None or args.crop_pct is not None:  # validate before loading anything
         eval_geometry(224 if args.test_res is None else args.test_res, 0.875 if args.crop_pct is None else args.crop_pct)
+    dist_env = init_distributed(args.device)  # under torchrun: every rank evaluates a shard
     result, meta, skipped = evaluate_checkpoint(
         args.checkpoint, args.data, split=args.split, test_res=args.test_res, crop_pct=args.crop_pct,
         interpolation=args.interpolation, batch_size=args.batch_size, workers=args.workers, device=args.device,
-        quiet=args.quiet)
+        quiet=args.quiet, dist_env=dist_env)
+    if not dist_env.is_main:
+        return 0
     row = {"checkpoint": str(args.checkpoint), "model": meta.model, "split": args.split, **result.row()}
     if args.json:
         print_json({**row, "skipped_files": [{"path": p, "reason": r} for p, r in skipped]})

@@ -1,6 +1,7 @@
 """``fixres train``: train a timm model at a chosen resolution."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from ..config import add_arguments, build, check_keys, from_namespace, read_yaml
@@ -24,19 +25,28 @@ def register(sub) -> None:
     p.set_defaults(handler=run)
 
 
+def restarted_by_torchrun() -> bool:
+    """True in a worker that torchrun's elastic agent restarted (TORCHELASTIC_RESTART_COUNT > 0)."""
+    return os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") not in ("", "0")
+
+
 def run(args) -> int:
     given = from_namespace(args, TrainConfig)
     from_file = read_yaml(args.config) if args.config else {}
     if args.config:
         check_keys(TrainConfig, from_file, args.config)
     sources = [from_file, given]
+    out = given.get("out") or from_file.get("out")
+    if not args.resume and restarted_by_torchrun() and out and (Path(out) / "config.yaml").is_file():
+        args.resume = True  # torchrun --max-restarts relaunched us after a failure: continue, never restart from 0
     if args.resume:
-        out = given.get("out") or from_file.get("out")
         if not out:
             raise FixresError("--resume needs --out RUN_DIR")
         sources.insert(0, stored_config({**from_file, **given}, Path(out)))
     cfg = build(TrainConfig, *sources)
     result = fit(cfg, resume=args.resume, overwrite=args.overwrite, quiet=args.quiet)
+    if not result.is_main:  # under torchrun only rank 0 reports
+        return 0
     s = result.summary
     if args.json:
         print_json(s)

@@ -5,6 +5,7 @@ import shutil
 
 import pytest
 import timm
+import torch
 
 from fixres.cli import main
 
@@ -169,3 +170,17 @@ def test_local_weights_start_a_run_with_a_new_classifier(trained, colour_data, t
     code, _, err = run_cli(capsys, "train", "--data", colour_data, "--out", tmp_path / "ft2", *TRAIN[:1], "resnet10t",
                            *TRAIN[2:], "--weights", trained / "best" / "model.safetensors")
     one_line_error(code, err, "does not fit model")
+
+
+def test_new_classifier_reinitialises_a_head_of_the_right_size(trained):
+    from safetensors.torch import load_file
+
+    from fixres.models import create_model
+    path = trained / "best" / "model.safetensors"
+    saved = load_file(str(path))
+    kept = create_model("test_resnet", 3, weights=path).state_dict()
+    fresh = create_model("test_resnet", 3, weights=path, new_classifier=True).state_dict()
+    assert torch.equal(kept["fc.weight"], saved["fc.weight"])
+    assert not torch.equal(fresh["fc.weight"], saved["fc.weight"])
+    body = [k for k in saved if not k.startswith("fc.")]
+    assert all(torch.equal(fresh[k], saved[k]) for k in body)

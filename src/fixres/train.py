@@ -98,7 +98,7 @@ class Trainer:
         self.train_split, self.holdout_split = split_holdout(self.data.train, cfg.holdout, cfg.seed)
         seed_everything(cfg.seed)  # identical initial weights on every rank
         self.model = create_model(cfg.model, len(self.classes), pretrained=cfg.pretrained, weights=cfg.weights,
-                                  **self.model_kwargs)
+                                  new_classifier=cfg.new_classifier, **self.model_kwargs)
         prep = model_preprocessing(self.model)
         self.preprocess = Preprocess(prep["mean"], prep["std"], cfg.channels_last)
         self.model.to(self.device)

@@ -21,6 +21,8 @@ class TrainConfig:
     pretrained: bool = option(False, "start from timm's pretrained weights (downloads them: needs internet)")
     weights: Optional[str] = option(None, "start from a local weights file (.safetensors, or a torch file loaded weights-only); "
                                           "a classifier of another size is re-initialised")
+    new_classifier: bool = option(False, "with --weights: re-initialise the classifier even when its size fits "
+                                         "(transfer to other classes that happen to be as many)")
     train_res: int = option(224, "training resolution K_train (pixels)")
     test_res: Optional[int] = option(None, "resolution of the per-epoch evaluation (default: the training resolution)")
     crop_pct: float = option(DEFAULT_CROP_PCT, "test-time centre crop fraction: resize shorter side to test_res/crop_pct")

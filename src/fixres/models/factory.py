@@ -26,7 +26,7 @@ def check_model_name(name: str) -> None:
 
 
 def create_model(name: str, num_classes: int, *, pretrained: bool = False, weights: str | Path | None = None,
-                 **kwargs) -> nn.Module:
+                 new_classifier: bool = False, **kwargs) -> nn.Module:
     """Build a timm model with ``num_classes`` outputs.
 
     Args:
@@ -35,6 +35,8 @@ def create_model(name: str, num_classes: int, *, pretrained: bool = False, weigh
         pretrained: download timm's pretrained weights (the classifier is re-initialised
             when ``num_classes`` differs from theirs).
         weights: a local weights file to start from (same classifier rule).
+        new_classifier: re-initialise the classifier of ``weights`` even when its size fits
+            (a target with other classes that happen to be as many).
         **kwargs: passed to ``timm.create_model`` when not None (e.g. drop_rate).
     """
     check_model_name(name)
@@ -47,7 +49,7 @@ def create_model(name: str, num_classes: int, *, pretrained: bool = False, weigh
                               "without internet, pass a local file with --weights") from None
         raise
     if weights is not None:
-        load_weights(model, weights)
+        load_weights(model, weights, new_classifier=new_classifier)
     return model
 
 
@@ -84,16 +86,17 @@ def classifier_keys(model: nn.Module) -> set[str]:
     return {k for k in model.state_dict() if any(k.startswith(n + ".") for n in names)}
 
 
-def load_weights(model: nn.Module, path: str | Path, *, strict: bool = True) -> list[str]:
+def load_weights(model: nn.Module, path: str | Path, *, strict: bool = True, new_classifier: bool = False) -> list[str]:
     """Load a weights file into ``model``; returns the classifier keys left re-initialised.
 
-    A classifier whose shape differs (another number of classes) is skipped, as timm does
-    for pretrained weights; any other missing, unexpected or mis-shaped tensor is an error.
+    A classifier whose shape differs (another number of classes), or any classifier with
+    ``new_classifier``, is skipped, as timm does for pretrained weights; any other
+    missing, unexpected or mis-shaped tensor is an error.
     """
     state = read_state_dict(path)
     own = model.state_dict()
     head = classifier_keys(model)
-    skipped = [k for k in head if k in state and state[k].shape != own[k].shape]
+    skipped = [k for k in head if k in state and (new_classifier or state[k].shape != own[k].shape)]
     for k in skipped:
         del state[k]
     missing = [k for k in own if k not in state and k not in skipped]

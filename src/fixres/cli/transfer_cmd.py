@@ -1,0 +1,29 @@
+"""``fixres transfer``: fine-tune pretrained weights on a target dataset, then adapt to the test resolution."""
+from __future__ import annotations
+
+from ..transfer import TransferConfig, run_transfer
+from .common import print_json
+from .grid_cmd import add_experiment_flags, experiment_config
+
+
+def register(sub) -> None:
+    p = sub.add_parser("transfer", help="the paper's transfer protocol: fine-tune at K_train, adapt at K_test",
+                       description="Start from pretrained weights (a local file or fixres checkpoint with --weights; "
+                                   "timm's with --pretrained, online), train the whole network on --data at "
+                                   "--train-res with a new classifier, sweep --test-res, adapt at --adapt-res "
+                                   "(default: the resolution the sweep chose without val) and report val before and "
+                                   "after. "
+                                   "--no-finetune adapts the weights as they are. Resumable. See docs/transfer.md.")
+    add_experiment_flags(p, TransferConfig)
+    p.set_defaults(handler=run)
+
+
+def run(args) -> int:
+    cfg = experiment_config(args, TransferConfig)
+    result = run_transfer(cfg, quiet=args.quiet)
+    if args.json:
+        print_json({"summary": result.summary(), "source": result.source, "cells": result.cells})
+        return 0
+    print(result.markdown())
+    print(f"written: {cfg.out}/transfer.md, transfer.json; this invocation took {result.seconds:.0f}s")
+    return 0

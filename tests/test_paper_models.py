@@ -1,0 +1,109 @@
+"""The paper's architectures by their timm names: the preprocessing each set of weights expects,
+the layers ``fixres adapt`` finds in each, and the FLOPs counter (all offline, on the meta device)."""
+import pytest
+import timm
+import torch
+
+from fixres.adapt import find_adaptable_layers, make_plan
+from fixres.costs import count_flops, model_flops
+from fixres.errors import FixresError
+from fixres.grid.config import train_config
+from fixres.models import create_model, model_preprocessing
+from fixres.transfer import RESNEXT_WSL, check_tagged
+
+IMAGENET = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+INCEPTION = ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))     # AdvProp and PNASNet weights were trained with these
+EFFNET_CROP = {0: 0.875, 1: 0.882, 2: 0.89, 3: 0.904, 4: 0.922, 5: 0.934, 6: 0.942, 7: 0.949, 8: 0.954}
+EFFNET_SIZE = {0: 224, 1: 240, 2: 260, 3: 300, 4: 380, 5: 456, 6: 528, 7: 600, 8: 672}
+
+# name -> (mean/std, crop_pct, interpolation, training input size)
+EXPECTED = {
+    "resnet50.tv_in1k": (IMAGENET, 0.875, "bilinear", 224),          # the torchvision weights the paper used
+    "resnet50.a1_in1k": (IMAGENET, 0.95, "bicubic", 224),
+    "pnasnet5large.tf_in1k": (INCEPTION, 0.911, "bicubic", 331),
+    "resnext101_32x48d.fb_wsl_ig1b_ft_in1k": (IMAGENET, 0.875, "bilinear", 224),
+    **{f"tf_efficientnet_b{b}.ap_in1k": (INCEPTION, EFFNET_CROP[b], "bicubic", EFFNET_SIZE[b]) for b in range(9)},
+    **{f"tf_efficientnet_b{b}.ns_jft_in1k": (IMAGENET, EFFNET_CROP[b], "bicubic", EFFNET_SIZE[b]) for b in range(8)},
+    **{f"tf_efficientnet_b{b}.in1k": (IMAGENET, EFFNET_CROP[b], "bicubic", EFFNET_SIZE[b]) for b in range(5)},
+}
+
+# architecture -> (classifier, batch-norm(s) before the global pooling) found by fixres adapt
+LAYERS = {
+    "resnet50": ("fc", ("layer4.2.bn3",)),
+    "resnext101_32x48d": ("fc", ("layer4.2.bn3",)),
+    "pnasnet5large": ("last_linear", ("cell_11.conv_1x1.bn", "cell_11.comb_iter_0_left.bn_sep_2",
+                                      "cell_11.comb_iter_1_left.bn_sep_2", "cell_11.comb_iter_2_left.bn_sep_2",
+                                      "cell_11.comb_iter_2_right.bn_sep_2", "cell_11.comb_iter_3_left.bn_sep_2",
+                                      "cell_11.comb_iter_4_left.bn_sep_2")),
+    **{f"tf_efficientnet_b{b}": ("classifier", ("bn2",)) for b in range(9)},
+}
+
+
+def meta_model(name: str, **kwargs):
+    with torch.device("meta"):
+        return timm.create_model(name, pretrained=False, **kwargs)
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_preprocessing_follows_the_weights_tag(name):
+    (mean, std), crop_pct, interpolation, size = EXPECTED[name]
+    model = meta_model(name)
+    prep = model_preprocessing(model)
+    assert prep["mean"] == pytest.approx(mean) and prep["std"] == pytest.approx(std)
+    assert prep["crop_pct"] == pytest.approx(crop_pct)
+    assert prep["interpolation"] == interpolation
+    assert model.pretrained_cfg["input_size"] == (3, size, size)
+
+
+def test_a_new_classifier_keeps_the_tags_preprocessing():
+    """fixres builds models with its own number of classes: the tag's normalisation must survive it."""
+    model = create_model("tf_efficientnet_b0.ap_in1k", 3)
+    assert model.get_classifier().out_features == 3
+    assert model_preprocessing(model)["mean"] == INCEPTION[0]
+
+
+def test_runs_from_weights_take_crop_and_interpolation_from_the_tag():
+    cfg = train_config({}, model="tf_efficientnet_b3.ap_in1k", train_res=300, out="o", data="d", weights="w.pt")
+    assert (cfg.crop_pct, cfg.interpolation) == (0.904, "bicubic")
+    explicit = train_config({"crop_pct": 0.875}, model="tf_efficientnet_b3.ap_in1k", train_res=300, out="o",
+                            data="d", weights="w.pt")
+    assert explicit.crop_pct == 0.875
+    scratch = train_config({}, model="tf_efficientnet_b3.ap_in1k", train_res=300, out="o", data="d")
+    assert (scratch.crop_pct, scratch.interpolation) == (0.875, "bilinear")    # fixres train's defaults
+
+
+def test_untagged_name_with_local_weights_is_refused_when_tags_disagree():
+    with pytest.raises(FixresError, match="ap_in1k"):
+        check_tagged("tf_efficientnet_b0")
+    check_tagged("tf_efficientnet_b0.ap_in1k")
+    check_tagged("resnet50")           # every resnet50 tag uses ImageNet's mean/std
+
+
+@pytest.mark.parametrize("arch", sorted(LAYERS))
+def test_adaptable_layers_of_the_paper_architectures(arch):
+    classifier, bns = LAYERS[arch]
+    model = meta_model(arch, num_classes=7)
+    assert find_adaptable_layers(model) == (classifier, bns)
+    plan = make_plan(model, "fixres")
+    assert plan.classifier == classifier and plan.batch_norms == bns
+    if arch == "pnasnet5large":       # the paper's recipe: the last three cells train too
+        assert {"cell_9", "cell_10", "cell_11"} <= set(plan.trainable)
+
+
+def test_resnext101_32x48d_is_the_papers_829m_parameter_model():
+    assert timm.is_model(RESNEXT_WSL)
+    model = meta_model(RESNEXT_WSL)
+    params = sum(p.numel() for p in model.parameters())
+    assert params == pytest.approx(829e6, rel=0.002)
+    assert model.pretrained_cfg["tag"] == "fb_wsl_ig1b_ft_in1k"
+    assert model.pretrained_cfg["license"] == "cc-by-nc-4.0"
+    # 153 billion multiply-adds at 224 px (Mahajan et al. 2018)
+    assert count_flops(model, 224) / 2 == pytest.approx(153e9, rel=0.01)
+
+
+def test_flops_per_image():
+    flops = model_flops("resnet50", 1000, [128, 224])
+    assert flops[224] / 2 == pytest.approx(4.1e9, rel=0.01)       # ResNet-50: 4.1 GMACs at 224 px
+    assert flops[128] / flops[224] == pytest.approx((128 / 224) ** 2, rel=0.03)   # METHOD.md: 0.33x
+    with pytest.raises(FixresError):
+        model_flops("no_such_model_xyz", 10, [32])

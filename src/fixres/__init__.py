@@ -9,7 +9,12 @@ __version__ = "0.1.0"
 from .checkpoint import CheckpointMeta, load_checkpoint, open_checkpoint, save_checkpoint  # noqa: E402
 from .data import scan_dataset, scan_split, EvalTransform, TrainTransform, eval_geometry  # noqa: E402
 from .errors import FixresError  # noqa: E402
-from .evaluate import EvalResult, Preprocess, evaluate  # noqa: E402
+from .evaluate import EvalResult, Preprocess, evaluate, evaluate_checkpoint  # noqa: E402
 from .models import create_model  # noqa: E402
 from .train import TrainResult, fit  # noqa: E402
 from .train_config import TrainConfig  # noqa: E402
+from .analyze import predict_test_res  # noqa: E402
+from .sweep import sweep_checkpoint  # noqa: E402
+from .adapt import adapt_checkpoint  # noqa: E402
+from .export import export_checkpoint  # noqa: E402
+from .stats import feature_stats  # noqa: E402

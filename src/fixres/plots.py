@@ -25,7 +25,8 @@ STYLE = {
 PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22")
 LINESTYLES = ("-", "--", ":", "-.")
 # Vertical markers: colour and line style per meaning, the same in every figure.
-MARKERS = {"train": ("#555555", "--"), "chosen": ("#2ca02c", "-"), "predicted": ("#ff7f0e", ":")}
+# Marker colours stay out of PALETTE (the curves), so a marker is never mistaken for a curve.
+MARKERS = {"train": ("#555555", "--"), "chosen": ("#111111", "-"), "predicted": ("#b8860b", ":")}
 
 
 @contextmanager

@@ -18,8 +18,10 @@ class Progress:
     def __init__(self, total: int, desc: str, *, start: int = 0, enabled: bool = True, unit: str = "step"):
         self.total = total
         self.every = max(1, total // 20)
+        # disable=None: tqdm stays silent when stderr is not a terminal (logs, CI), where a
+        # redrawn bar would only fill the file with carriage returns.
         self.bar = tqdm(total=total, initial=start, desc=desc, unit=unit, leave=False, dynamic_ncols=True,
-                        file=sys.stderr, disable=not enabled)
+                        file=sys.stderr, disable=None if enabled else True)
         self.position = start
 
     def due(self, step: int) -> bool:
@@ -53,7 +55,7 @@ class Progress:
 def iterate(items, desc: str, *, enabled: bool = True, total: int | None = None, unit: str = "batch"):
     """A plain tqdm iterator (evaluation passes)."""
     return tqdm(items, desc=desc, total=total, unit=unit, leave=False, dynamic_ncols=True, file=sys.stderr,
-                disable=not enabled)
+                disable=None if enabled else True)
 
 
 def peak_memory_mb(device: torch.device) -> float:

@@ -12,13 +12,12 @@ import sys
 
 from .. import __version__
 from ..errors import FixresError
-from . import data_cmd, eval_cmd, train_cmd
-from . import sweep_cmd
-from . import export_cmd, predict_cmd
-from . import analyze_cmd
-from . import adapt_cmd
+from . import adapt_cmd, analyze_cmd, data_cmd, demo_cmd, eval_cmd, export_cmd, predict_cmd, sweep_cmd, train_cmd
+from . import stats_cmd
+from . import grid_cmd, transfer_cmd
 
-COMMANDS = (data_cmd, train_cmd, eval_cmd, analyze_cmd, sweep_cmd, adapt_cmd, export_cmd, predict_cmd)
+# In the order of the data flow: data -> train -> evaluate/sweep -> adapt -> export/predict.
+COMMANDS = (demo_cmd, data_cmd, analyze_cmd, train_cmd, eval_cmd, sweep_cmd, adapt_cmd, export_cmd, predict_cmd, stats_cmd, grid_cmd, transfer_cmd)
 
 
 class _Parser(argparse.ArgumentParser):

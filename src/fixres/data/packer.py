@@ -200,7 +200,7 @@ def pack_split(src: str | Path, out: str | Path, options: PackOptions = PackOpti
         pending.clear()
 
     with tqdm(total=len(index), initial=start, desc=f"{label} -> {out.name}", unit="img", file=sys.stderr,
-              disable=not progress, dynamic_ncols=True, leave=False) as bar:
+              disable=None if progress else True, dynamic_ncols=True, leave=False) as bar:
         pool = multiprocessing.get_context().Pool(workers) if workers > 1 else None
         try:
             results = (pool.imap(_encode_job, jobs, chunksize=8) if pool else map(_encode_job, jobs))

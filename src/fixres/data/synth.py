@@ -700,7 +700,7 @@ def _run_tasks(tasks: list, workers: int, progress: bool) -> None:
     from tqdm import tqdm
 
     workers = min(workers, len(tasks))
-    with tqdm(total=len(tasks), unit="img", file=sys.stderr, disable=not progress,
+    with tqdm(total=len(tasks), unit="img", file=sys.stderr, disable=None if progress else True,
               desc="synth") as bar:
         if workers <= 1:
             for task in tasks:

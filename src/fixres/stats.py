@@ -35,20 +35,19 @@ from typing import Sequence
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader
 
 from .adapt import Equaliser, find_classifier, pooled_features
 from .adapt.data import Sequential
 from .checkpoint import CheckpointMeta, find_checkpoint, open_checkpoint, versions
 from .data.folder import SplitIndex, split_holdout
-from .data.loader import ImageDataset, default_workers
+from .data.loader import ImageDataset, make_loader
 from .data.transforms import DEFAULT_RATIO, DEFAULT_SCALE, EvalTransform, TrainTransform
 from .errors import FixresError
 from .evaluate import Preprocess, load_split
 from .progress import iterate
 from .rundir import write_json, write_text
 from .runtime import resolve_device
-from .sweep import HOST_BUDGET_MB, check_geometries, collate_geometries
+from .sweep import check_geometries
 from .tables import table
 
 ZEROS = "fraction of values exactly 0.0 (float32; a channel that is zero at every position)"
@@ -202,14 +201,9 @@ def collect(probes: Sequence[Probe], index: SplitIndex, views: Sequence, *, devi
     (the decodable images of ``index``, in index order) and ``skipped`` the ``(path, reason)``
     of the images that could not be decoded.
     """
-    workers = default_workers() if workers is None else workers
-    kwargs = dict(num_workers=workers, collate_fn=collate_geometries, pin_memory=device.type == "cuda",
-                  generator=torch.Generator())
-    if workers > 0:
-        per_batch = batch_size * 3 * sum(_size(v) ** 2 for v in views)
-        kwargs["prefetch_factor"] = max(1, min(4, HOST_BUDGET_MB * 2**20 // (per_batch * workers)))
-    loader = DataLoader(ImageDataset(index, _Views(views)), batch_sampler=Sequential(len(index), batch_size, seed),
-                        **kwargs)
+    loader = make_loader(ImageDataset(index, _Views(views)), batch_sampler=Sequential(len(index), batch_size, seed),
+                         workers=workers, pin_memory=device.type == "cuda",
+                         batch_bytes=batch_size * 3 * sum(_size(v) ** 2 for v in views))
     rows = [[[] for _ in views] for _ in probes]
     skipped = list(index.skipped)
     for batch in (progress(loader) if progress else loader):

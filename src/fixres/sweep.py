@@ -14,7 +14,7 @@ a deterministic sample of the training split (seen in training, and said so).
 Memory: the model runs on one geometry at a time, so device memory is that of
 ``fixres eval`` at the largest resolution with the same batch size. On the host, a batch
 holds ``batch_size * 3 * sum(test_res**2)`` bytes; the loader keeps fewer batches in
-flight when that exceeds ``HOST_BUDGET_MB`` (see :func:`sweep_loader`).
+flight when that exceeds ``fixres.data.loader.HOST_BUDGET_MB`` (see :func:`sweep_loader`).
 """
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ import hashlib
 import io
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import NamedTuple, Sequence
+from typing import Sequence
 
 import torch
 from torch import nn
@@ -31,18 +31,17 @@ from torch.utils.data import DataLoader
 
 from .checkpoint import CheckpointMeta, find_checkpoint, open_checkpoint, versions
 from .data.folder import SplitIndex, split_holdout
-from .data.loader import Batch, EvalShard, ImageDataset, Skipped, default_workers
+from .data.loader import Batch, EvalShard, ImageDataset, make_loader
 from .data.transforms import EvalTransform, check_crop_pct, check_resolution
 from .errors import FixresError
-from .tables import table
 from .evaluate import EvalResult, Preprocess, Tally, infer, load_split
 from .progress import iterate
 from .rundir import write_json, write_text
 from .runtime import Dist, autocast_dtype, resolve_device
+from .tables import table
 
 SELECT_ON = ("holdout", "train", "val", "none")
 MAX_GEOMETRIES = 64
-HOST_BUDGET_MB = 4096      # uint8 batches the loader may hold in flight
 SWEEP_FILES = ("sweep.csv", "sweep.json", "sweep.png")
 
 
@@ -106,49 +105,24 @@ class GeometryTransforms:
         return tuple(t(img) for t in self.transforms)   # resizing a PIL image never modifies it
 
 
-class GeometryBatch(NamedTuple):
-    images: tuple[torch.Tensor, ...] | None     # one uint8 NCHW tensor per geometry; None if all failed
-    labels: torch.Tensor
-    indices: torch.Tensor
-    skipped: list
-
-
-def collate_geometries(items: list) -> GeometryBatch:
-    good = [it for it in items if not isinstance(it, Skipped)]
-    skipped = [tuple(it) for it in items if isinstance(it, Skipped)]
-    if not good:
-        empty = torch.zeros(0, dtype=torch.long)
-        return GeometryBatch(None, empty, empty, skipped)
-    images = tuple(torch.stack([g[0][k] for g in good]) for k in range(len(good[0][0])))
-    return GeometryBatch(images, torch.tensor([g[1] for g in good], dtype=torch.long),
-                         torch.tensor([g[2] for g in good], dtype=torch.long), skipped)
-
-
 def batch_bytes(batch_size: int, geometries: Sequence[tuple[int, float]]) -> int:
     """Host bytes of one batch: every geometry's uint8 crops."""
     return batch_size * 3 * sum(r * r for r, _ in geometries)
 
 
 def sweep_loader(split: SplitIndex, transforms: tuple[EvalTransform, ...], *, batch_size: int, workers: int | None,
-                 dist_env: Dist, pin_memory: bool, host_budget_mb: int = HOST_BUDGET_MB) -> DataLoader:
-    """A loader of :class:`GeometryBatch` over this rank's :class:`EvalShard` of ``split``.
-
-    Each worker prefetches up to 4 batches, fewer (at least 1) when ``workers x prefetch``
-    batches would exceed ``host_budget_mb``.
-    """
-    workers = default_workers() if workers is None else workers
-    kwargs = dict(num_workers=workers, collate_fn=collate_geometries, pin_memory=pin_memory,
-                  generator=torch.Generator())
-    if workers > 0:
-        per_batch = batch_bytes(batch_size, [(t.test_res, t.crop_pct) for t in transforms])
-        kwargs["prefetch_factor"] = max(1, min(4, host_budget_mb * 2**20 // (per_batch * workers)))
+                 dist_env: Dist, pin_memory: bool) -> DataLoader:
+    """A loader over this rank's :class:`EvalShard` of ``split`` whose batches hold one uint8
+    stack per geometry (``Batch.images`` is a tuple); fewer batches are prefetched when they
+    are large (see :func:`~fixres.data.loader.make_loader`)."""
     dataset = ImageDataset(split, GeometryTransforms(transforms))
-    return DataLoader(dataset, sampler=EvalShard(len(dataset), dist_env.rank, dist_env.world),
-                      batch_size=batch_size, **kwargs)
+    return make_loader(dataset, sampler=EvalShard(len(dataset), dist_env.rank, dist_env.world), batch_size=batch_size,
+                       workers=workers, pin_memory=pin_memory,
+                       batch_bytes=batch_bytes(batch_size, [(t.test_res, t.crop_pct) for t in transforms]))
 
 
 def _per_geometry(batches, n: int):
-    """Flatten each :class:`GeometryBatch` into ``n`` plain :class:`Batch` es, geometry order."""
+    """Flatten each multi-geometry :class:`Batch` into ``n`` plain ones, geometry order."""
     for batch in batches:
         for g in range(n):
             yield Batch(None if batch.images is None else batch.images[g], batch.labels, batch.indices, batch.skipped)

@@ -39,7 +39,8 @@ class Skipped(NamedTuple):
 
 
 class Batch(NamedTuple):
-    images: torch.Tensor | None     # uint8 NCHW, None if every image of the batch failed
+    images: torch.Tensor | tuple | None  # uint8 NCHW (a tuple of them, one per geometry, for a sweep);
+                                         # None if every image of the batch failed
     labels: torch.Tensor
     indices: torch.Tensor
     skipped: list                   # [(path, reason)] of images that failed to decode
@@ -74,15 +75,18 @@ class ImageDataset(Dataset):
 
 
 def collate(items: list) -> Batch:
+    """Stack the decoded items (a transform returning a tuple -- one crop per geometry --
+    gives a tuple of stacks) and list the skipped ones."""
     good = [it for it in items if not isinstance(it, Skipped)]
     skipped = [tuple(it) for it in items if isinstance(it, Skipped)]
     if not good:
         empty = torch.zeros(0, dtype=torch.long)
         return Batch(None, empty, empty, skipped)
-    return Batch(torch.stack([g[0] for g in good]),
-                 torch.tensor([g[1] for g in good], dtype=torch.long),
-                 torch.tensor([g[2] for g in good], dtype=torch.long),
-                 skipped)
+    first = good[0][0]
+    images = (tuple(torch.stack([g[0][k] for g in good]) for k in range(len(first))) if isinstance(first, tuple)
+              else torch.stack([g[0] for g in good]))
+    return Batch(images, torch.tensor([g[1] for g in good], dtype=torch.long),
+                 torch.tensor([g[2] for g in good], dtype=torch.long), skipped)
 
 
 class TrainBatches(Sampler):
@@ -139,6 +143,9 @@ class EvalShard(Sampler):
         return iter(range(self.rank, self.n, self.world))
 
 
+HOST_BUDGET_MB = 4096   # prefetched batches of all workers together, when batches are large
+
+
 def default_workers() -> int:
     """Data-loading processes: all cores but one for compute, at most 16."""
     return max(1, min(16, (os.cpu_count() or 2) - 1))
@@ -146,13 +153,24 @@ def default_workers() -> int:
 
 def make_loader(dataset: Dataset, *, batch_sampler: Sampler | None = None, sampler: Sampler | None = None,
                 batch_size: int | None = None, workers: int | None = None, pin_memory: bool = False,
-                persistent: bool = False) -> DataLoader:
+                persistent: bool = False, collate_fn=collate, prefetch: int = 4,
+                batch_bytes: int | None = None) -> DataLoader:
+    """The one DataLoader set-up of fixres.
+
+    Args:
+        prefetch: batches each worker prepares ahead.
+        batch_bytes: host bytes of one batch, if large (many geometries): each worker then
+            prefetches fewer batches (at least one) so that all of them stay within
+            ``HOST_BUDGET_MB``.
+    """
     workers = default_workers() if workers is None else workers
     # The loader's own generator: creating an iterator must not draw from the global RNG,
     # or a resumed run (which creates one iterator more) would see different dropout masks.
-    kwargs = dict(num_workers=workers, collate_fn=collate, pin_memory=pin_memory, generator=torch.Generator())
+    kwargs = dict(num_workers=workers, collate_fn=collate_fn, pin_memory=pin_memory, generator=torch.Generator())
     if workers > 0:
-        kwargs.update(persistent_workers=persistent, prefetch_factor=4)
+        if batch_bytes:
+            prefetch = max(1, min(prefetch, HOST_BUDGET_MB * 2**20 // (batch_bytes * workers)))
+        kwargs.update(persistent_workers=persistent, prefetch_factor=prefetch)
     if batch_sampler is not None:
         return DataLoader(dataset, batch_sampler=batch_sampler, **kwargs)
     return DataLoader(dataset, sampler=sampler, batch_size=batch_size, **kwargs)

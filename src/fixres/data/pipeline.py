@@ -1,7 +1,7 @@
 """The batch iterables of training and evaluation, through the ``pil`` or the ``fast`` pipeline.
 
 Both yield :class:`~fixres.data.loader.Batch` (uint8 NCHW images, labels, indices,
-skipped files) -- or, for a sweep, ``GeometryBatch`` (one uint8 tensor per geometry) --
+skipped files) -- for a sweep with ``images`` a tuple (one uint8 tensor per geometry) --
 so the training loop, ``evaluate`` and ``sweep`` consume either unchanged.
 
 ``pil``: :class:`~fixres.data.loader.ImageDataset` + DataLoader workers: full decode with
@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from typing import NamedTuple, Sequence
 
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import Dataset, Sampler
 from torchvision.transforms.v2 import functional as F
 
 from ..errors import FixresError
@@ -46,7 +46,7 @@ from .device_transforms import FILTERS, check_interpolation, crop_axes, draw_tra
 from .fast import (RESAMPLE, DecodeStats, as_byte_tensor, decode_on_device, decode_reduced, full_pixels,
                    gpu_decode_available, resize_box)
 from .folder import Sample, SplitIndex
-from .loader import Batch, EvalShard, ImageDataset, Skipped, collate, default_workers, make_loader
+from .loader import Batch, EvalShard, ImageDataset, Skipped, collate, make_loader
 from .pack import CODEC_JPEG, CODEC_OTHER, CODEC_RAW, classify, open_store, sample_bytes
 from .prefetch import Prefetched
 from .transforms import EvalTransform, TrainTransform, _color_jitter
@@ -238,19 +238,6 @@ class DeviceFinisher:
         return resample(imgs, [a[0] for a in axes], [a[1] for a in axes], res, self.task.interpolation)
 
 
-def _loader(dataset: Dataset, *, collate_fn, workers: int | None, pin_memory: bool, persistent: bool = False,
-            batch_sampler: Sampler | None = None, sampler: Sampler | None = None, batch_size: int | None = None,
-            prefetch_factor: int = 4) -> DataLoader:
-    """A DataLoader set up like :func:`~fixres.data.loader.make_loader`, with another collate."""
-    workers = default_workers() if workers is None else workers
-    kwargs = dict(num_workers=workers, collate_fn=collate_fn, pin_memory=pin_memory, generator=torch.Generator())
-    if workers > 0:
-        kwargs.update(persistent_workers=persistent, prefetch_factor=prefetch_factor)
-    if batch_sampler is not None:
-        return DataLoader(dataset, batch_sampler=batch_sampler, **kwargs)
-    return DataLoader(dataset, sampler=sampler, batch_size=batch_size, **kwargs)
-
-
 def train_batches(split: SplitIndex, transform: TrainTransform, sampler: Sampler, *, device: torch.device,
                   pipeline: str = "auto", workers: int | None = None, decoder: str = "auto", draft: bool = True,
                   prefetch: int = 2):
@@ -266,8 +253,8 @@ def train_batches(split: SplitIndex, transform: TrainTransform, sampler: Sampler
     dataset = FastDataset(split, transform, chosen, draft)
     if chosen == "workers":
         return make_loader(dataset, batch_sampler=sampler, workers=workers, pin_memory=cuda, persistent=True)
-    loader = _loader(dataset, collate_fn=collate_device, workers=workers, pin_memory=cuda, persistent=True,
-                     batch_sampler=sampler, prefetch_factor=2)       # encoded batches: a few MB each
+    loader = make_loader(dataset, collate_fn=collate_device, workers=workers, pin_memory=cuda, persistent=True,
+                         batch_sampler=sampler, prefetch=2)       # encoded batches: a few MB each
     return Prefetched(loader, DeviceFinisher(transform, device), device, prefetch)
 
 
@@ -288,10 +275,10 @@ def _eval_iterable(split: SplitIndex, geometries: Geometries, *, device: torch.d
     chosen = resolve_decoder(decoder, device)
     dataset = FastDataset(split, geometries, chosen, draft)
     if chosen == "workers":
-        return _loader(dataset, collate_fn=_single_collate if single else _geometry_collate, workers=workers,
-                       pin_memory=cuda, sampler=sampler, batch_size=batch_size)
-    loader = _loader(dataset, collate_fn=collate_device, workers=workers, pin_memory=cuda, sampler=sampler,
-                     batch_size=batch_size, prefetch_factor=2)
+        return make_loader(dataset, collate_fn=_single_collate if single else collate, workers=workers,
+                           pin_memory=cuda, sampler=sampler, batch_size=batch_size)
+    loader = make_loader(dataset, collate_fn=collate_device, workers=workers, pin_memory=cuda, sampler=sampler,
+                         batch_size=batch_size, prefetch=2)
     return Prefetched(loader, DeviceFinisher(geometries, device), device, prefetch,
                       convert=_as_single if single else _as_geometry)
 
@@ -315,7 +302,7 @@ def sweep_batches(split: SplitIndex, geometries: Sequence[tuple[int, float]], in
                   device: torch.device, pipeline: str = "auto", batch_size: int = 100, workers: int | None = None,
                   dist_env: Dist = Dist(), decoder: str = "auto", draft: bool = False, prefetch: int = 2):
     """Like :func:`eval_batches` at several geometries from one decode per image: yields
-    ``GeometryBatch`` (see :mod:`fixres.sweep`)."""
+    :class:`Batch` es whose ``images`` is a tuple, one stack per geometry (see :mod:`fixres.sweep`)."""
     for r, c in geometries:
         EvalTransform(r, c, interpolation)
     return _eval_iterable(split, Geometries(tuple(geometries), interpolation), device=device, pipeline=pipeline,
@@ -327,19 +314,13 @@ def _single_collate(items: list) -> Batch:
     return collate([it if isinstance(it, Skipped) else (it[0][0], it[1], it[2]) for it in items])
 
 
-def _geometry_collate(items: list):
-    from ..sweep import collate_geometries
-    return collate_geometries(items)
-
-
 def _as_single(out) -> Batch:
     images, labels, indices, skipped = out
     return Batch(None if images is None else images[0], labels, indices, skipped)
 
 
-def _as_geometry(out):
-    from ..sweep import GeometryBatch
-    return GeometryBatch(*out)
+def _as_geometry(out) -> Batch:
+    return Batch(*out)
 
 
 __all__ = ["PIPELINES", "DECODERS", "resolve_pipeline", "resolve_decoder", "train_batches", "eval_batches",

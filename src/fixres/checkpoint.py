@@ -31,6 +31,7 @@ from torch import nn
 
 from .errors import FixresError
 from .faults import pause_point
+from .rundir import fsync_path, fsync_tree
 
 FORMAT = "fixres-checkpoint/1"
 WEIGHTS, META, STATE = "model.safetensors", "meta.json", "state.pt"
@@ -103,14 +104,6 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def save_checkpoint(directory: str | Path, model: nn.Module, meta: CheckpointMeta,
                     train_state: dict[str, Any] | None = None) -> CheckpointMeta:
     """Write a checkpoint directory atomically (replacing one of the same name)."""
@@ -127,9 +120,7 @@ def save_checkpoint(directory: str | Path, model: nn.Module, meta: CheckpointMet
     if train_state is not None:
         torch.save(train_state, tmp / STATE)
     pause_point("checkpoint-write")
-    for f in tmp.iterdir():
-        _fsync(f)
-    _fsync(tmp)
+    fsync_tree(tmp)
     if directory.exists():
         trash = directory.parent / f".trash-{directory.name}-{os.getpid()}"
         os.rename(directory, trash)
@@ -137,7 +128,7 @@ def save_checkpoint(directory: str | Path, model: nn.Module, meta: CheckpointMet
         shutil.rmtree(trash)
     else:
         os.rename(tmp, directory)
-    _fsync(directory.parent)
+    fsync_path(directory.parent)
     return meta
 
 
@@ -148,7 +139,7 @@ def point(link: Path, target: Path) -> None:
         tmp.unlink()
     os.symlink(os.path.relpath(target, link.parent), tmp)
     os.replace(tmp, link)
-    _fsync(link.parent)
+    fsync_path(link.parent)
 
 
 def remove_stale_temporaries(directory: Path) -> list[str]:

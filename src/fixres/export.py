@@ -38,6 +38,7 @@ from torch import nn
 from .checkpoint import WEIGHTS, CheckpointMeta, find_checkpoint, open_checkpoint, read_meta, sha256_file, versions
 from .data.transforms import eval_geometry, interpolation_mode
 from .errors import FixresError
+from .rundir import fsync_tree, write_json
 
 EXPORT_FORMAT = "fixres-export/1"
 CONFIG, ONNX_FILE = "config.json", "model.onnx"
@@ -108,13 +109,13 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path, *, onnx: bool = F
     try:
         shutil.copyfile(source / WEIGHTS, tmp / WEIGHTS)
         record["weights_sha256"] = sha256_file(tmp / WEIGHTS)
-        _write_json(tmp / CONFIG, config)
+        write_json(tmp / CONFIG, config)
         record["timm_max_abs_diff"] = check_timm_load(tmp, example, reference)
         if onnx:
             record["onnx"] = export_onnx(model, tmp / ONNX_FILE, test_res, len(meta.mean))
         record["exported"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
-        _write_json(tmp / CONFIG, config)
-        _sync_dir(tmp)
+        write_json(tmp / CONFIG, config)
+        fsync_tree(tmp)
         if out.is_dir():
             out.rmdir()   # empty (checked above); rmdir fails rather than delete anything that appeared since
         os.rename(tmp, out)
@@ -288,16 +289,3 @@ def _check_out(out: Path) -> None:
         raise FixresError(f"output {out} exists and is not a directory")
     if out.is_dir() and any(out.iterdir()):
         raise FixresError(f"output directory {out} already exists and is not empty (choose another --out)")
-
-
-def _write_json(path: Path, obj: dict) -> None:
-    path.write_text(json.dumps(obj, indent=2) + "\n")
-
-
-def _sync_dir(directory: Path) -> None:
-    for f in [*directory.iterdir(), directory]:
-        fd = os.open(f, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)

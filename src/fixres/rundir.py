@@ -49,6 +49,22 @@ def prepare_run_dir(out: str | Path, *, resume: bool = False, overwrite: bool = 
     return out
 
 
+def fsync_path(path: Path) -> None:
+    """Flush a file or a directory (its entries) to disk."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def fsync_tree(directory: Path) -> None:
+    """Flush every entry of ``directory`` and the directory itself (before renaming it into place)."""
+    for entry in directory.iterdir():
+        fsync_path(entry)
+    fsync_path(directory)
+
+
 def write_json(path: Path, obj: Any) -> None:
     """Write JSON atomically (temporary file + rename)."""
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")

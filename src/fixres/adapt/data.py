@@ -19,7 +19,7 @@ from torchvision.transforms.v2 import functional as F
 from ..checkpoint import CheckpointMeta
 from ..data.folder import SplitIndex, split_holdout
 from ..data.loader import ImageDataset, make_loader, mix_seed
-from ..data.transforms import EvalTransform, _color_jitter, eval_geometry, interpolation_mode
+from ..data.transforms import EvalTransform, eval_geometry, flip_and_jitter, interpolation_mode
 from ..errors import FixresError
 from ..runtime import Dist
 from ..evaluate import load_split
@@ -56,11 +56,7 @@ class ShiftedCentreCrop:
         top = int(round((height - crop) / 2.0))        # torchvision's centre_crop convention
         left = min(max(int(round((width - crop) / 2.0)) + shift, 0), width - crop)
         img = F.crop(img, top, left, crop, crop)
-        if self.hflip > 0 and torch.rand(1, generator=generator).item() < self.hflip:
-            img = F.horizontal_flip(img)
-        if self.color_jitter > 0:
-            img = _color_jitter(img, self.color_jitter, generator)
-        return F.pil_to_tensor(img)
+        return F.pil_to_tensor(flip_and_jitter(img, self.hflip, self.color_jitter, generator))
 
 
 def adapt_transform(aug: str, test_res: int, crop_pct: float, interpolation: str):

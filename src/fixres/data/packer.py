@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import FixresError
+from ..rundir import write_json
 from .folder import scan_split
 from .pack import (CODEC_NAMES, FORMAT_NAME, FORMAT_VERSION, HEADER, INDEX, PATHS, PLAN, RECORD, encode_sample,
                    is_store, read_header, shard_name, verify_store)
@@ -125,7 +126,7 @@ def _check_out(out: Path, plan: dict) -> None:
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise FixresError(f"output {out} exists and is not an empty directory")
     out.mkdir(parents=True, exist_ok=True)
-    _write_json(out / PLAN, plan)
+    write_json(out / PLAN, plan)
 
 
 def _finished_shards(out: Path) -> tuple[list[dict], list[np.ndarray]]:
@@ -194,7 +195,7 @@ def pack_split(src: str | Path, out: str | Path, options: PackOptions = PackOpti
         os.replace(tmp, out / f".shard-{i:05d}.npy")
         meta = {"name": shard_name(i), "first": sum(m["samples"] for m in metas), "samples": len(recs),
                 "bytes": size, "sha256": sha.hexdigest()}
-        _write_json(out / f".shard-{i:05d}.json", meta)
+        write_json(out / f".shard-{i:05d}.json", meta)
         metas.append(meta)
         records.append(recs)
         pending.clear()
@@ -244,7 +245,7 @@ def _finish(out: Path, index, options: PackOptions, metas: list[dict], records: 
               "stored_bytes": int(sum(m["bytes"] for m in metas)),
               "shards": [{k: m[k] for k in ("name", "samples", "bytes", "sha256")} for m in metas],
               "skipped": [list(s) for s in index.skipped]}
-    _write_json(out / HEADER, header)
+    write_json(out / HEADER, header)
     report = verify_store(out)
     if not report.ok:
         (out / HEADER).unlink()
@@ -278,9 +279,3 @@ def stores_under(path: str | Path) -> list[Path]:
     if not found:
         raise FixresError(f"{path} is neither a packed store nor a directory of packed splits")
     return found
-
-
-def _write_json(path: Path, obj) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=1) + "\n")
-    os.replace(tmp, path)

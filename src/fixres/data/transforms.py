@@ -121,11 +121,17 @@ class TrainTransform:
         top, left, h, w = sample_rrc_params(img.height, img.width, self.scale, self.ratio, generator)
         img = F.resized_crop(img, top, left, h, w, [self.size, self.size],
                              interpolation=interpolation_mode(self.interpolation), antialias=True)
-        if self.hflip > 0 and torch.rand(1, generator=generator).item() < self.hflip:
-            img = F.horizontal_flip(img)
-        if self.color_jitter > 0:
-            img = _color_jitter(img, self.color_jitter, generator)
-        return F.pil_to_tensor(img)
+        return F.pil_to_tensor(flip_and_jitter(img, self.hflip, self.color_jitter, generator))
+
+
+def flip_and_jitter(img: Image.Image, hflip: float, color_jitter: float,
+                    generator: torch.Generator | None) -> Image.Image:
+    """RandomHorizontalFlip(hflip) then ColorJitter(color_jitter) (if > 0), torchvision's draws."""
+    if hflip > 0 and torch.rand(1, generator=generator).item() < hflip:
+        img = F.horizontal_flip(img)
+    if color_jitter > 0:
+        img = _color_jitter(img, color_jitter, generator)
+    return img
 
 
 def _color_jitter(img: Image.Image, strength: float, generator: torch.Generator | None) -> Image.Image:

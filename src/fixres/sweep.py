@@ -15,12 +15,13 @@ Memory: the model runs on one geometry at a time, so device memory is that of
 ``fixres eval`` at the largest resolution with the same batch size. On the host, a batch
 holds ``batch_size * 3 * sum(test_res**2)`` bytes; the loader keeps fewer batches in
 flight when that exceeds ``fixres.data.loader.HOST_BUDGET_MB`` (see :func:`sweep_loader`).
+
+The text table, JSON record and output files of a :class:`SweepResult` are made by
+:mod:`fixres.sweep_report`.
 """
 from __future__ import annotations
 
-import csv
 import hashlib
-import io
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -29,20 +30,18 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from .checkpoint import CheckpointMeta, find_checkpoint, open_checkpoint, versions
+from .checkpoint import CheckpointMeta, find_checkpoint, open_checkpoint
 from .data.folder import SplitIndex, split_holdout
 from .data.loader import Batch, EvalShard, ImageDataset, make_loader
 from .data.transforms import EvalTransform, check_crop_pct, check_resolution
 from .errors import FixresError
 from .evaluate import EvalResult, Preprocess, Tally, infer, load_split
 from .progress import iterate
-from .rundir import write_json, write_text
 from .runtime import Dist, autocast_dtype, resolve_device
-from .tables import table
+from .sweep_report import SWEEP_FILES, check_out_dir, sweep_json, sweep_table, write_sweep  # noqa: F401 (re-exported)
 
 SELECT_ON = ("holdout", "train", "val", "none")
 MAX_GEOMETRIES = 64
-SWEEP_FILES = ("sweep.csv", "sweep.json", "sweep.png")
 
 
 # ----------------------------------------------------------------------------- input
@@ -277,79 +276,16 @@ class SweepResult:
         return next((r for r in self.rows if (r.test_res, r.crop_pct) == self.best), None)
 
     def to_json(self) -> dict:
-        """Everything the sweep measured and what produced it (the rows carry their own provenance)."""
-        sel = self.selection
-        chosen = None if self.best is None else {
-            "test_res": self.best[0], "crop_pct": self.best[1], "split": self.chosen_on,
-            "resize_size": EvalTransform(*self.best).resize_size,
-            "report_top1": getattr(self.best_row(), "top1", None)}
-        return {"checkpoint": self.rows[0].checkpoint, "model": self.rows[0].model, "train_res": self.train_res,
-                "report_split": self.rows[0].split, "chosen": chosen,
-                "selection": {"split": sel.split, "images": len(sel.index) if sel.index is not None else None,
-                              "seen_in_training": sel.seen_in_training, "note": sel.note},
-                "predicted": self.predicted, "device": self.device, "versions": versions(),
-                "rows": [r.row() for r in self.rows],
-                "selection_rows": [] if self.selected_on_report else [r.row() for r in self.selection_rows],
-                "skipped_files": [{"path": p, "reason": why} for p, why in self.skipped]}
+        """Everything the sweep measured and what produced it (see :func:`~fixres.sweep_report.sweep_json`)."""
+        return sweep_json(self)
 
     def table(self) -> str:
-        """A plain-text report: one table per split, the train resolution and the chosen best marked."""
-        first = self.rows[0]
-        lines = [f"{first.model} trained at {first.train_res}px ({first.interpolation}"
-                 + (f", adapted: {first.adapted}" if first.adapted else "") + f"): {first.checkpoint}"]
-        splits = [self.rows] if self.selected_on_report or not self.selection_rows else [self.selection_rows, self.rows]
-        for rows in splits:
-            shown = [{**r.row(), "mark": " ".join(m for m, on in (
-                ("train", r.test_res == r.train_res),
-                ("<- best", (r.test_res, r.crop_pct) == self.best)) if on)} for r in rows]
-            lines += ["", f"{rows[0].split} ({rows[0].n} images" + (f", {rows[0].n_skipped} unreadable" if rows[0].n_skipped else "")
-                      + ")", table(shown, _COLUMNS)]
-        lines.append("")
-        if self.best is None:
-            lines.append("best resolution: not chosen (--select-on none)")
-        else:
-            at = self.best_row()
-            train = [r for r in self.rows if r.test_res == r.train_res and r.crop_pct == self.best[1]]
-            gain = f" ({at.top1 - train[0].top1:+.2f} vs the train resolution)" if train else ""
-            lines.append(f"best on {self.chosen_on}: {self.best[0]}px, crop_pct {self.best[1]:g}; "
-                         f"{at.split} top-1 there {at.top1:.2f}{gain}")
-            lines.append(f"  {self.selection.note}")
-        pred = self.predicted
-        lines.append(f"predicted: {pred['test_res']}px (geometric: apparent object size, {pred['statistic']}, "
-                     f"{pred['sizes']}; not measured)" if pred.get("test_res") is not None else pred["note"])
-        return "\n".join(lines)
+        """A plain-text report (see :func:`~fixres.sweep_report.sweep_table`)."""
+        return sweep_table(self)
 
     def write(self, out_dir: str | Path, *, overwrite: bool = False) -> list[Path]:
         """Write ``sweep.csv``, ``sweep.json`` and ``sweep.png`` into ``out_dir`` (refusing to replace them)."""
-        from .plots import plot_sweep
-        out = check_out_dir(out_dir, overwrite)
-        out.mkdir(parents=True, exist_ok=True)
-        rows = [*(() if self.selected_on_report else self.selection_rows), *self.rows]
-        buf = io.StringIO()
-        writer = csv.DictWriter(buf, fieldnames=list(rows[0].row()), lineterminator="\n")
-        writer.writeheader()
-        writer.writerows(r.row() for r in rows)
-        write_text(out / "sweep.csv", buf.getvalue())
-        write_json(out / "sweep.json", self.to_json())
-        plot_sweep({"": rows}, out / "sweep.png", train_res=self.train_res, chosen=self.best,
-                   predicted=self.predicted.get("test_res"), title=f"{self.rows[0].model}: top-1 against test resolution")
-        return [out / name for name in SWEEP_FILES]
-
-
-_COLUMNS = [("test_res", "test_res", "d"), ("crop_pct", "crop_pct", "g"), ("resize_size", "resize", "d"),
-            ("top1", "top-1", ".2f"), ("top5", "top-5", ".2f"), ("loss", "loss", ".4f"), ("n", "images", "d"),
-            ("mark", "", "s")]
-
-
-def check_out_dir(out_dir: str | Path, overwrite: bool) -> Path:
-    """Refuse an output directory that already holds sweep files (unless ``overwrite``)."""
-    out = Path(out_dir)
-    if out.exists() and not out.is_dir():
-        raise FixresError(f"output {out} exists and is not a directory")
-    present = [name for name in SWEEP_FILES if (out / name).exists()]
-    if present and not overwrite:
-        raise FixresError(f"{out} already holds {', '.join(present)} (use --overwrite to replace, or another --out)")
-    return out
+        return write_sweep(self, out_dir, overwrite=overwrite)
 
 
 def to_rows(results: Sequence[EvalResult], *, checkpoint: str, meta: CheckpointMeta, split: str) -> tuple[SweepRow, ...]:

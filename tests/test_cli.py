@@ -184,3 +184,17 @@ def test_new_classifier_reinitialises_a_head_of_the_right_size(trained):
     assert not torch.equal(fresh["fc.weight"], saved["fc.weight"])
     body = [k for k in saved if not k.startswith("fc.")]
     assert all(torch.equal(fresh[k], saved[k]) for k in body)
+
+
+def test_checkpoint_of_another_model_or_a_pickle_is_refused(trained, colour_data, tmp_path, capsys):
+    other = tmp_path / "relabelled"
+    shutil.copytree(trained / "best", other)
+    meta = json.loads((other / "meta.json").read_text())
+    meta["model"] = "resnet10t"          # metadata claims another architecture than the weights
+    (other / "meta.json").write_text(json.dumps(meta))
+    code, _, err = run_cli(capsys, "eval", "--checkpoint", other, "--data", colour_data)
+    one_line_error(code, err, "do not fit resnet10t")
+    evil = tmp_path / "model.pth"
+    evil.write_bytes(pickle.dumps({"state_dict": _Evil()}))
+    code, _, err = run_cli(capsys, "eval", "--checkpoint", evil, "--data", colour_data)
+    one_line_error(code, err, ".safetensors")

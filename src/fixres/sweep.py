@@ -146,8 +146,11 @@ def sweep_model(model: nn.Module, split_index: SplitIndex, *, geometries: Sequen
     transforms = tuple(EvalTransform(r, c, interpolation) for r, c in geometries)
     if not transforms:
         raise FixresError("no test geometry to sweep")
-    loader = sweep_loader(split_index, transforms, batch_size=batch_size, workers=workers, dist_env=dist_env,
-                          pin_memory=device.type == "cuda")
+    # The data pipeline for the device (fixres.data.pipeline; auto: the fast path on CUDA,
+    # sweep_loader below on the CPU): one decode per image for every geometry either way.
+    from .data.pipeline import sweep_batches
+    loader = sweep_batches(split_index, geometries, interpolation, device=device, batch_size=batch_size,
+                           workers=workers, dist_env=dist_env)
     tallies = [Tally(device) for _ in transforms]
     if dist_env.is_main:     # files refused when scanned count once, on one rank
         for tally in tallies:

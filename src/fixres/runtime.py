@@ -35,7 +35,14 @@ class Dist:
 
 
 def init_distributed(device: str = "auto") -> Dist:
-    """Join the process group that torchrun describes in the environment (if any)."""
+    """Join the process group that torchrun describes in the environment (if any).
+
+    The store is wrapped in a prefix per torchrun restart attempt: after a worker failure,
+    torchrun may serve the same store to the restarted workers, and gloo would otherwise
+    read the previous attempt's (dead) peer addresses and fail to connect.
+    ``FIXRES_DIST_TIMEOUT_S`` bounds every collective (PyTorch's default: 10 min for NCCL,
+    30 min for gloo), so a hung peer fails the job instead of stalling it.
+    """
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
         return Dist()
@@ -44,11 +51,20 @@ def init_distributed(device: str = "auto") -> Dist:
         use_cuda = torch.cuda.is_available() and device in ("auto", "cuda") or device.startswith("cuda")
         if use_cuda:
             torch.cuda.set_device(local_rank)
-        # FIXRES_DIST_TIMEOUT_S bounds every collective (PyTorch's default: 10 min NCCL, 30 min gloo).
-        timeout = os.environ.get("FIXRES_DIST_TIMEOUT_S")
-        kwargs = {"timeout": datetime.timedelta(seconds=float(timeout))} if timeout else {}
-        dist.init_process_group("nccl" if use_cuda else "gloo", **kwargs)
+        seconds = os.environ.get("FIXRES_DIST_TIMEOUT_S")
+        timeout = datetime.timedelta(seconds=float(seconds)) if seconds else None
+        store, rank, world = next(dist.rendezvous("env://", **({"timeout": timeout} if timeout else {})))
+        attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+        store = dist.PrefixStore(f"fixres/attempt-{attempt}", store)
+        dist.init_process_group("nccl" if use_cuda else "gloo", store=store, rank=rank, world_size=world,
+                                **({"timeout": timeout} if timeout else {}))
     return Dist(rank, world, local_rank)
+
+
+def shutdown_distributed() -> None:
+    """Leave the process group cleanly (exiting with it alive can abort gloo's threads)."""
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def resolve_device(name: str = "auto", dist_env: Dist = Dist()) -> torch.device:

@@ -12,6 +12,7 @@ import sys
 
 from .. import __version__
 from ..errors import FixresError
+from ..runtime import shutdown_distributed
 from . import adapt_cmd, analyze_cmd, data_cmd, demo_cmd, eval_cmd, export_cmd, predict_cmd, sweep_cmd, train_cmd
 from . import stats_cmd
 from . import grid_cmd, transfer_cmd
@@ -47,3 +48,5 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:  # output piped into e.g. `head`, which stopped reading: not an error
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second failure at exit
         return 0
+    finally:
+        shutdown_distributed()

@@ -330,10 +330,10 @@ class Trainer:
                 is_best = result.top1 > self.best_top1
                 if is_best:
                     self.best_top1, self.best_epoch = result.top1, self.epoch
+            if self.dist.is_main:   # the row first: a kill before the checkpoint lands drops it on resume
+                append_jsonl(self.run_dir / "metrics.jsonl", row)   # (rows past the checkpoint are redone);
+                self._write_skipped()                               # after it, it would be lost
             self.save(row, is_best=is_best)
-            if self.dist.is_main:
-                append_jsonl(self.run_dir / "metrics.jsonl", row)
-                self._write_skipped()
             self._log(_epoch_line(row, cfg.epochs))
         summary = self._summary()
         if self.dist.is_main:

@@ -150,6 +150,17 @@ def test_device_decoder_falls_back_and_counts(odd_folder, monkeypatch):
     assert fast.stats.device == 0 and fast.stats.cpu["refused by the device decoder"] == 1
 
 
+def test_only_complete_baseline_jpegs_go_to_the_gpu_decoder(odd_folder):
+    """nvJPEG decodes a truncated JPEG without an error (grey where the data stops; seen on an
+    H100 with torchvision 0.26): such a file must reach Pillow, which refuses it."""
+    from fixres.data.pack import CODEC_JPEG, CODEC_OTHER, classify
+    whole = (odd_folder / "a" / "0-baseline.jpg").read_bytes()
+    assert classify(whole)[0] == CODEC_JPEG and classify(whole + b"\0" * 10)[0] == CODEC_JPEG
+    assert classify((odd_folder / "a" / "6-truncated.jpg").read_bytes()) == (CODEC_OTHER, (120, 80))
+    assert classify(whole[:-2])[0] == CODEC_OTHER       # everything but the end-of-image marker
+    assert classify((odd_folder / "a" / "1-progressive.jpg").read_bytes())[0] == CODEC_OTHER
+
+
 def _top1(model, batches, preprocess) -> tuple[float, int, torch.Tensor]:
     tally, logits_all = Tally(CPU), []
     for logits, batch in infer(model, batches, CPU, preprocess):

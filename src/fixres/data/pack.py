@@ -202,14 +202,17 @@ def classify(data: bytes) -> tuple[int, tuple[int, int] | None]:
     """``(codec, (width, height))`` of encoded bytes from their header; size None if unreadable.
 
     ``CODEC_JPEG`` only for what a GPU JPEG decoder takes: baseline (not progressive),
-    three components, no EXIF orientation other than 1.
+    three components, no EXIF orientation other than 1, ending in its end-of-image marker
+    (nvJPEG decodes a truncated file without an error, as grey where the data stops, where
+    Pillow refuses it: a file without the marker goes to the CPU decoder, which skips it if
+    it is truncated; a complete one with bytes after the marker only loses the fast path).
     """
     from PIL import Image
     try:
         with Image.open(io.BytesIO(data)) as img:
             size = img.size
             simple = (img.format == "JPEG" and img.mode == "RGB" and not img.info.get("progressive")
-                      and img.getexif().get(0x0112, 1) == 1)
+                      and img.getexif().get(0x0112, 1) == 1 and data[-4096:].rstrip(b"\0").endswith(b"\xff\xd9"))
     except Exception:    # noqa: BLE001 -- any failure: the decoder will report it when the sample is read
         return CODEC_OTHER, None
     return (CODEC_JPEG if simple else CODEC_OTHER), size

@@ -55,6 +55,9 @@ class Prefetched:
         stop, q = threading.Event(), queue.Queue(maxsize=max(1, self.depth))
         cuda = self.device.type == "cuda"
         stream = torch.cuda.Stream(self.device) if cuda else None
+        # the CUDA device is per thread: the producer must use the one the caller means, and
+        # set_device needs an index ("cuda" alone is refused by torch <= 2.11)
+        index = (self.device.index if self.device.index is not None else torch.cuda.current_device()) if cuda else None
 
         def put(item) -> bool:
             while not stop.is_set():
@@ -68,7 +71,7 @@ class Prefetched:
         def produce():
             try:
                 if cuda:
-                    torch.cuda.set_device(self.device)
+                    torch.cuda.set_device(index)
                 with torch.cuda.stream(stream) if cuda else contextlib.nullcontext():
                     for raw in self.loader:
                         out = self.convert(self.finish(raw))

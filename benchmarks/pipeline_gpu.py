@@ -26,6 +26,7 @@ import platform
 import sys
 import tempfile
 import time
+import traceback
 from pathlib import Path
 
 import torch
@@ -216,21 +217,28 @@ def main() -> None:
         s = pack(photos, work / name, opts, progress=False)[0]
         stores[name] = scan_split(work / name)
         log(f"pack {name}: {s.samples} images, {s.stored_bytes / 2**20:.0f} MB, {time.perf_counter() - t0:.1f}s")
-    if "train" not in args.skip:
-        log(f"\n1. training {args.model}, batch {args.batch}, {args.steps} timed steps after {args.warmup}")
-        report["train"] = {res: train_rates(args, device, res, photos, stores, W) for res in args.res}
-    if "sweep" not in args.skip:
-        log(f"\n2. sweep {args.model} at {args.sweep} (crop 0.875), batch {args.eval_batch}")
-        report["sweep"] = sweep_rates(args, device, scan_split(photos), stores["store"], W)
-    if "parity" not in args.skip:
-        log("\n3. parity")
-        report["pixels"] = pixel_parity(device, stores["store"], 256 if not args.smoke else 16)
-        report["top1"] = top1_parity(args, device, work)
-    report["seconds"] = round(time.perf_counter() - t_start, 1)
+    sections = {"train": lambda: {res: train_rates(args, device, res, photos, stores, W) for res in args.res},
+                "sweep": lambda: sweep_rates(args, device, scan_split(photos), stores["store"], W),
+                "pixels": lambda: pixel_parity(device, stores["store"], 256 if not args.smoke else 16),
+                "top1": lambda: top1_parity(args, device, work)}
+    titles = {"train": f"1. training {args.model}, batch {args.batch}, {args.steps} timed steps after {args.warmup}",
+              "sweep": f"2. sweep {args.model} at {args.sweep} (crop 0.875), batch {args.eval_batch}",
+              "pixels": "3. parity: pixels", "top1": "4. parity: top-1 of one checkpoint through every pipeline"}
+    for name, run in sections.items():
+        if name in args.skip or (name in ("pixels", "top1") and "parity" in args.skip):
+            continue
+        log(f"\n{titles[name]}")
+        try:        # one section failing (a driver quirk, say) must not lose the others' figures
+            report[name] = run()
+        except Exception as e:  # noqa: BLE001 - reported in full, the run goes on
+            traceback.print_exc()
+            report[name] = {"error": f"{type(e).__name__}: {e}"}
+        report["seconds"] = round(time.perf_counter() - t_start, 1)
+        if args.json:   # after every section: a run cut short still returns what it measured
+            Path(args.json).write_text(json.dumps(report, indent=1, default=str))
     log(f"\ntotal {report['seconds']}s")
-    if args.json:
-        Path(args.json).write_text(json.dumps(report, indent=1, default=str))
-
+    if any("error" in v for v in report.values() if isinstance(v, dict)):
+        sys.exit(1)
 
 if __name__ == "__main__":
     main()

@@ -4,7 +4,7 @@ from __future__ import annotations
 from ..checkpoint import read_meta
 from ..stats import check_out_dir, feature_stats
 from ..sweep import parse_resolutions
-from .common import add_runtime_flags, print_json
+from .common import add_runtime_flags, add_test_res_list, print_json
 
 
 def register(sub) -> None:
@@ -16,8 +16,7 @@ def register(sub) -> None:
     p.add_argument("--checkpoint", required=True, help="run directory, checkpoint directory or model.safetensors; "
                                                        "its train-time distribution is the reference")
     p.add_argument("--data", required=True, help="dataset directory holding --split")
-    p.add_argument("--test-res", nargs="+", required=True, metavar="RES",
-                   help="test resolutions: values and/or START:END:STEP ranges, END included (e.g. 32:128:16)")
+    add_test_res_list(p)
     p.add_argument("--compare", nargs="+", default=[], metavar="CKPT",
                    help="further checkpoints (e.g. `fixres adapt` outputs) measured on the same images")
     p.add_argument("--split", default="val", help="sub-directory the images come from (default: val)")

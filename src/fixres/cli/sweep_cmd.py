@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from ..runtime import init_distributed
 from ..sweep import SELECT_ON, check_geometries, check_out_dir, parse_resolutions, sweep_checkpoint
-from .common import add_runtime_flags, print_json
+from .common import add_runtime_flags, add_test_res_list, print_json
 
 
 def register(sub) -> None:
@@ -16,8 +16,7 @@ def register(sub) -> None:
     p.add_argument("--checkpoint", required=True, help="run directory (its best checkpoint), checkpoint directory or "
                                                        "model.safetensors file")
     p.add_argument("--data", required=True, help="dataset directory holding train/ and the reported split")
-    p.add_argument("--test-res", nargs="+", required=True, metavar="RES",
-                   help="test resolutions: values and/or START:END:STEP ranges, END included (e.g. 32:128:16)")
+    add_test_res_list(p)
     p.add_argument("--crop-pct", nargs="+", type=float, default=None, metavar="PCT",
                    help="centre-crop fractions; every (test_res, crop_pct) pair is swept (default: the checkpoint's)")
     p.add_argument("--select-on", choices=SELECT_ON, default=None,

@@ -39,6 +39,21 @@ def colour_data(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def trained_run(colour_data, tmp_path_factory) -> Path:
+    """The one tiny run the modules share (trained once per session, through the CLI):
+    test_resnet, 2 epochs at 32 px evaluated at 40 px, a quarter of every training class held
+    out (6 of 24 images), RandomResizedCrop scale 0.25-1 (not the default, so that a command
+    that ignores the run's own crop settings is caught)."""
+    from fixres.cli import main
+    run = tmp_path_factory.mktemp("shared") / "run"
+    assert main(["train", "--data", str(colour_data), "--out", str(run), "--model", "test_resnet",
+                 "--train-res", "32", "--test-res", "40", "--epochs", "2", "--batch-size", "24", "--lr", "0.05",
+                 "--holdout", "0.25", "--scale", "0.25", "1.0", "--workers", "0", "--device", "cpu",
+                 "--quiet"]) == 0
+    return run
+
+
+@pytest.fixture(scope="session")
 def photo(tmp_path_factory) -> Path:
     """A real-looking decoded JPEG (smooth gradients + texture + edges), 333 x 500."""
     rng = np.random.default_rng(1)

@@ -7,24 +7,26 @@ import timm
 import torch
 
 from fixres.adapt import adapt_checkpoint
-from fixres.adapt.data import ShiftedCentreCrop, adaptation_images
-from fixres.adapt.parametric import Equaliser, Law, fit_gev, gev_quantile
-from fixres.checkpoint import CheckpointMeta, open_checkpoint, read_meta, save_checkpoint
-from fixres.cli import main
+from fixres.adapt.data import ShiftedCentreCrop, adaptation_images, horizontal_shift, ordered_loader
+from fixres.adapt.features import collect_pooled
+from fixres.adapt.parametric import fit_gev, fit_law
+from fixres.checkpoint import CheckpointMeta, read_meta, save_checkpoint
+from fixres.data.decode import load_rgb
+from fixres.data.preprocessing import Preprocessing
 from fixres.data.transforms import EvalTransform
-from fixres.evaluate import Preprocess, evaluate_checkpoint
+from fixres.evaluate import evaluate_checkpoint
+from fixres.models.equaliser import Equaliser, Law, gev_quantile
+from fixres.runtime import Runtime
+from fixres.sources import open_checkpoint
+from helpers import run_cli, one_line_error
 
 K = 48
 FAST = dict(test_res=K, epochs=2, batch_size=16, lr=0.05, workers=0, quiet=True)
 
 
 @pytest.fixture(scope="module")
-def trained(colour_data, tmp_path_factory):
-    run = tmp_path_factory.mktemp("adapt") / "run"
-    assert main(["train", "--data", str(colour_data), "--out", str(run), "--model", "test_resnet", "--train-res", "32",
-                 "--epochs", "1", "--batch-size", "24", "--lr", "0.05", "--holdout", "0.25", "--workers", "0",
-                 "--quiet"]) == 0
-    return run / "last"
+def trained(trained_run):
+    return trained_run / "last"
 
 
 @pytest.fixture(scope="module")
@@ -87,13 +89,12 @@ def test_bn_statistics_are_the_exact_mean_and_variance_of_the_inputs(adapted, tr
     result = adapted("bn", method="bn")
     model, meta = open_checkpoint(trained)
     images = adaptation_images(colour_data, meta, None, 0)
-    from fixres.data.decode import load_rgb
-    transform = EvalTransform(K, meta.crop_pct, meta.interpolation)
+    transform = meta.preprocessing.test_view(K)
     x = torch.stack([transform(load_rgb(images.train.root / s.path)) for s in images.train.samples])
     seen = []
     model.get_submodule("layer4.0.bn2").register_forward_pre_hook(lambda m, a: seen.append(a[0]))
     with torch.no_grad():
-        model(Preprocess(meta.mean, meta.std)(x, torch.device("cpu")))
+        model(meta.preprocessing.normalizer()(x, torch.device("cpu")))
     inputs = seen[0].double()
     bn = result.model.get_submodule("layer4.0.bn2")
     assert torch.allclose(bn.running_mean.double(), inputs.mean((0, 2, 3)), rtol=1e-5, atol=1e-6)
@@ -109,7 +110,9 @@ def test_holdout_images_are_not_used_and_the_report_is_complete(adapted, trained
     assert r["method"] == "fixres" and r["test_res"] == K and r["epochs"] == 2 and len(r["history"]) == 2
     assert r["before"]["n"] == r["after"]["n"] == 24 and set(r["seconds"]) == {"total", "features", "train", "eval"}
     meta = read_meta(result.out)
-    assert meta.test_res == K and meta.train_res == 32 and meta.adaptation["after"] == r["after"]
+    assert meta.preprocessing.test_res == K and meta.preprocessing.train_res == 32
+    assert meta.preprocessing.scale == read_meta(trained).preprocessing.scale == (0.25, 1.0)   # carried over
+    assert meta.adaptation["after"] == r["after"]
 
 
 def test_eval_of_the_adapted_checkpoint_defaults_to_its_resolution(adapted, colour_data):
@@ -132,8 +135,46 @@ def test_parametric_checkpoint_reloads_with_its_equaliser(adapted, trained):
     assert meta.adaptation["equaliser"]["module"] == "fc" and meta.adaptation["equaliser"]["xi"] == 0.3
 
 
+def test_parametric_fits_the_train_law_with_the_runs_own_crop_settings(adapted, trained, colour_data):
+    """The run trained with RandomResizedCrop scale 0.25-1: the equaliser's train-time law must be
+    fitted on pooled features drawn with THAT scale, not the default 0.08-1."""
+    result = adapted("parametric", method="parametric")
+    model, meta = open_checkpoint(trained)
+    images = adaptation_images(colour_data, meta, None, 0)
+    rt = Runtime()
+
+    def train_law(prep):
+        loader = ordered_loader(images.train, prep.train_view(), FAST["batch_size"], 0, seed=0)
+        return fit_law(collect_pooled(model, "fc", loader, prep.normalizer(), rt)[0])
+
+    fitted = result.report["equaliser"]["train"]
+    own = train_law(meta.preprocessing)
+    assert meta.preprocessing.scale == (0.25, 1.0)
+    assert (fitted["mu"], fitted["sigma"], fitted["p0"]) == pytest.approx((own.mu, own.sigma, own.p0), rel=1e-6)
+    default = train_law(meta.preprocessing.override("test", scale=(0.08, 1.0)))
+    assert fitted["mu"] != pytest.approx(default.mu, rel=1e-3)
+    assert "scale 0.25-1" in result.report["execution_note"]
+
+
+def test_v2_shift_spans_the_whole_horizontal_margin_as_the_authors_draw_it(photo):
+    img = load_rgb(photo)                                   # 500 x 333: resized to 96 x 64 at 56 px, crop 0.875
+    resize = EvalTransform(56, 0.875)
+    width = int(resize.resize_size * img.width / img.height)
+    margin = round((width - 56) / 2)
+    shifts = [horizontal_shift(margin, torch.Generator().manual_seed(s)) for s in range(4000)]
+    assert min(shifts) == -margin and max(shifts) == margin and margin > (resize.resize_size - 56) // 2
+    assert shifts.count(0) / len(shifts) == pytest.approx(1 / (margin + 1), abs=0.02)     # magnitude uniform, then a sign
+    t = ShiftedCentreCrop(56, 0.875, hflip=0.0, color_jitter=0.0)
+    from torchvision.transforms.v2 import functional as F
+    resized = F.resize(img, [resize.resize_size], antialias=True)
+    for seed in (1, 2, 3):
+        left = margin + horizontal_shift(margin, torch.Generator().manual_seed(seed))
+        top = round((resized.height - 56) / 2)
+        expected = F.pil_to_tensor(F.crop(resized, top, min(left, width - 56), 56, 56))
+        assert torch.equal(t(img, torch.Generator().manual_seed(seed)), expected)
+
+
 def test_v2_augmentation_is_reproducible_and_runs_the_full_network(adapted, photo):
-    from fixres.data.decode import load_rgb
     img, t = load_rgb(photo), ShiftedCentreCrop(64, 0.875)
     draws = [t(img, torch.Generator().manual_seed(s)) for s in (1, 1, 2, 3, 4)]
     assert all(d.shape == (3, 64, 64) for d in draws)
@@ -161,14 +202,10 @@ def test_gev_fit_recovers_the_law_and_the_equaliser_maps_quantiles():
 
 def one_line(capsys, argv, *needles):
     try:
-        code = main([str(a) for a in argv])
+        code, _, err = run_cli(capsys, *argv)
     except SystemExit as e:   # argparse's own errors (e.g. an invalid choice)
-        code = e.code
-    err = capsys.readouterr().err.strip()
-    assert code == 2 and len(err.splitlines()) == 1 and "Traceback" not in err, err
-    for n in needles:
-        assert n in err, err
-    return err
+        code, err = e.code, capsys.readouterr().err
+    return one_line_error(code, err, *needles)
 
 
 def test_bad_inputs_are_one_line_errors(trained, colour_data, tmp_path, capsys):
@@ -190,8 +227,8 @@ def test_bad_inputs_are_one_line_errors(trained, colour_data, tmp_path, capsys):
 
 def test_bn_method_on_a_model_without_batch_norm_is_refused(colour_data, tmp_path, capsys):
     model = timm.create_model("test_convnext", num_classes=3)
-    meta = CheckpointMeta(model="test_convnext", class_names=("blue", "green", "red"), mean=(0.5,) * 3,
-                          std=(0.5,) * 3, interpolation="bilinear", crop_pct=0.875, train_res=32, test_res=32)
+    meta = CheckpointMeta(model="test_convnext", class_names=("blue", "green", "red"),
+                          preprocessing=Preprocessing(mean=(0.5,) * 3, std=(0.5,) * 3, train_res=32, test_res=32))
     save_checkpoint(tmp_path / "convnext", model, meta)
     err = one_line(capsys, ["adapt", "--checkpoint", tmp_path / "convnext", "--data", colour_data, "--out",
                             tmp_path / "o", "--test-res", "48", "--method", "bn", "--workers", "0", "--quiet"],

@@ -7,51 +7,38 @@ import pytest
 import timm
 import torch
 
-from fixres.cli import main
+from helpers import one_line_error, run_cli
 
 TRAIN = ["--model", "test_resnet", "--train-res", "32", "--test-res", "40", "--epochs", "2", "--batch-size", "24",
          "--lr", "0.05", "--workers", "0", "--quiet"]
 
 
-def run_cli(capsys, *argv):
-    code = main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def one_line_error(code, err, *needles):
-    assert code == 2
-    lines = err.strip().splitlines()
-    assert len(lines) == 1, err
-    assert "Traceback" not in err
-    for n in needles:
-        assert n in lines[0], lines[0]
-    return lines[0]
-
-
 @pytest.fixture(scope="module")
-def trained(colour_data, tmp_path_factory):
-    run = tmp_path_factory.mktemp("cli") / "run"
-    assert main(["train", "--data", str(colour_data), "--out", str(run), *TRAIN]) == 0
-    return run
+def trained(trained_run):
+    return trained_run
 
 
 def test_train_writes_a_complete_run_directory(trained):
     import yaml
     cfg = yaml.safe_load((trained / "config.yaml").read_text())
-    assert cfg["model"] == "test_resnet" and cfg["train_res"] == 32 and cfg["scale"] == [0.08, 1.0]
+    assert cfg["model"] == "test_resnet" and cfg["train_res"] == 32 and cfg["scale"] == [0.25, 1.0]
     rows = [json.loads(line) for line in (trained / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in rows] == [1, 2]
     assert all(r["val_n"] == 24 and r["val_test_res"] == 40 for r in rows)
     summary = json.loads((trained / "summary.json").read_text())
     assert summary["epochs"] == 2 and summary["train_images_per_s"] > 0
+    declared = timm.create_model("test_resnet").pretrained_cfg  # the model's own normalisation
     for link in ("best", "last"):
         meta = json.loads((trained / link / "meta.json").read_text())
         assert (trained / link / "model.safetensors").is_file()
         assert meta["model"] == "test_resnet" and meta["class_names"] == ["blue", "green", "red"]
-        assert meta["train_res"] == 32 and meta["crop_pct"] == 0.875 and meta["interpolation"] == "bilinear"
-        declared = timm.create_model("test_resnet").pretrained_cfg  # the model's own normalisation
-        assert meta["mean"] == pytest.approx(declared["mean"]) and meta["std"] == pytest.approx(declared["std"])
+        prep = meta["preprocessing"]      # the whole record: test geometry AND the run's training crops
+        assert (prep["train_res"], prep["test_res"], prep["crop_pct"], prep["interpolation"]) == (32, 40, 0.875,
+                                                                                                "bilinear")
+        assert prep["scale"] == [0.25, 1.0] and prep["ratio"] == pytest.approx([3 / 4, 4 / 3])
+        assert (prep["hflip"], prep["color_jitter"]) == (0.5, 0.0)
+        assert prep["mean"] == pytest.approx(declared["mean"]) and prep["std"] == pytest.approx(declared["std"])
+        assert prep["origin"]["mean"] == "model pretrained_cfg" and prep["origin"]["scale"] == "fixres train"
         assert len(meta["data_digest"]) == 33
     assert (trained / "last" / "state.pt").is_file()
 
@@ -142,7 +129,7 @@ def test_checkpoint_problems(trained, colour_data, tmp_path, capsys):
     code, _, err = run_cli(capsys, "eval", "--checkpoint", trained, "--data", other)
     one_line_error(code, err, "class mismatch", "yellow")
     code, _, err = run_cli(capsys, "eval", "--checkpoint", trained, "--data", colour_data, "--test-res", 0)
-    one_line_error(code, err, "test resolution")
+    one_line_error(code, err, "test_res")
 
 
 class _Evil:

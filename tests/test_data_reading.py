@@ -139,7 +139,7 @@ def test_index_digest_tracks_content(colour_data):
 
 
 def test_holdout_is_deterministic_per_class_and_disjoint(colour_data):
-    from fixres.data.folder import split_holdout
+    from fixres.data.index import split_holdout
     index = scan_split(colour_data / "train")
     keep, held = split_holdout(index, 0.25, seed=7)
     assert len(held) == 3 * 6 and len(keep) == 3 * 18

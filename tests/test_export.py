@@ -9,33 +9,32 @@ import timm
 import torch
 from PIL import Image
 
-from fixres.checkpoint import open_checkpoint
 from fixres.cli import main
-from fixres.data import EvalTransform, load_rgb
+from fixres.data import EvalTransform, Normalizer, load_rgb
 from fixres.errors import FixresError
-from fixres.evaluate import Preprocess
 from fixres.export import export_checkpoint
 from fixres.predict import predict
+from fixres.sources import open_checkpoint
+from helpers import one_line_error
 
 TRAIN_RES, ADAPTED_RES = 32, 48
 
 
-def _copy_with_meta(src: Path, dst: Path, **changes) -> Path:
+def _copy_with_meta(src: Path, dst: Path, test_res: int, **changes) -> Path:
     shutil.copytree(src, dst)
     meta = json.loads((dst / "meta.json").read_text())
     meta.update(changes)
+    meta["preprocessing"]["test_res"] = test_res
     (dst / "meta.json").write_text(json.dumps(meta))
     return dst
 
 
 @pytest.fixture(scope="module")
-def ckpts(colour_data, tmp_path_factory):
-    """A 1-epoch test_resnet run, a copy of its checkpoint that records an adapted test
-    resolution (as `fixres adapt` would), and one adapted with the parametric method."""
+def ckpts(trained_run, tmp_path_factory):
+    """The shared run, a copy of its checkpoint that records an adapted test resolution (as
+    `fixres adapt` would), and one adapted with the parametric method."""
     root = tmp_path_factory.mktemp("export")
-    run = root / "run"
-    assert main(["train", "--data", str(colour_data), "--out", str(run), "--model", "test_resnet", "--train-res",
-                 str(TRAIN_RES), "--epochs", "1", "--batch-size", "24", "--workers", "0", "--quiet"]) == 0
+    run = trained_run
     best = (run / "best").resolve()
     adapted = _copy_with_meta(best, root / "adapted", test_res=ADAPTED_RES,
                               adaptation={"method": "fixres", "test_res": ADAPTED_RES, "source": str(best)})
@@ -72,9 +71,9 @@ def test_timm_preprocessing_is_fixres_test_preprocessing(ckpts, exported, colour
     model, meta = open_checkpoint(ckpts["adapted"])
     m = timm.create_model(f"local-dir:{exported}", pretrained=True).eval()
     cfg = timm.data.resolve_data_config(model=m, use_test_size=use_test_size)
-    assert tuple(cfg["input_size"]) == (3, ADAPTED_RES, ADAPTED_RES) and cfg["crop_pct"] == meta.crop_pct
+    assert tuple(cfg["input_size"]) == (3, ADAPTED_RES, ADAPTED_RES) and cfg["crop_pct"] == meta.preprocessing.crop_pct
     timm_tf = timm.data.create_transform(**cfg)
-    ours, prep = EvalTransform(ADAPTED_RES, meta.crop_pct, meta.interpolation), Preprocess(meta.mean, meta.std)
+    ours, prep = meta.preprocessing.test_view(), meta.preprocessing.normalizer()
     files = val_images(colour_data)
     assert len({Image.open(f).size for f in files}) > 1          # varied sizes and aspects
     x_timm = torch.stack([timm_tf(Image.open(f).convert("RGB")) for f in files])
@@ -83,7 +82,7 @@ def test_timm_preprocessing_is_fixres_test_preprocessing(ckpts, exported, colour
     with torch.no_grad():
         torch.testing.assert_close(m(x_timm), model(x_ours), rtol=1e-5, atol=1e-5)
         # the geometry matters: the training resolution gives other logits on these images
-        at_train = prep(torch.stack([EvalTransform(TRAIN_RES, meta.crop_pct)(load_rgb(f)) for f in files]),
+        at_train = prep(torch.stack([meta.preprocessing.test_view(TRAIN_RES)(load_rgb(f)) for f in files]),
                         torch.device("cpu"))
         assert (model(at_train) - model(x_ours)).abs().max() > 1e-3
 
@@ -99,6 +98,7 @@ def test_config_records_train_resolution_and_adaptation(ckpts, exported):
     source_meta = json.loads((ckpts["adapted"] / "meta.json").read_text())
     assert rec["source"]["weights_sha256"] == source_meta["weights_sha256"] == rec["weights_sha256"]
     assert rec["timm_max_abs_diff"] == 0.0 and "onnx" not in rec
+    assert rec["preprocessing"]["test_res"] == ADAPTED_RES and rec["preprocessing"]["scale"] == [0.25, 1.0]
 
 
 def test_overrides_change_the_recorded_geometry(ckpts, colour_data, tmp_path):
@@ -107,7 +107,7 @@ def test_overrides_change_the_recorded_geometry(ckpts, colour_data, tmp_path):
     cfg = timm.data.resolve_data_config(model=m)
     assert tuple(cfg["input_size"]) == (3, 40, 40) and cfg["crop_pct"] == 1.0
     f = val_images(colour_data)[0]
-    expected = Preprocess((0.5,) * 3, (0.5,) * 3)(EvalTransform(40, 1.0)(load_rgb(f))[None], torch.device("cpu"))
+    expected = Normalizer((0.5,) * 3, (0.5,) * 3)(EvalTransform(40, 1.0)(load_rgb(f))[None], torch.device("cpu"))
     torch.testing.assert_close(timm.data.create_transform(**cfg)(Image.open(f).convert("RGB"))[None], expected,
                                rtol=0, atol=1e-6)
 
@@ -130,8 +130,7 @@ def test_refusals(ckpts, tmp_path, capsys):
     (tmp_path / "empty").mkdir()           # an existing empty folder is fine
     assert (export_checkpoint(ckpts["run"], tmp_path / "empty") / "model.safetensors").is_file()
     assert main(["export", "--checkpoint", str(ckpts["parametric"]), "--out", str(tmp_path / "q")]) == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "parametric" in err[0]
+    one_line_error(2, capsys.readouterr().err, "parametric")
 
 
 @pytest.fixture(scope="module")
@@ -149,7 +148,7 @@ def test_predict_uses_the_recorded_test_preprocessing(ckpts, images):
     assert rows[1].error and not rows[1].labels
     model, meta = open_checkpoint(ckpts["adapted"])
     good = [p for i, p in enumerate(images) if i != 1]
-    x = Preprocess(meta.mean, meta.std)(torch.stack([EvalTransform(ADAPTED_RES)(load_rgb(p)) for p in good]),
+    x = meta.preprocessing.normalizer()(torch.stack([EvalTransform(ADAPTED_RES)(load_rgb(p)) for p in good]),
                                         torch.device("cpu"))
     with torch.no_grad():
         probs = model(x).softmax(1)
@@ -196,7 +195,7 @@ def test_onnx_export_matches_pytorch(ckpts, images, tmp_path, capsys):
     assert rec["max_abs_diff"] <= rec["tolerance"] and rec["input_size"] == ["batch", 3, ADAPTED_RES, ADAPTED_RES]
     model, meta = open_checkpoint(ckpts["adapted"])
     good = [p for i, p in enumerate(images) if i != 1]      # 6 real images: not the traced batch size
-    x = Preprocess(meta.mean, meta.std)(torch.stack([EvalTransform(ADAPTED_RES)(load_rgb(p)) for p in good]),
+    x = meta.preprocessing.normalizer()(torch.stack([EvalTransform(ADAPTED_RES)(load_rgb(p)) for p in good]),
                                         torch.device("cpu"))
     session = ort.InferenceSession(str(out / "model.onnx"), providers=["CPUExecutionProvider"])
     got = torch.from_numpy(session.run(None, {"input": x.numpy()})[0])
@@ -208,6 +207,5 @@ def test_onnx_without_the_packages_is_one_clear_line(ckpts, tmp_path, monkeypatc
     import sys
     monkeypatch.setitem(sys.modules, "onnxruntime", None)     # import fails as if not installed
     assert main(["export", "--checkpoint", str(ckpts["run"]), "--out", str(tmp_path / "o"), "--onnx"]) == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "onnxruntime" in err[0] and "fixres[onnx]" in err[0]
+    one_line_error(2, capsys.readouterr().err, "onnxruntime", "fixres[onnx]")
     assert not (tmp_path / "o").exists()

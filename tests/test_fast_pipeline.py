@@ -23,12 +23,16 @@ from fixres.data.device_transforms import crop_axes, draw_train, eval_axes, resa
 from fixres.data.loader import TrainBatches, mix_seed
 from fixres.data.pipeline import eval_batches, sweep_batches, train_batches
 from fixres.data.transforms import EvalTransform, TrainTransform
-from fixres.evaluate import Preprocess, Tally, infer
-from fixres.checkpoint import open_checkpoint
+from fixres.evaluate import Tally, infer
 from fixres.errors import FixresError
-from fixres.runtime import Dist
+from fixres.runtime import Dist, Runtime
+from fixres.sources import open_checkpoint
 
 CPU = torch.device("cpu")
+
+
+def rt(pipeline: str, device: torch.device = CPU, workers: int = 0) -> Runtime:
+    return Runtime(device, pipeline=pipeline, workers=workers)
 MAX_DIFF, MEAN_DIFF = 2, 0.05
 
 
@@ -97,18 +101,17 @@ def test_train_batches_same_crops_as_pil(colour_data):
     split = scan_dataset(colour_data).train
     transform, sampler = TrainTransform(32), TrainBatches(len(split), 24, seed=3)
     sampler.set_epoch(1)
-    ref = _collect(train_batches(split, transform, sampler, device=CPU, pipeline="pil", workers=0))
-    exact = _collect(train_batches(split, transform, sampler, device=CPU, pipeline="fast", decoder="workers",
-                                   draft=False, workers=0))
+    ref = _collect(train_batches(split, transform, sampler, rt("pil")))
+    exact = _collect(train_batches(split, transform, sampler, rt("fast"), decoder="workers", draft=False))
     assert all(torch.equal(a, b) for a, b in zip(ref, exact))     # same boxes, flips, pixels
-    device = train_batches(split, transform, sampler, device=CPU, pipeline="fast", decoder="device", workers=0)
+    device = train_batches(split, transform, sampler, rt("fast"), decoder="device")
     got = _collect(device)
     assert torch.equal(got[1], ref[1]) and torch.equal(got[2], ref[2])
     worst, mean = _diff(got[0], ref[0])
     assert worst <= MAX_DIFF and mean <= MEAN_DIFF
     assert torch.equal(_collect(device)[0], got[0])                 # the same pass again: the same batches
     assert (device.stats.device, sum(device.stats.cpu.values())) == (2 * 60, 2 * 12)   # 2 passes; PNGs on the CPU
-    draft = _collect(train_batches(split, transform, sampler, device=CPU, pipeline="fast", workers=0))
+    draft = _collect(train_batches(split, transform, sampler, rt("fast")))
     assert torch.equal(draft[1], ref[1]) and draft[0].shape == ref[0].shape
 
 
@@ -134,9 +137,8 @@ def odd_folder(tmp_path_factory, photo):
 
 def test_device_decoder_falls_back_and_counts(odd_folder, monkeypatch):
     split = scan_split(odd_folder)
-    ref = list(eval_batches(split, 40, 0.875, "bilinear", device=CPU, pipeline="pil", workers=0, batch_size=8))[0]
-    fast = eval_batches(split, 40, 0.875, "bilinear", device=CPU, pipeline="fast", decoder="device", workers=0,
-                        batch_size=8)
+    ref = list(eval_batches(split, EvalTransform(40, 0.875, "bilinear"), rt("pil"), batch_size=8))[0]
+    fast = eval_batches(split, EvalTransform(40, 0.875, "bilinear"), rt("fast"), decoder="device", batch_size=8)
     got = list(fast)[0]
     assert torch.equal(got.indices, ref.indices) and got.skipped == ref.skipped and len(got.skipped) == 1
     assert _diff(got.images, ref.images)[0] <= MAX_DIFF
@@ -144,8 +146,7 @@ def test_device_decoder_falls_back_and_counts(odd_folder, monkeypatch):
     import fixres.data.pipeline as pipeline
     real = pipeline.decode_on_device
     monkeypatch.setattr(pipeline, "decode_on_device", lambda datas, device: [None for _ in real(datas, device)])
-    fast = eval_batches(split, 40, 0.875, "bilinear", device=CPU, pipeline="fast", decoder="device", workers=0,
-                        batch_size=8)
+    fast = eval_batches(split, EvalTransform(40, 0.875, "bilinear"), rt("fast"), decoder="device", batch_size=8)
     assert _diff(list(fast)[0].images, ref.images)[0] <= MAX_DIFF
     assert fast.stats.device == 0 and fast.stats.cpu["refused by the device decoder"] == 1
 
@@ -161,9 +162,9 @@ def test_only_complete_baseline_jpegs_go_to_the_gpu_decoder(odd_folder):
     assert classify((odd_folder / "a" / "1-progressive.jpg").read_bytes())[0] == CODEC_OTHER
 
 
-def _top1(model, batches, preprocess) -> tuple[float, int, torch.Tensor]:
+def _top1(model, batches, normalizer) -> tuple[float, int, torch.Tensor]:
     tally, logits_all = Tally(CPU), []
-    for logits, batch in infer(model, batches, CPU, preprocess):
+    for logits, batch in infer(model, batches, normalizer, Runtime()):
         tally.add(logits, batch.labels, len(batch.skipped))
         logits_all.append(logits)
     r = tally.result(Dist(), test_res=0, crop_pct=1.0, interpolation="")
@@ -175,36 +176,35 @@ def test_same_checkpoint_same_top1_through_both_pipelines(colour_data, tmp_path)
     assert main(["train", "--data", str(colour_data), "--out", str(run), "--model", "test_resnet", "--train-res", "32",
                  "--epochs", "2", "--batch-size", "24", "--workers", "0", "--quiet", "--pipeline", "fast"]) == 0
     model, meta = open_checkpoint(run)
-    prep, val = Preprocess(meta.mean, meta.std), scan_dataset(colour_data).val
-    kw = dict(device=CPU, workers=0, batch_size=10)
-    ref = _top1(model, eval_batches(val, 48, 0.875, "bilinear", pipeline="pil", **kw), prep)
-    exact = _top1(model, eval_batches(val, 48, 0.875, "bilinear", pipeline="fast", decoder="workers", **kw), prep)
-    device = _top1(model, eval_batches(val, 48, 0.875, "bilinear", pipeline="fast", decoder="device", **kw), prep)
-    default = _top1(model, eval_batches(val, 48, 0.875, "bilinear", pipeline="fast", **kw), prep)
+    prep, val = meta.preprocessing.normalizer(), scan_dataset(colour_data).val
+    view = EvalTransform(48, 0.875, "bilinear")
+    ref = _top1(model, eval_batches(val, view, rt("pil"), batch_size=10), prep)
+    exact = _top1(model, eval_batches(val, view, rt("fast"), decoder="workers", batch_size=10), prep)
+    device = _top1(model, eval_batches(val, view, rt("fast"), decoder="device", batch_size=10), prep)
+    default = _top1(model, eval_batches(val, view, rt("fast"), batch_size=10), prep)
     assert torch.equal(exact[2], ref[2]) and torch.equal(default[2], ref[2])    # no draft decoding by default
     assert abs(device[0] - ref[0]) <= 0.1 and device[1] == ref[1]
     assert (device[2] - ref[2]).abs().max() < 0.05
     # reduced-size decoding is opt-in for evaluation: it changes pixels (top-1 moved by up to 0.8 point on the
     # embedded dataset, benchmarks/pipeline_parity.py); here it still counts every image
-    draft = _top1(model, eval_batches(val, 48, 0.875, "bilinear", pipeline="fast", draft=True, **kw), prep)
+    draft = _top1(model, eval_batches(val, view, rt("fast"), draft=True, batch_size=10), prep)
     assert draft[1] == ref[1]
 
 
 def test_sweep_batches_one_decode_many_geometries(colour_data):
     val = scan_dataset(colour_data).val
     geometries = [(24, 0.875), (40, 1.0)]
-    got = list(sweep_batches(val, geometries, "bilinear", device=CPU, pipeline="fast", decoder="device", workers=0,
-                             batch_size=24))[0]
+    views = [EvalTransform(res, pct) for res, pct in geometries]
+    got = list(sweep_batches(val, views, rt("fast"), decoder="device", batch_size=24))[0]
     for (res, pct), images in zip(geometries, got.images):
-        ref = list(eval_batches(val, res, pct, "bilinear", device=CPU, pipeline="pil", workers=0, batch_size=24))[0]
+        ref = list(eval_batches(val, EvalTransform(res, pct, "bilinear"), rt("pil"), batch_size=24))[0]
         assert _diff(images, ref.images)[0] <= MAX_DIFF
 
 
 def test_prefetch_errors_surface_and_threads_end(colour_data, monkeypatch):
     split = scan_dataset(colour_data).train
     sampler = TrainBatches(len(split), 24, seed=0)
-    batches = train_batches(split, TrainTransform(32), sampler, device=CPU, pipeline="fast", decoder="device",
-                            workers=0)
+    batches = train_batches(split, TrainTransform(32), sampler, rt("fast"), decoder="device")
     it = iter(batches)
     next(it)
     del it                                   # abandoned in the middle of an epoch
@@ -215,9 +215,9 @@ def test_prefetch_errors_surface_and_threads_end(colour_data, monkeypatch):
     with pytest.raises(ZeroDivisionError):
         list(batches)
     with pytest.raises(FixresError, match="bilinear or bicubic"):
-        train_batches(split, TrainTransform(32, interpolation="nearest"), sampler, device=CPU, pipeline="fast")
+        train_batches(split, TrainTransform(32, interpolation="nearest"), sampler, rt("fast"))
     with pytest.raises(FixresError, match="pipeline must be one of"):
-        train_batches(split, TrainTransform(32), sampler, device=CPU, pipeline="turbo")
+        train_batches(split, TrainTransform(32), sampler, rt("turbo"))
 
 
 def test_defaults_per_device():
@@ -230,21 +230,35 @@ def test_defaults_per_device():
         resolve_decoder("device", cuda, jitter=True)
 
 
+def test_auto_takes_the_gpu_decoder_only_where_it_was_measured_faster(monkeypatch):
+    import fixres.data.pipeline as pipeline
+    cuda = torch.device("cuda", 0)
+    monkeypatch.setattr(pipeline, "gpu_decode_available", lambda: True)
+    for task in ("train", "eval"):
+        measured = pipeline.DEVICE_DECODER_MEASURED_FASTER[task]
+        assert pipeline.resolve_decoder("auto", cuda, task) == ("device" if measured else "workers")
+        monkeypatch.setitem(pipeline.DEVICE_DECODER_MEASURED_FASTER, task, True)
+        assert pipeline.resolve_decoder("auto", cuda, task) == "device"
+        assert pipeline.resolve_decoder("auto", CPU, task) == "workers"
+        monkeypatch.setitem(pipeline.DEVICE_DECODER_MEASURED_FASTER, task, False)
+        assert pipeline.resolve_decoder("auto", cuda, task) == "workers"
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_nvjpeg_path_on_the_gpu(odd_folder, colour_data):
     """nvJPEG's IDCT and chroma upsampling differ from libjpeg's: a looser bound than the CPU's."""
     gpu = torch.device("cuda")
     split = scan_split(odd_folder)
-    ref = list(eval_batches(split, 40, 0.875, "bilinear", device=CPU, pipeline="pil", workers=0, batch_size=8))[0]
-    fast = eval_batches(split, 40, 0.875, "bilinear", device=gpu, pipeline="fast", workers=0, batch_size=8)
+    ref = list(eval_batches(split, EvalTransform(40, 0.875, "bilinear"), rt("pil"), batch_size=8))[0]
+    fast = eval_batches(split, EvalTransform(40, 0.875, "bilinear"), rt("fast", gpu), decoder="device", batch_size=8)
     got = list(fast)[0]
     assert got.images.device.type == "cuda" and torch.equal(got.indices, ref.indices)
     assert fast.stats.device == 1 and fast.stats.skipped == 1
     assert _diff(got.images.cpu(), ref.images)[1] < 2.0
     val = scan_dataset(colour_data).train
     sampler = TrainBatches(len(val), 24, seed=0)
-    a = _collect(train_batches(val, TrainTransform(32), sampler, device=CPU, pipeline="pil", workers=0))
-    batches = train_batches(val, TrainTransform(32), sampler, device=gpu, pipeline="fast", workers=2)
+    a = _collect(train_batches(val, TrainTransform(32), sampler, rt("pil")))
+    batches = train_batches(val, TrainTransform(32), sampler, rt("fast", gpu, workers=2), decoder="device")
     b = [torch.cat(x) if i else torch.cat([t.cpu() for t in x]) for i, x in
          enumerate(zip(*[(bt.images, bt.indices, bt.labels) for bt in batches]))]
     assert torch.equal(a[1], b[1]) and _diff(a[0], b[0])[1] < 2.0

@@ -96,13 +96,13 @@ class Spy:
 def test_an_interrupted_grid_continues_without_recomputing(grid, tmp_path, monkeypatch):
     cfg = load_config(GridConfig, CI, {"out": str(tmp_path / "g"), "workers": 0})
     with monkeypatch.context() as m:
-        Spy(m, "adapt", fail_at=5)         # interrupted during the second row's second adaptation
+        Spy(m, "adapt_checkpoint", fail_at=5)         # interrupted during the second row's second adaptation
         with pytest.raises(KeyboardInterrupt):
             run_grid(cfg, quiet=True)
     done = sorted(p.name for p in (tmp_path / "g" / "cells").glob("*.json"))
     assert done == ["adapt-32-32.json", "adapt-32-48.json", "adapt-32-64.json", "adapt-48-32.json",
                     "sweep-32.json", "sweep-48.json", "train-32.json", "train-48.json"]
-    fit, sweep, adapt = Spy(monkeypatch, "fit"), Spy(monkeypatch, "sweep_checkpoint"), Spy(monkeypatch, "adapt")
+    fit, sweep, adapt = Spy(monkeypatch, "fit"), Spy(monkeypatch, "sweep_checkpoint"), Spy(monkeypatch, "adapt_checkpoint")
     report = run_grid(cfg, quiet=True)
     assert (len(fit.calls), len(sweep.calls)) == (0, 0)
     assert [kw["before"].test_res for _, kw in adapt.calls] == [48, 64]    # only the missing cells

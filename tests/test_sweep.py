@@ -3,18 +3,21 @@ chosen on held-out training images (never val by default); outputs and one-line 
 import csv
 import json
 import shutil
-import sys
 import types
 
 import pytest
 
-from fixres.checkpoint import find_checkpoint, open_checkpoint, read_meta, save_checkpoint
-from fixres.cli import main
-from fixres.data.folder import scan_split, split_holdout
+from fixres.checkpoint import find_checkpoint, read_meta, save_checkpoint
+from fixres.data.folder import scan_split
+from fixres.data.index import split_holdout
+from fixres.data.transforms import parse_resolutions
 from fixres.errors import FixresError
 from fixres.evaluate import evaluate_checkpoint
-from fixres.plots import plot_sweep
-from fixres.sweep import choose_best, parse_resolutions, sweep_checkpoint
+from fixres.plots import plot_sweep, sweep_figure
+from fixres.sources import open_checkpoint
+from fixres.sweep import choose_best, sweep_checkpoint
+from fixres.sweep_report import sweep_json, sweep_table
+from helpers import one_line_error, run_cli
 
 FAST = dict(batch_size=12, workers=0)
 
@@ -31,13 +34,9 @@ def one_thread():
 
 
 @pytest.fixture(scope="module")
-def run(colour_data, tmp_path_factory):
-    """A 1-epoch run that held out a quarter of every training class (6 of 24 images)."""
-    out = tmp_path_factory.mktemp("sweep") / "run"
-    assert main(["train", "--data", str(colour_data), "--out", str(out), "--model", "test_resnet", "--train-res", "32",
-                 "--epochs", "1", "--batch-size", "24", "--workers", "0", "--holdout", "0.25",
-                 "--scale", "0.25", "1.0", "--quiet"]) == 0
-    return out
+def run(trained_run):
+    """The shared run: it held out a quarter of every training class (6 of 24 images), trained with scale 0.25-1."""
+    return trained_run
 
 
 @pytest.fixture(scope="module")
@@ -57,12 +56,6 @@ def data_with_corrupt_image(colour_data, tmp_path_factory):
     good = sorted((root / "val" / "red").glob("*.jpg"))[0].read_bytes()
     (root / "val" / "red" / "truncated.jpg").write_bytes(good[:len(good) // 3])
     return root
-
-
-def run_cli(capsys, *argv):
-    code = main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 @pytest.mark.parametrize("given, expected", [
@@ -85,7 +78,7 @@ def test_parse_resolutions_refuses(bad):
 
 
 def test_sweep_equals_evaluate_at_every_geometry(run, data_with_corrupt_image):
-    result = sweep_checkpoint(run, data_with_corrupt_image, test_res=[24, 40], crop_pcts=[0.875, 1.0],
+    result = sweep_checkpoint(run, data_with_corrupt_image, test_res=[24, 40], crop_pct=[0.875, 1.0],
                               select_on="none", **FAST)
     assert [(r.test_res, r.crop_pct) for r in result.rows] == [(24, .875), (40, .875), (24, 1.0), (40, 1.0)]
     assert result.best is None and result.selection_rows == ()
@@ -96,7 +89,7 @@ def test_sweep_equals_evaluate_at_every_geometry(run, data_with_corrupt_image):
         assert (row.top1, row.top5, row.n, row.n_skipped) == (ref.top1, ref.top5, ref.n, ref.n_skipped)
         assert row.loss == pytest.approx(ref.loss, abs=1e-5)
         assert (row.n, row.n_skipped, row.split, row.model, row.train_res) == (24, 1, "val", "test_resnet", 32)
-        assert row.resize_size == int(row.test_res / row.crop_pct) and row.interpolation == meta.interpolation
+        assert row.resize_size == int(row.test_res / row.crop_pct) and row.interpolation == meta.preprocessing.interpolation
         assert row.adapted is None and row.checkpoint == str(find_checkpoint(run))
 
 
@@ -113,7 +106,7 @@ def test_selection_uses_the_recorded_holdout_and_never_val(run, colour_data):
     best = choose_best(result.selection_rows)
     assert result.best == (best.test_res, best.crop_pct)
     assert result.best_row().split == "val" and result.best_row().test_res == best.test_res
-    assert "held out of training" in result.table() and "best on holdout" in result.table()
+    assert "held out of training" in sweep_table(result) and "best on holdout" in sweep_table(result)
     on_train = sweep_checkpoint(run, colour_data, test_res=[32], select_on="train", select_images=3, **FAST)
     sample = {s.path for s in on_train.selection.index.samples}
     assert len(sample) == 9 and sample <= {s.path for s in held[0].samples}   # only images trained on
@@ -124,11 +117,11 @@ def test_without_holdout_selection_is_a_train_sample_and_says_so(no_holdout, col
     result = sweep_checkpoint(no_holdout, colour_data, test_res=[32, 40], select_images=5, **FAST)
     assert result.chosen_on == "train" and result.selection.seen_in_training
     assert all(r.split == "train" and r.n == 15 for r in result.selection_rows)
-    assert "trained on" in result.table() and result.to_json()["selection"]["seen_in_training"] is True
+    assert "trained on" in sweep_table(result) and sweep_json(result)["selection"]["seen_in_training"] is True
     with pytest.raises(FixresError, match="held-out"):
         sweep_checkpoint(no_holdout, colour_data, test_res=[32], select_on="holdout", **FAST)
     on_val = sweep_checkpoint(no_holdout, colour_data, test_res=[32, 40], select_on="val", **FAST)
-    assert on_val.chosen_on == "val" and on_val.selected_on_report and "optimistic" in on_val.table()
+    assert on_val.chosen_on == "val" and on_val.selected_on_report and "optimistic" in sweep_table(on_val)
 
 
 def test_cli_writes_csv_json_png_and_refuses_to_overwrite(run, colour_data, tmp_path, capsys):
@@ -144,9 +137,10 @@ def test_cli_writes_csv_json_png_and_refuses_to_overwrite(run, colour_data, tmp_
     data = json.loads((out / "sweep.json").read_text())
     assert data["chosen"]["split"] == "holdout" and len(data["rows"]) == 4 and len(data["selection_rows"]) == 4
     assert data["chosen"]["test_res"] in (24, 40) and "torch" in data["versions"]
-    assert (out / "sweep.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert [r["top1"] for r in data["rows"]] == [float(r["top1"]) for r in rows if r["split"] == "val"]
+    assert (out / "sweep.png").stat().st_size > 0   # its series: test_plot_draws_every_row_and_marker
     code, _, err = run_cli(capsys, *args)
-    assert code == 2 and len(err.strip().splitlines()) == 1 and "--overwrite" in err
+    one_line_error(code, err, "--overwrite")
     code, stdout, _ = run_cli(capsys, *args, "--overwrite", "--json")
     assert code == 0 and json.loads(stdout)["train_res"] == 32
 
@@ -158,12 +152,11 @@ def test_cli_writes_csv_json_png_and_refuses_to_overwrite(run, colour_data, tmp_
     (["--test-res", "x"], "not an integer"),
     (["--test-res", "32", "--crop-pct", "1.5"], "crop_pct"),
     (["--test-res", "32", "--crop-pct", "0.05"], "crop_pct"),
-    (["--test-res", "32", "--batch-size", "0"], "batch size"),
+    (["--test-res", "32", "--batch-size", "0"], "batch_size must be at least 1"),
 ])
 def test_cli_bad_input_is_one_line(run, colour_data, capsys, flags, needle):
     code, _, err = run_cli(capsys, "sweep", "--checkpoint", run, "--data", colour_data, "--workers", 0, *flags)
-    assert code == 2 and len(err.strip().splitlines()) == 1 and "Traceback" not in err
-    assert needle in err
+    one_line_error(code, err, needle)
 
 
 def test_cli_class_mismatch_is_one_line(run, colour_data, tmp_path, capsys):
@@ -171,7 +164,7 @@ def test_cli_class_mismatch_is_one_line(run, colour_data, tmp_path, capsys):
     shutil.copytree(colour_data, other)
     (other / "val" / "red").rename(other / "val" / "yellow")
     code, _, err = run_cli(capsys, "sweep", "--checkpoint", run, "--data", other, "--test-res", 32, "--workers", 0)
-    assert code == 2 and len(err.strip().splitlines()) == 1 and "class mismatch" in err and "yellow" in err
+    one_line_error(code, err, "class mismatch", "yellow")
 
 
 def test_predicted_marker_gets_the_runs_rrc_settings(run, colour_data, monkeypatch):
@@ -181,11 +174,12 @@ def test_predicted_marker_gets_the_runs_rrc_settings(run, colour_data, monkeypat
         calls.append((train_res, scale, ratio, crop_pct, len(sizes)))
         return types.SimpleNamespace(test_res=41, statistic=statistic, source=source)
 
-    monkeypatch.setitem(sys.modules, "fixres.analyze", types.SimpleNamespace(predict_test_res=predict_test_res))
-    result = sweep_checkpoint(run, colour_data, test_res=[32], crop_pcts=[1.0], select_on="val", **FAST)
+    monkeypatch.setattr("fixres.sweep.predict_test_res", predict_test_res)
+    result = sweep_checkpoint(run, colour_data, test_res=[32], crop_pct=[1.0], select_on="val", **FAST)
     assert calls == [(32, (0.25, 1.0), (0.75, 4 / 3), 1.0, 24)]        # the run's --scale 0.25 1.0, val's sizes
-    assert result.predicted["test_res"] == 41 and "41px" in result.table()
-    result = sweep_checkpoint(run, colour_data, test_res=[32], crop_pcts=[1.0], **FAST)
+    assert result.predicted["test_res"] == 41 and "41px" in sweep_table(result)
+    assert result.predicted["rrc_settings_from"] == "fixres train"     # read from the checkpoint's own record
+    result = sweep_checkpoint(run, colour_data, test_res=[32], crop_pct=[1.0], **FAST)
     assert calls[-1][-1] == 18 and "18 holdout" in result.predicted["sizes"]  # the held-out images' sizes
 
 
@@ -194,15 +188,21 @@ def test_real_prediction_is_reported(run, colour_data):
     result = sweep_checkpoint(run, colour_data, test_res=[32], select_on="val", **FAST)
     sizes = [(s.width, s.height) for s in scan_split(colour_data / "val").samples]
     expected = predict_test_res(32, scale=(0.25, 1.0), ratio=(0.75, 4 / 3), crop_pct=0.875, sizes=sizes)
-    assert result.predicted["test_res"] == expected.test_res and result.to_json()["predicted"]["statistic"]
+    assert result.predicted["test_res"] == expected.test_res and sweep_json(result)["predicted"]["statistic"]
 
 
-def test_plot_overlays_several_curves(tmp_path):
+def test_plot_draws_every_row_and_marker(tmp_path):
     row = dict(split="val", crop_pct=0.875)
-    before = [{**row, "test_res": r, "top1": a} for r, a in ((32, 50.0), (48, 60.0), (64, 55.0))]
+    before = [{**row, "test_res": r, "top1": a} for r, a in ((48, 60.0), (32, 50.0), (64, 55.0))]
     after = [{**row, "test_res": r, "top1": a} for r, a in ((32, 52.0), (48, 63.0), (64, 66.0))]
-    path = plot_sweep({"before adaptation": before, "after adaptation": after}, tmp_path / "f.png",
-                      train_res=32, predicted=40.2, chosen=(48, 0.875))
-    assert path.read_bytes()[:4] == b"\x89PNG" and not list(tmp_path.glob(".*"))
+    fig = sweep_figure({"before adaptation": before, "after adaptation": after}, train_res=32, predicted=40.2,
+                       chosen=(48, 0.875))
+    lines = {line.get_label(): line for line in fig.axes[0].lines}
+    assert lines["before adaptation"].get_xydata().tolist() == [[32, 50], [48, 60], [64, 55]]   # sorted by res
+    assert lines["after adaptation"].get_xydata().tolist() == [[32, 52], [48, 63], [64, 66]]
+    assert lines["train 32px"].get_xdata()[0] == 32 and lines["chosen 48px"].get_xdata()[0] == 48
+    assert lines["predicted 40px (geometric)"].get_xdata()[0] == pytest.approx(40.2)
+    path = plot_sweep({"before adaptation": before}, tmp_path / "f.png")
+    assert path.stat().st_size > 0 and [p.name for p in tmp_path.iterdir()] == ["f.png"]   # no temporary left
     with pytest.raises(ValueError):
-        plot_sweep({"empty": []}, tmp_path / "g.png")
+        sweep_figure({"empty": []})

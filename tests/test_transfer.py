@@ -9,7 +9,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 import fixres.grid.run as grid_run
-from fixres.checkpoint import open_checkpoint, read_meta
+from fixres.checkpoint import read_meta
+from fixres.sources import open_checkpoint
 from fixres.cli import main
 from fixres.data.synth import CLASS_NAMES, synthesize
 from fixres.errors import FixresError
@@ -60,7 +61,7 @@ def test_transfer_trains_a_new_classifier_then_adapts(datasets, transferred):
     model, meta = open_checkpoint(transferred / "train")
     assert meta.class_names == tuple(CLASS_NAMES[3:6]) and model.fc.out_features == 3
     adapted = read_meta(transferred / "adapted")
-    assert adapted.test_res == s["adapt_res"] and adapted.adaptation["method"] == "fixres"
+    assert adapted.preprocessing.test_res == s["adapt_res"] and adapted.adaptation["method"] == "fixres"
     # the trunk started from the source weights (lr 1e-5: one epoch barely moves them), the head did not
     # (the source run used another seed, so its initial classifier differs from the new one)
     src = load_file(str(run / "last" / "model.safetensors"))
@@ -74,7 +75,7 @@ def test_transfer_trains_a_new_classifier_then_adapts(datasets, transferred):
 def test_transfer_continues_without_recomputing(datasets, transferred, monkeypatch):
     _, target, run = datasets
     calls = []
-    for name in ("fit", "sweep_checkpoint", "adapt"):
+    for name in ("fit", "sweep_checkpoint", "adapt_checkpoint"):
         monkeypatch.setattr(grid_run, name, lambda *a, _n=name, **k: calls.append(_n))
     assert main(["transfer", "--data", str(target), "--weights", str(run), "--out", str(transferred),
                  "--train-res", "32", "--test-res", "32", "48", *SETS, "--set", "train.lr=1e-5", *FAST]) == 0

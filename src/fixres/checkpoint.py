@@ -29,11 +29,15 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from .config import read_yaml
+from .data.preprocessing import TRAIN_CROP_FIELDS, Preprocessing
 from .errors import FixresError
 from .faults import pause_point
+from .progress import notice
 from .rundir import fsync_path, fsync_tree
 
-FORMAT = "fixres-checkpoint/1"
+FORMAT = "fixres-checkpoint/2"
+LEGACY_FORMAT = "fixres-checkpoint/1"      # flat geometry fields, no training crop settings
 WEIGHTS, META, STATE = "model.safetensors", "meta.json", "state.pt"
 
 
@@ -41,17 +45,12 @@ WEIGHTS, META, STATE = "model.safetensors", "meta.json", "state.pt"
 class CheckpointMeta:
     model: str
     class_names: tuple[str, ...]
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
-    interpolation: str
-    crop_pct: float
-    train_res: int
-    test_res: int                      # the resolution this checkpoint is meant to be tested at
+    preprocessing: Preprocessing       # normalisation, test geometry (what it is meant to be tested at), train crops
     epoch: int = 0                     # completed epochs
     step: int = 0                      # completed optimiser steps
     metrics: dict = field(default_factory=dict)
     data_digest: str = ""
-    holdout: dict | None = None        # {"fraction", "seed"}: training images held out (see data.folder.split_holdout)
+    holdout: dict | None = None        # {"fraction", "seed"}: training images held out (see data.index.split_holdout)
     model_kwargs: dict = field(default_factory=dict)
     adaptation: dict | None = None     # set by fixres adapt: method, source, accuracy before/after
     weights_sha256: str = ""
@@ -64,25 +63,54 @@ class CheckpointMeta:
         return len(self.class_names)
 
     def to_json(self) -> str:
-        d = dataclasses.asdict(self)
+        d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        d["class_names"] = list(self.class_names)
+        d["preprocessing"] = self.preprocessing.to_dict()
         d["num_classes"] = self.num_classes
         return json.dumps(d, indent=2)
 
     @classmethod
     def from_dict(cls, d: dict, source: Path) -> "CheckpointMeta":
-        if d.get("format") != FORMAT:
-            raise FixresError(f"{source}: not a fixres checkpoint (format {d.get('format')!r}, expected {FORMAT!r})")
+        fmt = d.get("format")
+        if fmt not in (FORMAT, LEGACY_FORMAT):
+            raise FixresError(f"{source}: not a fixres checkpoint (format {fmt!r}, expected {FORMAT!r})")
         names = {f.name for f in dataclasses.fields(cls)}
         try:
+            prep = (Preprocessing.from_dict(d["preprocessing"]) if fmt == FORMAT
+                    else legacy_preprocessing(d, source))
             d = {k: v for k, v in d.items() if k in names}
-            for k in ("class_names", "mean", "std"):
-                d[k] = tuple(d[k])
+            d.update(class_names=tuple(d["class_names"]), preprocessing=prep, format=FORMAT)
             return cls(**d)
         except (KeyError, TypeError) as e:
             raise FixresError(f"{source}: checkpoint metadata is incomplete ({e})") from None
 
     def replace(self, **changes) -> "CheckpointMeta":
         return dataclasses.replace(self, **changes)
+
+
+def run_config_of(directory: Path) -> Path | None:
+    """The ``config.yaml`` of the run a checkpoint directory belongs to (``RUN/checkpoints/NAME``),
+    or None for a checkpoint outside a run directory."""
+    directory = Path(directory).resolve()
+    config = directory.parent.parent / "config.yaml"
+    return config if directory.parent.name == "checkpoints" and config.is_file() else None
+
+
+def legacy_preprocessing(d: dict, directory: Path) -> Preprocessing:
+    """The preprocessing of a checkpoint written before it was stored whole: the flat geometry
+    fields, and the training crop settings from its run's config.yaml when there is one
+    (else the defaults), said once."""
+    flat = {k: d[k] for k in ("mean", "std", "interpolation", "crop_pct", "train_res", "test_res")}
+    prep = Preprocessing.from_dict(flat, origin="checkpoint")
+    config = run_config_of(directory)
+    if config is None:
+        notice(f"{directory}: written by an older fixres that did not record its training crop settings; "
+               "using the defaults (scale 0.08-1, ratio 3/4-4/3, flip 0.5, no jitter)")
+        return prep
+    settings = read_yaml(config)
+    crops = {k: settings[k] for k in TRAIN_CROP_FIELDS if settings.get(k) is not None}
+    notice(f"{directory}: written by an older fixres; training crop settings read from {config}")
+    return prep.override(str(config), **crops)
 
 
 def versions() -> dict:
@@ -212,25 +240,3 @@ def load_train_state(directory: str | Path) -> dict[str, Any]:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
         raise FixresError(f"{path}: unreadable training state ({type(e).__name__}: {e})") from None
-
-
-def build_model(meta: CheckpointMeta, state: dict[str, torch.Tensor]) -> nn.Module:
-    """Instantiate the checkpoint's model and load its weights (strictly)."""
-    from .models import create_model
-    model = create_model(meta.model, meta.num_classes, **meta.model_kwargs)
-    try:
-        model.load_state_dict(state, strict=True)
-    except RuntimeError as e:
-        first = str(e).strip().splitlines()
-        raise FixresError(f"checkpoint weights do not fit {meta.model}: {first[1].strip() if len(first) > 1 else first[0]}") from None
-    from .adapt.parametric import reapply_adaptation   # an adaptation may act outside the weights
-    reapply_adaptation(model, meta)
-    return model
-
-
-def open_checkpoint(path: str | Path) -> tuple[nn.Module, CheckpointMeta]:
-    """The model of a checkpoint, ready for evaluation, and its metadata."""
-    state, meta, _ = load_checkpoint(path)
-    model = build_model(meta, state)
-    model.eval()
-    return model, meta

@@ -140,6 +140,15 @@ def build(cls: type, *sources: dict[str, Any], where: str = "settings"):
     return cls(**values)
 
 
+def with_overrides(cls: type, opts: Any | None, overrides: dict[str, Any]):
+    """``opts`` (an instance of ``cls``, or None for its defaults) with the ``overrides`` that
+    are not None applied, validated as :func:`build` validates."""
+    base = {} if opts is None else {f.name: getattr(opts, f.name) for f in dataclasses.fields(opts)}
+    if opts is not None and not any(v is not None for v in overrides.values()):
+        return opts
+    return build(cls, base, overrides)
+
+
 def from_namespace(ns: argparse.Namespace, cls: type) -> dict[str, Any]:
     """The values of ``ns`` that belong to ``cls`` and were given."""
     names = {f.name for f in dataclasses.fields(cls)}

@@ -15,11 +15,13 @@ from pathlib import Path
 from .adapt import adapt_checkpoint
 from .analyze import image_sizes, plot_apparent_size
 from .data.folder import scan_split
+from .evaluate import EvalResult
 from .data.synth import synthesize
 from .progress import Progress
 from .report import write_demo_report
 from .rundir import prepare_run_dir, write_json
 from .sweep import sweep_checkpoint
+from .sweep_report import sweep_json
 from .train import fit
 from .train_config import TrainConfig
 
@@ -56,7 +58,7 @@ def demo_train_config(cfg: DemoConfig, data: Path, run: Path) -> TrainConfig:
 
 def run_demo(cfg: DemoConfig, *, overwrite: bool = False, quiet: bool = False) -> dict:
     """Run every stage into ``cfg.out`` and return the summary (also written as demo.json)."""
-    out = prepare_run_dir(cfg.out, overwrite=overwrite, marker="demo.json")
+    out = prepare_run_dir(cfg.out, overwrite=overwrite, marker="demo.json", what="demo directory")
     write_json(out / "demo.json", {"config": dataclasses.asdict(cfg), "status": "running"})
     say = (lambda text: None) if quiet else Progress.write
     timings: dict[str, float] = {}
@@ -100,11 +102,13 @@ def run_demo(cfg: DemoConfig, *, overwrite: bool = False, quiet: bool = False) -
                                       workers=cfg.workers, out=out / "adapted" / f"{method}-{k}", quiet=True,
                                       before=_eval_result(before.get(k)))
             adapted[method].append({**result.after.row(), "split": "val", "before_top1": result.before.top1,
-                                    "seconds": round(result.seconds, 1), "cached": result.report.get("cached")})
+                                    "seconds": round(result.seconds, 1), "execution": result.report["execution"]})
+            say(f"  {method:>6} at {k:>3}px: val top-1 {result.before.top1:.2f} -> {result.after.top1:.2f} "
+                f"({result.report['execution']}, {result.seconds:.1f}s)")
     done("adapt")
 
     summary = {"config": dataclasses.asdict(cfg), "status": "done", "timings": timings,
-               "train": trained.summary, "prediction": prediction.row(), "sweep": swept.to_json(),
+               "train": trained.summary, "prediction": prediction.row(), "sweep": sweep_json(swept),
                "adapted": adapted}
     summary["report"] = {k: str(v) for k, v in write_demo_report(out, summary).items()}
     write_json(out / "demo.json", summary)
@@ -115,6 +119,5 @@ def _eval_result(row):
     """The sweep's val row at a resolution as an EvalResult (reused as 'before adaptation')."""
     if row is None:
         return None
-    from .evaluate import EvalResult
     return EvalResult(top1=row.top1, top5=row.top5, loss=row.loss, n=row.n, n_skipped=row.n_skipped,
                       test_res=row.test_res, crop_pct=row.crop_pct, interpolation=row.interpolation)

@@ -8,35 +8,23 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Literal, Optional
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .checkpoint import CheckpointMeta, open_checkpoint
-from .data.folder import SplitIndex, check_same_classes, list_classes, scan_split
-from .data.loader import Batch, EvalShard, ImageDataset, make_loader
-from .data.transforms import EvalTransform, normalize
+from .checkpoint import CheckpointMeta
+from .config import option, with_overrides
+from .data.folder import check_same_classes, list_classes, scan_split
+from .data.index import SplitIndex
+from .data.loader import Batch
+from .data.pipeline import eval_batches
+from .data.preprocessing import Preprocessing
+from .data.transforms import Normalizer, check_crop_pct, check_resolution
 from .errors import FixresError
-from .progress import iterate
-from .runtime import Dist, all_reduce_sum, autocast, autocast_dtype, resolve_device
-
-
-@dataclass(frozen=True)
-class Preprocess:
-    """What turns a uint8 batch into model input on the device."""
-
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
-    channels_last: bool = False
-
-    def __call__(self, images: torch.Tensor, device: torch.device) -> torch.Tensor:
-        x = images.to(device, non_blocking=True)
-        mean = torch.tensor(self.mean, device=device)
-        std = torch.tensor(self.std, device=device)
-        x = normalize(x, mean, std)
-        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
+from .runtime import Dist, Runtime, RuntimeOptions, all_reduce_sum, autocast, gather_lists
+from .sources import open_checkpoint
 
 
 @dataclass(frozen=True)
@@ -54,32 +42,16 @@ class EvalResult:
         return asdict(self)
 
 
-def eval_loader(split: SplitIndex, test_res: int, crop_pct: float, interpolation: str, *, batch_size: int = 100,
-                workers: int | None = None, dist_env: Dist = Dist(), pin_memory: bool = False,
-                device: torch.device | None = None, pipeline: str = "auto"):
-    """This rank's batches of ``split`` at one test geometry. With a ``device``, ``pipeline``
-    chooses the data pipeline (see :mod:`fixres.data.pipeline`; auto: fast on CUDA)."""
-    if device is not None:
-        from .data.pipeline import eval_batches
-        return eval_batches(split, test_res, crop_pct, interpolation, device=device, pipeline=pipeline,
-                            batch_size=batch_size, workers=workers, dist_env=dist_env)
-    transform = EvalTransform(test_res, crop_pct, interpolation)
-    dataset = ImageDataset(split, transform)
-    return make_loader(dataset, sampler=EvalShard(len(dataset), dist_env.rank, dist_env.world),
-                       batch_size=batch_size, workers=workers, pin_memory=pin_memory)
-
-
 @torch.no_grad()
-def infer(model: nn.Module, batches, device: torch.device, preprocess: Preprocess,
-          amp_dtype: torch.dtype | None = None) -> Iterator[tuple[torch.Tensor, Batch]]:
-    """Yield ``(logits, batch)`` for every batch that holds at least one image."""
+def infer(model: nn.Module, batches, normalizer: Normalizer, rt: Runtime) -> Iterator[tuple[torch.Tensor, Batch]]:
+    """Yield ``(logits, batch)`` for every batch (``logits`` None when no image of it decoded)."""
     model.eval()
     for batch in batches:
         if batch.images is None:
             yield None, batch
             continue
-        with autocast(device, amp_dtype):
-            logits = model(preprocess(batch.images, device))
+        with autocast(rt.device, rt.amp_dtype):
+            logits = model(normalizer(batch.images, rt.device))
         yield logits.float(), batch
 
 
@@ -108,34 +80,28 @@ class Tally:
         return EvalResult(100 * top1 / n_safe, 100 * top5 / n_safe, loss / n_safe, int(n), int(skipped), **geometry)
 
 
-def evaluate(model: nn.Module, split: SplitIndex, *, test_res: int, crop_pct: float, interpolation: str,
-             preprocess: Preprocess, device: torch.device, batch_size: int = 100, workers: int | None = None,
-             amp_dtype: torch.dtype | None = None, dist_env: Dist = Dist(), progress=None) -> tuple[EvalResult, list]:
-    """Top-1, top-5, loss and counts of ``model`` on ``split`` at one test geometry.
+def evaluate(model: nn.Module, split: SplitIndex, prep: Preprocessing, rt: Runtime, *, batch_size: int = 100,
+             label: str | None = None) -> tuple[EvalResult, list]:
+    """Top-1, top-5, loss and counts of ``model`` on ``split`` at ``prep``'s test geometry.
 
-    Returns the result and the list of ``(path, reason)`` of the split's files that could
-    not be read (refused when scanned, or failed to decode).
+    Args:
+        label: the progress bar's text (default ``eval@<test_res>``).
+
+    Returns:
+        The result and the ``(path, reason)`` of the split's files that could not be read
+        (refused when scanned, or failed to decode).
     """
-    loader = eval_loader(split, test_res, crop_pct, interpolation, batch_size=batch_size, workers=workers,
-                         dist_env=dist_env, pin_memory=device.type == "cuda", device=device)
-    tally, failed = Tally(device), []
-    if dist_env.is_main:  # files refused when scanned: the same list on every rank, counted once
+    view = prep.test_view()
+    loader = eval_batches(split, view, rt, batch_size=batch_size)
+    tally, failed = Tally(rt.device), []
+    if rt.dist.is_main:  # files refused when scanned: the same list on every rank, counted once
         tally.add(None, torch.zeros(0, dtype=torch.long), len(split.skipped))
-    batches = progress(loader) if progress else loader
-    for logits, batch in infer(model, batches, device, preprocess, amp_dtype):
+    batches = rt.progress(loader, label or f"eval@{view.test_res}")
+    for logits, batch in infer(model, batches, prep.normalizer(rt.channels_last), rt):
         tally.add(logits, batch.labels, len(batch.skipped))
         failed.extend(batch.skipped)
-    result = tally.result(dist_env, test_res=test_res, crop_pct=crop_pct, interpolation=interpolation)
-    return result, list(split.skipped) + gather_lists(failed, dist_env)
-
-
-def gather_lists(items: list, dist_env: Dist) -> list:
-    """The concatenation over ranks of a small per-rank list (identical on every rank)."""
-    if not dist_env.enabled:
-        return items
-    parts: list = [None] * dist_env.world
-    torch.distributed.all_gather_object(parts, items)
-    return [x for part in parts for x in part]
+    result = tally.result(rt.dist, test_res=view.test_res, crop_pct=view.crop_pct, interpolation=view.interpolation)
+    return result, list(split.skipped) + gather_lists(failed, rt.dist)
 
 
 def load_split(data: str | Path, split: str, class_names: tuple[str, ...]) -> SplitIndex:
@@ -149,23 +115,35 @@ def load_split(data: str | Path, split: str, class_names: tuple[str, ...]) -> Sp
     return scan_split(root / split, tuple(class_names))
 
 
-def evaluate_checkpoint(checkpoint: str | Path, data: str | Path, *, split: str = "val", test_res: int | None = None,
-                        crop_pct: float | None = None, interpolation: str | None = None, batch_size: int = 100,
-                        workers: int | None = None, device: str = "auto", amp: str = "auto",
-                        quiet: bool = True, dist_env: Dist = Dist()) -> tuple[EvalResult, CheckpointMeta, list]:
-    """Evaluate a checkpoint; geometry defaults to what the checkpoint records.
+@dataclass(frozen=True, kw_only=True)
+class EvalOptions(RuntimeOptions):
+    split: str = option("val", "sub-directory of the dataset to evaluate")
+    test_res: Optional[int] = option(None, "test resolution (default: the checkpoint's)")
+    crop_pct: Optional[float] = option(None, "centre-crop fraction (default: the checkpoint's)")
+    interpolation: Optional[Literal["bilinear", "bicubic"]] = option(None, "resize filter (default: the checkpoint's)")
 
-    Under torchrun every rank calls this with its ``dist_env``: each evaluates a disjoint
-    shard and all get the same totals."""
+    def __post_init__(self):
+        super().__post_init__()
+        if self.test_res is not None:
+            check_resolution(self.test_res, "test_res")
+        if self.crop_pct is not None:
+            check_crop_pct(self.crop_pct)
+
+
+def evaluate_checkpoint(checkpoint: str | Path, data: str | Path, opts: EvalOptions | None = None, *,
+                        quiet: bool = True, dist_env: Dist = Dist(),
+                        **overrides) -> tuple[EvalResult, CheckpointMeta, list]:
+    """Evaluate a checkpoint; the geometry defaults to what the checkpoint records.
+
+    ``opts`` (default :class:`EvalOptions`) with ``overrides`` applied (field names, ``None``
+    = not given). Under torchrun every rank calls this with its ``dist_env``: each evaluates
+    a disjoint shard and all get the same totals."""
+    opts = with_overrides(EvalOptions, opts, overrides)
     model, meta = open_checkpoint(checkpoint)
-    test_res = meta.test_res if test_res is None else test_res
-    crop_pct = meta.crop_pct if crop_pct is None else crop_pct
-    index = load_split(data, split, meta.class_names)
-    dev = resolve_device(device, dist_env)
-    model.to(dev)
-    result, skipped = evaluate(
-        model, index, test_res=test_res, crop_pct=crop_pct,
-        interpolation=interpolation or meta.interpolation, preprocess=Preprocess(meta.mean, meta.std),
-        device=dev, batch_size=batch_size, workers=workers, amp_dtype=autocast_dtype(amp, dev), dist_env=dist_env,
-        progress=lambda it: iterate(it, f"eval@{test_res}", enabled=not quiet and dist_env.is_main, total=len(it)))
+    prep = meta.preprocessing.override("flag", test_res=opts.test_res, crop_pct=opts.crop_pct,
+                                       interpolation=opts.interpolation)
+    index = load_split(data, opts.split, meta.class_names)
+    rt = opts.runtime(dist_env, quiet)
+    model.to(rt.device)
+    result, skipped = evaluate(model, index, prep, rt, batch_size=opts.batch_size)
     return result, meta, skipped

@@ -35,10 +35,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .checkpoint import WEIGHTS, CheckpointMeta, find_checkpoint, open_checkpoint, read_meta, sha256_file, versions
-from .data.transforms import eval_geometry, interpolation_mode
+from .checkpoint import WEIGHTS, CheckpointMeta, find_checkpoint, read_meta, sha256_file, versions
+from .data.preprocessing import Preprocessing
 from .errors import FixresError
-from .rundir import fsync_tree, write_json
+from .rundir import fsync_tree, prepare_run_dir, write_json
+from .sources import open_checkpoint
 
 EXPORT_FORMAT = "fixres-export/1"
 CONFIG, ONNX_FILE = "config.json", "model.onnx"
@@ -74,20 +75,18 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path, *, onnx: bool = F
         FixresError: existing output, a method timm cannot represent, missing ONNX
             packages, or an export whose outputs differ from the PyTorch model's.
     """
-    out = Path(out)
-    _check_out(out)
     if onnx:
         _require_onnx()
     meta = read_meta(checkpoint)               # refuse before loading any weights
     refuse_unexportable(meta)
+    prep = meta.preprocessing.override("flag", test_res=test_res, crop_pct=crop_pct)
+    out = prepare_run_dir(out, replaceable=False, keep=False)   # must not exist or be empty; checked before the work
     source = find_checkpoint(checkpoint)
     model, meta = open_checkpoint(source)
-    test_res = meta.test_res if test_res is None else test_res
-    crop_pct = meta.crop_pct if crop_pct is None else crop_pct
-    resize, _ = eval_geometry(test_res, crop_pct)
-    interpolation_mode(meta.interpolation)
+    test_res, crop_pct = prep.test_res, prep.crop_pct
+    resize = prep.test_view().resize_size
 
-    example = example_inputs(3, len(meta.mean), test_res)
+    example = example_inputs(3, len(prep.mean), test_res)
     with torch.no_grad():
         try:
             reference = model(example)
@@ -95,7 +94,7 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path, *, onnx: bool = F
             raise FixresError(f"{meta.model} does not run at {test_res}x{test_res} input "
                               f"({str(e).strip().splitlines()[0]})") from None
 
-    config = timm_config(meta, model, test_res, crop_pct)
+    config = timm_config(meta, model, prep)
     record = config["fixres"]
     record["resize"] = resize
     record["source"] = {"checkpoint": str(source), "weights_sha256": meta.weights_sha256, "epoch": meta.epoch,
@@ -112,7 +111,7 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path, *, onnx: bool = F
         write_json(tmp / CONFIG, config)
         record["timm_max_abs_diff"] = check_timm_load(tmp, example, reference)
         if onnx:
-            record["onnx"] = export_onnx(model, tmp / ONNX_FILE, test_res, len(meta.mean))
+            record["onnx"] = export_onnx(model, tmp / ONNX_FILE, test_res, len(prep.mean))
         record["exported"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
         write_json(tmp / CONFIG, config)
         fsync_tree(tmp)
@@ -135,25 +134,27 @@ def refuse_unexportable(meta: CheckpointMeta) -> None:
                           f"(export the checkpoint it was adapted from, or adapt with another method)")
 
 
-def timm_config(meta: CheckpointMeta, model: nn.Module, test_res: int, crop_pct: float) -> dict:
-    """The ``config.json`` that timm's ``local-dir:`` loader reads (see the module docstring)."""
+def timm_config(meta: CheckpointMeta, model: nn.Module, prep: Preprocessing) -> dict:
+    """The ``config.json`` that timm's ``local-dir:`` loader reads (see the module docstring);
+    ``prep``: the preprocessing to record (the checkpoint's, with any override of the test geometry)."""
     from timm.models import split_model_name_tag
     from . import __version__
 
     declared = getattr(model, "pretrained_cfg", {}) or {}
     architecture = declared.get("architecture") or split_model_name_tag(meta.model)[0]
-    chans = len(meta.mean)
+    test_res, crop_pct = prep.test_res, prep.crop_pct
+    chans = len(prep.mean)
     size = [chans, test_res, test_res]
     pretrained_cfg = {
         "input_size": size,               # = test size: what a plain resolve_data_config(model=m) uses
         "test_input_size": size,
         "fixed_input_size": bool(declared.get("fixed_input_size", False)),
-        "interpolation": meta.interpolation,
+        "interpolation": prep.interpolation,
         "crop_pct": crop_pct,
         "test_crop_pct": crop_pct,
         "crop_mode": "center",
-        "mean": list(meta.mean),
-        "std": list(meta.std),
+        "mean": list(prep.mean),
+        "std": list(prep.std),
         "num_classes": meta.num_classes,
         "label_names": list(meta.class_names),
         "custom_load": False,
@@ -174,13 +175,14 @@ def timm_config(meta: CheckpointMeta, model: nn.Module, test_res: int, crop_pct:
         "format": EXPORT_FORMAT,
         "fixres_version": __version__,
         "model": meta.model,
-        "train_res": meta.train_res,
-        "train_input_size": [chans, meta.train_res, meta.train_res],
+        "train_res": prep.train_res,
+        "train_input_size": [chans, prep.train_res, prep.train_res],
         "test_res": test_res,
         "crop_pct": crop_pct,
-        "interpolation": meta.interpolation,
-        "checkpoint_test_res": meta.test_res,
-        "checkpoint_crop_pct": meta.crop_pct,
+        "interpolation": prep.interpolation,
+        "checkpoint_test_res": meta.preprocessing.test_res,
+        "checkpoint_crop_pct": meta.preprocessing.crop_pct,
+        "preprocessing": prep.to_dict(),
         "class_names": list(meta.class_names),
         "adaptation": meta.adaptation,
         "metrics": meta.metrics,
@@ -282,10 +284,3 @@ def read_export(path: str | Path) -> dict:
     if not isinstance(config, dict) or "architecture" not in config:
         raise FixresError(f"{file}: not a timm model config (no 'architecture')")
     return config
-
-
-def _check_out(out: Path) -> None:
-    if out.exists() and not out.is_dir():
-        raise FixresError(f"output {out} exists and is not a directory")
-    if out.is_dir() and any(out.iterdir()):
-        raise FixresError(f"output directory {out} already exists and is not empty (choose another --out)")

@@ -64,15 +64,18 @@ def _as_dict(row) -> dict:
     return row.row() if hasattr(row, "row") else dict(row)
 
 
-def plot_sweep(curves: Mapping[str, Sequence], path: str | Path, *, train_res: int | None = None,
-               predicted: float | None = None, chosen: int | tuple | None = None, title: str | None = None,
-               metric: str = "top1") -> Path:
+def plot_sweep(curves: Mapping[str, Sequence], path: str | Path, **kw) -> Path:
+    """Write :func:`sweep_figure` to ``path`` (PNG, or any format matplotlib knows from the suffix)."""
+    return save(sweep_figure(curves, **kw), path)
+
+
+def sweep_figure(curves: Mapping[str, Sequence], *, train_res: int | None = None, predicted: float | None = None,
+                 chosen: int | tuple | None = None, title: str | None = None, metric: str = "top1") -> Figure:
     """Top-1 (or another row field) against test resolution, one line per curve, split and crop_pct.
 
     Args:
         curves: label -> sweep rows (``SweepRow`` or dicts with test_res, crop_pct, split and
             ``metric``); e.g. ``{"before adaptation": rows0, "after adaptation": rows1}``.
-        path: the image file to write (PNG, or any format matplotlib knows from the suffix).
         train_res: training resolution (grey dashed marker).
         predicted: predicted test resolution (orange dotted marker).
         chosen: chosen test resolution, or ``(test_res, crop_pct)`` (green marker).
@@ -110,4 +113,4 @@ def plot_sweep(curves: Mapping[str, Sequence], path: str | Path, *, train_res: i
         if title:
             ax.set_title(title)
         ax.legend(loc="best", frameon=False)
-        return save(fig, path)
+        return fig

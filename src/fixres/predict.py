@@ -14,13 +14,14 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .checkpoint import find_checkpoint, open_checkpoint, sha256_file
+from .checkpoint import find_checkpoint, sha256_file
 from .data.decode import UnreadableImage, load_rgb
+from .data.preprocessing import Preprocessing
 from .data.transforms import EvalTransform
 from .errors import FixresError
-from .evaluate import Preprocess
 from .export import CONFIG, is_export, load_timm_export, read_export
 from .runtime import resolve_device
+from .sources import open_checkpoint
 
 
 @dataclass(frozen=True)
@@ -30,22 +31,19 @@ class Classifier:
     model: nn.Module
     name: str                       # model (architecture) name
     class_names: tuple[str, ...]
-    test_res: int
-    crop_pct: float
-    interpolation: str
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
+    prep: Preprocessing             # its test geometry and normalisation
     source: str                     # the checkpoint or export folder it came from
     kind: str                       # "checkpoint" or "export"
 
     @property
     def transform(self) -> EvalTransform:
-        return EvalTransform(self.test_res, self.crop_pct, self.interpolation)
+        return self.prep.test_view()
 
     def describe(self) -> dict:
-        return {"model": self.name, "source": self.source, "kind": self.kind, "test_res": self.test_res,
-                "resize": self.transform.resize_size, "crop_pct": self.crop_pct,
-                "interpolation": self.interpolation, "mean": list(self.mean), "std": list(self.std)}
+        p = self.prep
+        return {"model": self.name, "source": self.source, "kind": self.kind, "test_res": p.test_res,
+                "resize": self.transform.resize_size, "crop_pct": p.crop_pct,
+                "interpolation": p.interpolation, "mean": list(p.mean), "std": list(p.std)}
 
 
 @dataclass(frozen=True)
@@ -76,8 +74,7 @@ def load_classifier(path: str | Path) -> Classifier:
         return _load_export(path)
     directory = find_checkpoint(path)
     model, meta = open_checkpoint(directory)
-    return Classifier(model, meta.model, meta.class_names, meta.test_res, meta.crop_pct, meta.interpolation,
-                      tuple(meta.mean), tuple(meta.std), str(directory), "checkpoint")
+    return Classifier(model, meta.model, meta.class_names, meta.preprocessing, str(directory), "checkpoint")
 
 
 def _load_export(path: Path) -> Classifier:
@@ -99,9 +96,11 @@ def _load_export(path: Path) -> Classifier:
         labels = [labels.get(str(i), labels.get(i, str(i))) for i in range(num_classes)]
     names = tuple(str(v) for v in labels) if labels and len(labels) == num_classes else \
         tuple(str(i) for i in range(num_classes))
-    return Classifier(model, config["architecture"], names, int(height), float(data["crop_pct"]),
-                      str(data["interpolation"]), tuple(float(v) for v in data["mean"]),
-                      tuple(float(v) for v in data["std"]), str(path), "export")
+    train_res = int(record.get("train_res", height))
+    prep = Preprocessing.from_dict({"mean": data["mean"], "std": data["std"], "interpolation": str(data["interpolation"]),
+                                    "crop_pct": data["crop_pct"], "test_res": int(height), "train_res": train_res},
+                                   origin=f"{path / CONFIG} (timm resolve_data_config, test size)")
+    return Classifier(model, config["architecture"], names, prep, str(path), "export")
 
 
 @torch.no_grad()
@@ -115,12 +114,12 @@ def classify(classifier: Classifier, paths: list[str | Path], *, top_k: int = 5,
     k = min(top_k, len(classifier.class_names))
     dev = resolve_device(device)
     model = classifier.model.to(dev).eval()
-    transform, preprocess = classifier.transform, Preprocess(classifier.mean, classifier.std)
+    transform, normalize = classifier.transform, classifier.prep.normalizer()
     results: dict[int, Prediction] = {}
     pending: list[tuple[int, torch.Tensor]] = []
 
     def flush():
-        logits = model(preprocess(torch.stack([t for _, t in pending]), dev)).float()
+        logits = model(normalize(torch.stack([t for _, t in pending]), dev)).float()
         probs, top = logits.softmax(dim=1).topk(k, dim=1)
         for (i, _), p, t in zip(pending, probs.cpu().tolist(), top.cpu().tolist()):
             results[i] = Prediction(str(paths[i]), tuple(classifier.class_names[j] for j in t), tuple(t), tuple(p))

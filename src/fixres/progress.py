@@ -52,6 +52,16 @@ class Progress:
         tqdm.write(text, file=sys.stderr)
 
 
+_NOTICED: set[str] = set()
+
+
+def notice(text: str) -> None:
+    """Say ``text`` on stderr once per process (a fact the user should know, not an error)."""
+    if text not in _NOTICED:
+        _NOTICED.add(text)
+        Progress.write(f"note: {text}")
+
+
 def iterate(items, desc: str, *, enabled: bool = True, total: int | None = None, unit: str = "batch"):
     """A plain tqdm iterator (evaluation passes)."""
     return tqdm(items, desc=desc, total=total, unit=unit, leave=False, dynamic_ncols=True, file=sys.stderr,

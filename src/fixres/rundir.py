@@ -10,19 +10,26 @@ import json
 import os
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 from .errors import FixresError
 
 MARKER = "config.yaml"
 
 
-def prepare_run_dir(out: str | Path, *, resume: bool = False, overwrite: bool = False, marker: str = MARKER) -> Path:
-    """Create ``out`` for a new run, or check it for a resumed one.
+def prepare_run_dir(out: str | Path, *, resume: bool = False, overwrite: bool = False, marker: str = MARKER,
+                    what: str = "run directory", clear: bool = True, replaceable: bool = True,
+                    keep: bool = True) -> Path:
+    """Check ``out`` for a directory that a command fills, before any work: create it, or
+    check it for a resumed run, and prove it writable.
 
-    A non-empty ``out`` is refused unless ``resume`` (it must then be a run of ours) or
-    ``overwrite`` (it must then be a fixres run directory, which is deleted first: we
-    never delete a directory that fixres did not create).
+    A non-empty ``out`` is refused unless ``resume`` (it must then be ours: it holds
+    ``marker``) or ``overwrite`` (it must then be ours too: we never delete a directory that
+    fixres did not create). With ``overwrite`` it is emptied now when ``clear``, else left
+    for the command to replace atomically when its work is done (a failure then loses nothing).
+    ``replaceable=False``: the command offers no ``--overwrite`` (a non-empty ``out`` is refused).
+    ``what`` names the kind of directory in messages; ``keep=False`` leaves no directory
+    behind when ``out`` did not exist (see :func:`ensure_writable_dir`).
     """
     out = Path(out)
     if out.exists() and not out.is_dir():
@@ -30,22 +37,61 @@ def prepare_run_dir(out: str | Path, *, resume: bool = False, overwrite: bool = 
     non_empty = out.is_dir() and any(out.iterdir())
     if resume:
         if not (out / marker).is_file():
-            raise FixresError(f"cannot resume: {out} is not a fixres run directory (no {marker})")
-        return out
-    if non_empty:
+            raise FixresError(f"cannot resume: {out} is not a fixres {what} (no {marker})")
+    elif non_empty:
         if not overwrite:
-            raise FixresError(f"output directory {out} already exists and is not empty "
-                              "(use --resume to continue it, --overwrite to replace it, or another --out)")
+            hint = ("use --resume to continue it, --overwrite to replace it, or another --out" if marker == MARKER
+                    else "use --overwrite to replace it, or another --out" if replaceable else "choose another --out")
+            raise FixresError(f"output directory {out} already exists and is not empty ({hint})")
         if not (out / marker).is_file():
-            raise FixresError(f"refusing to overwrite {out}: it is not a fixres run directory (no {marker})")
-        shutil.rmtree(out)
+            raise FixresError(f"refusing to overwrite {out}: it is not a fixres {what} (no {marker})")
+        if clear:
+            shutil.rmtree(out)
+    return ensure_writable_dir(out, keep=keep)
+
+
+def prepare_output_files(out: str | Path, names: Sequence[str], *, overwrite: bool = False,
+                         keep: bool = True) -> Path:
+    """Check ``out`` for a directory that will receive the files ``names`` (it may hold other
+    files): refuse to replace them without ``overwrite``; prove it writable (see
+    :func:`ensure_writable_dir` for ``keep``). Called before the work and again to write."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise FixresError(f"output {out} exists and is not a directory")
+    present = [name for name in names if (out / name).exists()]
+    if present and not overwrite:
+        raise FixresError(f"{out} already holds {', '.join(present)} (use --overwrite to replace, or another --out)")
+    return ensure_writable_dir(out, keep=keep)
+
+
+def prepare_output_file(path: str | Path) -> Path:
+    """Check, before any work, that the file ``path`` can be written (an existing file is
+    replaced, as a figure is; a directory there is refused)."""
+    path = Path(path)
+    if path.is_dir():
+        raise FixresError(f"output {path} is a directory, not a file")
+    ensure_writable_dir(path.parent, keep=False)
+    return path
+
+
+def ensure_writable_dir(out: Path, *, keep: bool = True) -> Path:
+    """Create ``out`` (and its missing parents) and write and remove a probe file in it, so that
+    a location that cannot be written is found before the work, not after it. With
+    ``keep=False`` the directories this call created are removed again (a command that fails
+    later leaves nothing behind; it creates them when it writes)."""
+    missing = [p for p in (out, *out.parents) if not p.exists()]
     try:
         out.mkdir(parents=True, exist_ok=True)
-        probe = out / ".write-test"
+        probe = out / f".write-test-{os.getpid()}"
         probe.write_text("")
         probe.unlink()
     except OSError as e:
         raise FixresError(f"cannot write to {out}: {e.strerror or e}") from None
+    finally:
+        if not keep:
+            for created in missing:          # deepest first
+                if created.is_dir():
+                    created.rmdir()
     return out
 
 

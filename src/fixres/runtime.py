@@ -11,12 +11,15 @@ import datetime
 import os
 import random
 from dataclasses import dataclass
+from typing import Literal, Optional
 
 import numpy as np
 import torch
 import torch.distributed as dist
 
+from .config import option
 from .errors import FixresError
+from .progress import Progress, iterate
 
 
 @dataclass(frozen=True)
@@ -59,6 +62,73 @@ def init_distributed(device: str = "auto") -> Dist:
         dist.init_process_group("nccl" if use_cuda else "gloo", store=store, rank=rank, world_size=world,
                                 **({"timeout": timeout} if timeout else {}))
     return Dist(rank, world, local_rank)
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """Where and how a command computes, resolved once from its flags and passed down whole.
+
+    Attributes:
+        device: the resolved device (never "auto").
+        amp_dtype: autocast dtype, None for float32.
+        dist: the process group (world size 1 without torchrun).
+        workers: data-loading processes (None: the loader's default).
+        pipeline: data pipeline name (see :mod:`fixres.data.pipeline`).
+        channels_last: model input in channels_last memory format.
+        quiet: no progress bars (they are shown on the main rank only anyway).
+    """
+
+    device: torch.device = torch.device("cpu")
+    amp_dtype: torch.dtype | None = None
+    dist: Dist = Dist()
+    workers: int | None = None
+    pipeline: str = "auto"
+    channels_last: bool = False
+    quiet: bool = True
+
+    @classmethod
+    def resolve(cls, device: str = "auto", amp: str = "auto", *, dist_env: Dist = Dist(), workers: int | None = None,
+                pipeline: str = "auto", channels_last: bool = False, quiet: bool = True) -> "Runtime":
+        if workers is not None and workers < 0:
+            raise FixresError(f"workers must not be negative, got {workers}")
+        dev = resolve_device(device, dist_env)
+        return cls(dev, autocast_dtype(amp, dev), dist_env, workers, pipeline, channels_last, quiet)
+
+    @property
+    def pin_memory(self) -> bool:
+        return self.device.type == "cuda"
+
+    def progress(self, items, what: str, total: int | None = None, unit: str = "batch"):
+        """``items`` with a progress bar (main rank, not quiet)."""
+        if total is None and hasattr(items, "__len__"):
+            total = len(items)
+        return iterate(items, what, enabled=not self.quiet and self.dist.is_main, total=total, unit=unit)
+
+    def log(self, text: str) -> None:
+        """A line on stderr (main rank, not quiet) that does not break an active bar."""
+        if not self.quiet and self.dist.is_main:
+            Progress.write(text)
+
+
+@dataclass(frozen=True, kw_only=True)
+class RuntimeOptions:
+    """The compute settings every command that runs a model shares (flags of the same names);
+    a command's options dataclass derives from it."""
+
+    batch_size: int = option(100, "images per batch")
+    workers: Optional[int] = option(None, "data-loading processes (default: cores - 1, at most 16)")
+    device: str = option("auto", "cpu, cuda, cuda:N or auto")
+    amp: Literal["auto", "bf16", "fp16", "none"] = option("auto", "mixed precision (auto: bf16 on a GPU that has it, "
+                                                                  "none on CPU)")
+
+    def __post_init__(self):
+        if self.batch_size < 1:
+            raise FixresError(f"batch_size must be at least 1, got {self.batch_size}")
+        if self.workers is not None and self.workers < 0:
+            raise FixresError(f"workers must not be negative, got {self.workers}")
+
+    def runtime(self, dist_env: Dist = Dist(), quiet: bool = True, **extra) -> Runtime:
+        return Runtime.resolve(self.device, self.amp, dist_env=dist_env, workers=self.workers, quiet=quiet, **extra)
 
 
 def shutdown_distributed() -> None:
@@ -129,6 +199,27 @@ def all_reduce_sum(values: torch.Tensor, dist_env: Dist) -> torch.Tensor:
     if dist_env.enabled:
         dist.all_reduce(values, op=dist.ReduceOp.SUM)
     return values
+
+
+def gather_lists(items: list, dist_env: Dist) -> list:
+    """The concatenation over ranks of a small per-rank list (identical on every rank)."""
+    if not dist_env.enabled:
+        return items
+    parts: list = [None] * dist_env.world
+    dist.all_gather_object(parts, items)
+    return [x for part in parts for x in part]
+
+
+def average_batchnorm_buffers(model: torch.nn.Module, dist_env: Dist) -> None:
+    """Average batch-norm running statistics over ranks, so that every rank (and what it saves)
+    holds the same model."""
+    if not dist_env.enabled:
+        return
+    for m in model.modules():
+        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and m.track_running_stats:
+            for buf in (m.running_mean, m.running_var):
+                dist.all_reduce(buf, op=dist.ReduceOp.SUM)
+                buf.div_(dist_env.world)
 
 
 def barrier(dist_env: Dist) -> None:

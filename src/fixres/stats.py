@@ -26,31 +26,26 @@ classifier was trained on. Computation is float32 (no autocast). The figures are
 """
 from __future__ import annotations
 
-import csv
-import hashlib
-import io
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 import torch
 from torch import nn
 
-from .adapt import Equaliser, find_classifier, pooled_features
+from .adapt import find_classifier, pooled_features
 from .adapt.data import Sequential
-from .checkpoint import CheckpointMeta, find_checkpoint, open_checkpoint, versions
-from .data.folder import SplitIndex, split_holdout
-from .data.loader import ImageDataset, make_loader
-from .data.transforms import DEFAULT_RATIO, DEFAULT_SCALE, EvalTransform, TrainTransform
+from .checkpoint import CheckpointMeta, find_checkpoint
+from .config import option, with_overrides
+from .data.index import SplitIndex, balanced_sample, split_holdout
+from .data.loader import ImageDataset, MultiView, make_loader
+from .data.transforms import EvalTransform, check_geometries
 from .errors import FixresError
-from .evaluate import Preprocess, load_split
-from .progress import iterate
-from .rundir import write_json, write_text
-from .runtime import resolve_device
-from .stats_plots import plot_cdfs, plot_vs_resolution
-from .sweep import check_geometries
-from .tables import table
+from .evaluate import load_split
+from .models.equaliser import Equaliser
+from .runtime import Runtime, RuntimeOptions
+from .sources import open_checkpoint
 
 ZEROS = "fraction of values exactly 0.0 (float32; a channel that is zero at every position)"
 DISTANCES = ("w1: 1-D Wasserstein distance between all feature values and the train-time ones (feature units); "
@@ -98,34 +93,6 @@ def describe(x: np.ndarray, ref: np.ndarray) -> dict:
 
 
 # ----------------------------------------------------------------------------- inputs
-def balanced_sample(index: SplitIndex, n: int, seed: int = 0) -> SplitIndex:
-    """``n`` images (all if fewer), classes taken in turn, each class in a hash order of the paths:
-    a pure function of the file names and ``seed``, balanced up to one image per class."""
-    by_class: dict[int, list] = {}
-    for s in sorted(index.samples, key=lambda s: hashlib.sha256(f"{seed}:{s.path}".encode()).digest()):
-        by_class.setdefault(s.label, []).append(s)
-    order = [queue[i] for i in range(max(map(len, by_class.values()), default=0))
-             for _, queue in sorted(by_class.items()) if i < len(queue)]
-    keep = {s.path for s in order[:n]}
-    return SplitIndex(index.root, index.classes, [s for s in index.samples if s.path in keep], list(index.skipped))
-
-
-def train_preprocessing(directory: Path, meta: CheckpointMeta) -> tuple[TrainTransform, str]:
-    """The run's RandomResizedCrop settings (its config.yaml when the checkpoint sits in a
-    run's ``checkpoints/``), else the ``fixres train`` defaults; and where they came from."""
-    from .config import read_yaml
-    config = directory.parent.parent / "config.yaml"
-    cfg, source = {}, "fixres train defaults (no run config.yaml)"
-    if directory.parent.name == "checkpoints" and config.is_file():
-        cfg, source = read_yaml(config), str(config)
-    try:
-        return TrainTransform(meta.train_res, tuple(map(float, cfg.get("scale", DEFAULT_SCALE))),
-                              tuple(map(float, cfg.get("ratio", DEFAULT_RATIO))), float(cfg.get("hflip", 0.5)),
-                              float(cfg.get("color_jitter", 0.0)), meta.interpolation), source
-    except (TypeError, ValueError):
-        raise FixresError(f"{config}: unreadable scale/ratio/hflip/color_jitter") from None
-
-
 @dataclass
 class Probe:
     """One checkpoint opened for reading its pooled features."""
@@ -160,20 +127,6 @@ def open_probe(path: str | Path) -> Probe:
     return Probe(label, directory, model, meta, classifier, Equaliser.from_record(record) if record else None)
 
 
-class _Views:
-    """One decoded image -> one uint8 tensor per transform (random ones draw from the generator)."""
-
-    def __init__(self, transforms):
-        self.transforms = tuple(transforms)
-
-    def __call__(self, img, generator=None):
-        return tuple(t(img, generator) for t in self.transforms)
-
-
-def _size(t) -> int:
-    return t.size if isinstance(t, TrainTransform) else t.test_res
-
-
 def feature_map(model: nn.Module, res: int) -> str | None:
     """``"HxW"`` of the map that is pooled at ``res`` (timm's ``forward_features``), None if not 4-D."""
     param = next(model.parameters())
@@ -195,27 +148,27 @@ def features(model: nn.Module, images: torch.Tensor, classifier: str) -> torch.T
 
 
 @torch.no_grad()
-def collect(probes: Sequence[Probe], index: SplitIndex, views: Sequence, *, device: torch.device, seed: int = 0,
-            batch_size: int = 50, workers: int | None = None, progress=None) -> tuple[list[list[torch.Tensor]], list]:
+def collect(probes: Sequence[Probe], index: SplitIndex, views: Sequence, rt: Runtime, *, seed: int = 0,
+            batch_size: int = 50, label: str = "features") -> tuple[list[list[torch.Tensor]], list]:
     """Raw pooled features of every probe for every view, decoding each image once.
 
     Returns ``(feats, skipped)``: ``feats[p][v]`` is ``(n, C)`` for probe ``p`` and view ``v``
     (the decodable images of ``index``, in index order) and ``skipped`` the ``(path, reason)``
     of the images that could not be decoded.
     """
-    loader = make_loader(ImageDataset(index, _Views(views)), batch_sampler=Sequential(len(index), batch_size, seed),
-                         workers=workers, pin_memory=device.type == "cuda",
-                         batch_bytes=batch_size * 3 * sum(_size(v) ** 2 for v in views))
+    multi = MultiView(tuple(views))
+    loader = make_loader(ImageDataset(index, multi), batch_sampler=Sequential(len(index), batch_size, seed),
+                         workers=rt.workers, pin_memory=rt.pin_memory, batch_bytes=multi.batch_bytes(batch_size))
     rows = [[[] for _ in views] for _ in probes]
     skipped = list(index.skipped)
-    for batch in (progress(loader) if progress else loader):
+    for batch in rt.progress(loader, label):
         skipped.extend(batch.skipped)
         if batch.images is None:
             continue
         for p, probe in enumerate(probes):
-            prep = Preprocess(probe.meta.mean, probe.meta.std)
+            normalize = probe.meta.preprocessing.normalizer()
             for v, images in enumerate(batch.images):
-                rows[p][v].append(features(probe.model, prep(images, device), probe.classifier))
+                rows[p][v].append(features(probe.model, normalize(images, rt.device), probe.classifier))
     if not rows[0][0]:
         raise FixresError(f"no image of {index.root} could be decoded")
     return [[torch.cat(r) for r in per_probe] for per_probe in rows], skipped
@@ -263,57 +216,6 @@ class StatsResult:
     device: str = ""
     values: dict | None = None           # (label, features, preprocessing, resolution) -> all values (plots)
 
-    def to_json(self) -> dict:
-        return {"zeros": ZEROS, "distances": DISTANCES, "reference": self.reference, "sample": self.sample,
-                "findings": list(self.findings), "notes": list(self.notes), "device": self.device,
-                "versions": versions(), "rows": [r.row() for r in self.rows],
-                "skipped_files": [{"path": p, "reason": why} for p, why in self.skipped]}
-
-    def table(self) -> str:
-        ref = self.rows[0]
-        lines = [f"pooled features (the classifier's input) of {ref.n} {ref.split} images, {ref.channels} channels",
-                 f"reference = train-time: {self.reference['preprocessing']} on {self.reference['images']}",
-                 "zeros = values exactly 0; w1, ks, shift: distances to the reference (see --json)", ""]
-        hidden = {r.label for r in self.rows if r.features == "equalised"} - {self.rows[0].label}  # = the source's
-        shown = [{**r.row(), "zeros_pct": 100 * r.zeros, "res": f"{r.resolution} {r.preprocessing}",
-                  "what": f"{r.label}{' equalised' if r.features == 'equalised' else ''}"}
-                 for r in self.rows if r.features == "equalised" or r.label not in hidden]
-        lines += [table(shown, _COLUMNS), ""]
-        lines += [f"{label}: only its equalised rows are shown; its pooled rows (before the equaliser) equal the "
-                  "source's and are in the CSV/JSON" for label in sorted(hidden)]
-        lines += self.findings
-        lines += [f"note: {n}" for n in self.notes]
-        return "\n".join(lines)
-
-    def write(self, out_dir: str | Path, *, overwrite: bool = False) -> list[Path]:
-        """Write ``stats.csv``, ``stats.json`` and the two figures (refusing to replace them)."""
-        out = check_out_dir(out_dir, overwrite)
-        out.mkdir(parents=True, exist_ok=True)
-        buf = io.StringIO()
-        writer = csv.DictWriter(buf, fieldnames=list(self.rows[0].row()), lineterminator="\n")
-        writer.writeheader()
-        writer.writerows(r.row() for r in self.rows)
-        write_text(out / "stats.csv", buf.getvalue())
-        write_json(out / "stats.json", self.to_json())
-        plot_cdfs(self, out / "stats-cdf.png")
-        plot_vs_resolution(self, out / "stats-vs-res.png")
-        return [out / name for name in STATS_FILES]
-
-
-_COLUMNS = [("what", "checkpoint", "s"), ("res", "res", "s"), ("feature_map", "map", "s"), ("zeros_pct", "zeros%", ".1f"), ("mean", "mean", ".4f"),
-            ("std", "std", ".4f"), ("median", "median", ".4f"), ("p99", "p99", ".3f"), ("w1", "w1", ".4f"),
-            ("ks", "ks", ".3f"), ("channel_shift", "shift", ".3f")]
-
-
-def check_out_dir(out_dir: str | Path, overwrite: bool) -> Path:
-    out = Path(out_dir)
-    if out.exists() and not out.is_dir():
-        raise FixresError(f"output {out} exists and is not a directory")
-    present = [name for name in STATS_FILES if (out / name).exists()]
-    if present and not overwrite:
-        raise FixresError(f"{out} already holds {', '.join(present)} (use --overwrite to replace, or another --out)")
-    return out
-
 
 def _findings(rows: Sequence[StatsRow], probes: Sequence[Probe]) -> list[str]:
     ref, first = rows[0], [r for r in rows[1:] if r.label == probes[0].label and r.features == "pooled"]
@@ -339,26 +241,38 @@ def _findings(rows: Sequence[StatsRow], probes: Sequence[Probe]) -> list[str]:
 
 
 # ----------------------------------------------------------------------------- entry point
-def feature_stats(checkpoint: str | Path, data: str | Path, *, test_res: Sequence[int], split: str = "val",
-                  images: int = 500, compare: Sequence[str | Path] = (), reference_split: str | None = None,
-                  seed: int = 0, batch_size: int = 50, workers: int | None = None, device: str = "auto",
-                  quiet: bool = True) -> StatsResult:
+@dataclass(frozen=True, kw_only=True)
+class StatsOptions(RuntimeOptions):
+    test_res: tuple[int, ...] = option(help="test resolutions: values and/or START:END:STEP ranges, END included "
+                                            "(e.g. 32:128:16)", type=str, metavar="RES")
+    split: str = option("val", "sub-directory the images come from")
+    images: int = option(500, "images of --split: a class-balanced sample fixed by --seed, all if fewer")
+    reference_split: Optional[str] = option(None, "images of the train-time reference (default: the same images; "
+                                                  "`train` samples the images the checkpoint was trained on)")
+    seed: int = option(0, "seed of the sample and of the RandomResizedCrop draws")
+    batch_size: int = option(50, "images per batch")
+
+    def __post_init__(self):
+        super().__post_init__()
+        check_geometries(self.test_res, [0.875])
+        if self.images < 1:
+            raise FixresError(f"images must be at least 1, got {self.images}")
+
+
+def feature_stats(checkpoint: str | Path, data: str | Path, opts: StatsOptions | None = None, *,
+                  compare: Sequence[str | Path] = (), quiet: bool = True, **overrides) -> StatsResult:
     """Distribution of the pooled features at each test resolution against the train-time one.
 
     Args:
         checkpoint: run directory, checkpoint directory or model.safetensors (its train-time
-            distribution is the reference).
-        data: dataset directory holding ``split`` (and ``reference_split``).
-        test_res: resolutions (see :func:`fixres.sweep.parse_resolutions` for ranges).
-        images: images of ``split`` (a class-balanced sample fixed by ``seed``; all if fewer).
+            distribution is the reference: RandomResizedCrop with the crop settings its
+            preprocessing record holds).
+        data: dataset directory holding ``opts.split`` (and ``opts.reference_split``).
+        opts: :class:`StatsOptions`, with ``overrides`` applied (``test_res`` is required).
         compare: further checkpoints (e.g. ``fixres adapt`` outputs) measured on the same images.
-        reference_split: where the reference images come from (default: the same images);
-            ``"train"`` samples the images the checkpoint was trained on (held-out ones excluded).
-        seed: sample and RandomResizedCrop draws.
     """
-    if images < 1 or batch_size < 1:
-        raise FixresError(f"images and batch size must be at least 1, got {images} and {batch_size}")
-    test_res = sorted({r for r, _ in check_geometries(test_res, [0.875])})
+    opts = with_overrides(StatsOptions, opts, overrides)
+    test_res = sorted(set(opts.test_res))
     probes = [open_probe(c) for c in (checkpoint, *compare)]
     for i, probe in enumerate(probes):     # labels name the series: make them unique
         if any(p.label == probe.label for p in probes[:i]):
@@ -367,34 +281,35 @@ def feature_stats(checkpoint: str | Path, data: str | Path, *, test_res: Sequenc
     for probe in probes[1:]:
         if probe.meta.class_names != base.class_names:
             raise FixresError(f"--compare {probe.directory}: its classes differ from {probes[0].directory}'s")
-    index = balanced_sample(load_split(data, split, base.class_names), images, seed)
-    rrc, rrc_source = train_preprocessing(probes[0].directory, base)
-    ref_split = reference_split or split
-    dev = resolve_device(device)
+    index = balanced_sample(load_split(data, opts.split, base.class_names), opts.images, opts.seed)
+    prep = base.preprocessing
+    rrc = prep.train_view()
+    ref_split = opts.reference_split or opts.split
+    rt = opts.runtime(quiet=quiet)
     for probe in probes:
-        probe.model.to(dev)
-    views = [EvalTransform(k, p.meta.crop_pct, p.meta.interpolation) for p in probes[:1] for k in test_res]
-    bar = (lambda what: lambda it: iterate(it, what, total=len(it), enabled=not quiet))
-    opts = dict(device=dev, seed=seed, batch_size=batch_size, workers=workers)
-    if ref_split == split:
-        feats, skipped = collect(probes, index, [rrc, *views], progress=bar(f"features x{len(views) + 1}"), **opts)
+        probe.model.to(rt.device)
+    views = [prep.test_view(k) for k in test_res]
+    common = dict(seed=opts.seed, batch_size=opts.batch_size)
+    if ref_split == opts.split:
+        feats, skipped = collect(probes, index, [rrc, *views], rt, label=f"features x{len(views) + 1}", **common)
         reference = feats[0][0].numpy()
         feats = [f[1:] for f in feats]
         ref_index = index
     else:
-        ref_index = _reference_images(data, ref_split, base, images, seed)
-        reference = collect(probes[:1], ref_index, [rrc], progress=bar("reference features"), **opts)[0][0][0].numpy()
-        feats, skipped = collect(probes, index, views, progress=bar(f"features x{len(views)}"), **opts)
-    rows, values, notes = _rows(probes, views, feats, reference, split, ref_split)
+        ref_index = _reference_images(data, ref_split, base, opts.images, opts.seed)
+        reference = collect(probes[:1], ref_index, [rrc], rt, label="reference features", **common)[0][0][0].numpy()
+        feats, skipped = collect(probes, index, views, rt, label=f"features x{len(views)}", **common)
+    rows, values, notes = _rows(probes, views, feats, reference, opts.split, ref_split)
     ref_info = {"checkpoint": str(probes[0].directory), "split": ref_split, "images": f"{len(ref_index)} {ref_split} "
-                f"images" + (" (the same as the rows)" if ref_split == split else ""), "seed": seed,
+                f"images" + (" (the same as the rows)" if ref_split == opts.split else ""), "seed": opts.seed,
                 "preprocessing": f"RandomResizedCrop({rrc.size}, scale {rrc.scale[0]:g}-{rrc.scale[1]:g}, ratio "
                 f"{rrc.ratio[0]:.3g}-{rrc.ratio[1]:.3g}) + flip {rrc.hflip:g}"
-                + (f" + jitter {rrc.color_jitter:g}" if rrc.color_jitter else ""), "settings_from": rrc_source}
-    sample = {"split": split, "images": len(index), "requested": images, "seed": seed, "per_class": "balanced",
-              "skipped": len(skipped)}
+                + (f" + jitter {rrc.color_jitter:g}" if rrc.color_jitter else ""),
+                "settings_from": prep.source_of("scale")}
+    sample = {"split": opts.split, "images": len(index), "requested": opts.images, "seed": opts.seed,
+              "per_class": "balanced", "skipped": len(skipped)}
     return StatsResult(tuple(rows), ref_info, sample, tuple(_findings(rows, probes)), tuple(notes), tuple(skipped),
-                       str(dev), values)
+                       str(rt.device), values)
 
 
 def _rows(probes: Sequence[Probe], views: Sequence[EvalTransform], feats, reference: np.ndarray, split: str,
@@ -407,11 +322,11 @@ def _rows(probes: Sequence[Probe], views: Sequence[EvalTransform], feats, refere
                         prep, res, resize, pct, where, len(x), x.shape[1], feature_map(probe.model, res),
                         **describe(x, reference))
 
-    rows = [row(first, "pooled", "train", first.meta.train_res, None, None, ref_split, reference)]
-    values = {(first.label, "pooled", "train", first.meta.train_res): np.sort(reference.ravel())}
+    rows = [row(first, "pooled", "train", first.meta.preprocessing.train_res, None, None, ref_split, reference)]
+    values = {(first.label, "pooled", "train", first.meta.preprocessing.train_res): np.sort(reference.ravel())}
     for probe, per_view in zip(probes, feats):
-        if (probe.meta.model, probe.meta.train_res) != (first.meta.model, first.meta.train_res):
-            notes.append(f"{probe.label} is a {probe.meta.model} trained at {probe.meta.train_res}px: its distances "
+        if (probe.meta.model, probe.meta.preprocessing.train_res) != (first.meta.model, first.meta.preprocessing.train_res):
+            notes.append(f"{probe.label} is a {probe.meta.model} trained at {probe.meta.preprocessing.train_res}px: its distances "
                          f"are still to {first.label}'s train-time distribution")
         if probe.adapted_res is not None and probe.adapted_res not in [v.test_res for v in views]:
             notes.append(f"{probe.label}: its adapted resolution {probe.adapted_res}px is not among --test-res")

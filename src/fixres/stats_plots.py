@@ -9,14 +9,11 @@ matplotlib is imported when a figure is drawn, not when this module is imported.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
-
 import numpy as np
 
-if TYPE_CHECKING:
-    from .stats import StatsResult, StatsRow
+from .stats import StatsResult, StatsRow
 
-__all__ = ["plot_cdfs", "plot_vs_resolution"]
+__all__ = ["cdf_figure", "plot_cdfs", "plot_vs_resolution", "vs_resolution_figure"]
 
 
 def _series(result: StatsResult) -> dict[tuple[str, str], list[StatsRow]]:
@@ -44,11 +41,23 @@ def _name(label: str, features: str) -> str:
 
 
 def plot_cdfs(result: StatsResult, path: str | Path) -> Path:
+    """Write :func:`cdf_figure` to ``path``."""
+    from .plots import save
+    return save(cdf_figure(result), path)
+
+
+def plot_vs_resolution(result: StatsResult, path: str | Path) -> Path:
+    """Write :func:`vs_resolution_figure` to ``path``."""
+    from .plots import save
+    return save(vs_resolution_figure(result), path)
+
+
+def cdf_figure(result: StatsResult):
     """One panel per checkpoint: the CDF of all pooled values per test resolution (symlog x,
     so the zero mass is the curve's height at x = 0), the train-time reference dashed black;
     an adapted checkpoint's curve at its adapted resolution is drawn thicker."""
     from matplotlib import colormaps
-    from .plots import save, styled
+    from .plots import styled
     series, ref = _series(result), result.rows[0]
     ref_values = result.values[(ref.label, "pooled", "train", ref.resolution)]
     positive = ref_values[ref_values > 0]
@@ -77,12 +86,12 @@ def plot_cdfs(result: StatsResult, path: str | Path) -> Path:
             ax.legend(loc="lower right", frameon=False, fontsize=7)
         axes[0].set_ylabel("fraction of values <= x   (height at 0 = zeros)")
         fig.suptitle(f"{ref.model}: CDF of the pooled features (the classifier's input), {ref.n} {ref.split} images")
-        return save(fig, path)
+        return fig
 
 
-def plot_vs_resolution(result: StatsResult, path: str | Path) -> Path:
+def vs_resolution_figure(result: StatsResult):
     """Zero fraction, mean, W1 and channel shift against test resolution, one line per checkpoint."""
-    from .plots import PALETTE, save, styled, vertical_marker
+    from .plots import PALETTE, styled, vertical_marker
     ref, series = result.rows[0], _series(result)
     panels = [("zeros", "fraction of values exactly 0", True), ("mean", "mean value", True),
               ("w1", "W1 distance to the train-time values", False),
@@ -106,4 +115,4 @@ def plot_vs_resolution(result: StatsResult, path: str | Path) -> Path:
         handles, labels = axes[0].get_legend_handles_labels()
         fig.legend(handles, labels, loc="outside lower center", ncol=min(len(labels), 4), frameon=False)
         fig.suptitle(f"{ref.model}: pooled features against test resolution ({ref.n} {ref.split} images)")
-        return save(fig, path)
+        return fig

@@ -1,26 +1,20 @@
 """Reporting of a :class:`~fixres.sweep.SweepResult`: text table, JSON record and output files.
 
-Pure formatting and writing; nothing here measures. :class:`~fixres.sweep.SweepResult`'s
-``table()``, ``to_json()`` and ``write()`` call :func:`sweep_table`, :func:`sweep_json` and
-:func:`write_sweep`.
+Pure formatting and writing; nothing here measures (:mod:`fixres.sweep` does).
 """
 from __future__ import annotations
 
 import csv
 import io
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from .checkpoint import versions
 from .data.transforms import EvalTransform
-from .errors import FixresError
-from .rundir import write_json, write_text
+from .rundir import prepare_output_files, write_json, write_text
+from .sweep import SweepResult
 from .tables import table
 
-if TYPE_CHECKING:
-    from .sweep import SweepResult
-
-__all__ = ["SWEEP_FILES", "check_out_dir", "sweep_json", "sweep_table", "write_sweep"]
+__all__ = ["SWEEP_FILES", "sweep_json", "sweep_table", "write_sweep"]
 
 SWEEP_FILES = ("sweep.csv", "sweep.json", "sweep.png")
 
@@ -77,27 +71,15 @@ def sweep_table(result: SweepResult) -> str:
 
 def write_sweep(result: SweepResult, out_dir: str | Path, *, overwrite: bool = False) -> list[Path]:
     """Write ``sweep.csv``, ``sweep.json`` and ``sweep.png`` into ``out_dir`` (refusing to replace them)."""
-    from .plots import plot_sweep
-    out = check_out_dir(out_dir, overwrite)
-    out.mkdir(parents=True, exist_ok=True)
+    from .plots import plot_sweep     # matplotlib is imported when a figure is drawn, not at start-up
+    out = prepare_output_files(out_dir, SWEEP_FILES, overwrite=overwrite)
     rows = [*(() if result.selected_on_report else result.selection_rows), *result.rows]
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=list(rows[0].row()), lineterminator="\n")
     writer.writeheader()
     writer.writerows(r.row() for r in rows)
     write_text(out / "sweep.csv", buf.getvalue())
-    write_json(out / "sweep.json", result.to_json())
+    write_json(out / "sweep.json", sweep_json(result))
     plot_sweep({"": rows}, out / "sweep.png", train_res=result.train_res, chosen=result.best,
                predicted=result.predicted.get("test_res"), title=f"{result.rows[0].model}: top-1 against test resolution")
     return [out / name for name in SWEEP_FILES]
-
-
-def check_out_dir(out_dir: str | Path, overwrite: bool) -> Path:
-    """Refuse an output directory that already holds sweep files (unless ``overwrite``)."""
-    out = Path(out_dir)
-    if out.exists() and not out.is_dir():
-        raise FixresError(f"output {out} exists and is not a directory")
-    present = [name for name in SWEEP_FILES if (out / name).exists()]
-    if present and not overwrite:
-        raise FixresError(f"{out} already holds {', '.join(present)} (use --overwrite to replace, or another --out)")
-    return out

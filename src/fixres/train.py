@@ -25,18 +25,18 @@ from torch.nn.parallel import DistributedDataParallel
 
 from . import checkpoint as ckpt
 from .config import dump_yaml, read_yaml
-from .data import scan_dataset
-from .data.folder import split_holdout
+from .data.folder import scan_dataset
+from .data.index import split_holdout
 from .data.loader import TrainBatches, mix_seed
 from .data.pipeline import train_batches
-from .data.transforms import TrainTransform
+from .data.preprocessing import Preprocessing
 from .errors import FixresError
-from .evaluate import Preprocess, evaluate
+from .evaluate import evaluate
 from .models import create_model, model_preprocessing
 from .optim import make_optimizer, schedule_for
 from .progress import Progress, peak_memory_mb
 from .rundir import append_jsonl, prepare_run_dir, read_jsonl, write_json, write_text
-from .runtime import (Dist, autocast, autocast_dtype, barrier, init_distributed, resolve_device, rng_state,
+from .runtime import (Runtime, autocast, average_batchnorm_buffers, barrier, init_distributed, rng_state,
                       seed_everything, set_rng_state)
 from .train_config import RESUMABLE_CHANGES, TrainConfig
 
@@ -77,9 +77,9 @@ class Trainer:
 
     def __init__(self, cfg: TrainConfig, *, resume: bool, overwrite: bool, quiet: bool):
         self.cfg, self.quiet = cfg, quiet
-        self.dist: Dist = init_distributed(cfg.device)
-        self.device = resolve_device(cfg.device, self.dist)
-        self.amp_dtype = autocast_dtype(cfg.amp, self.device)
+        self.rt = Runtime.resolve(cfg.device, cfg.amp, dist_env=init_distributed(cfg.device), workers=cfg.workers,
+                                  pipeline=cfg.pipeline, channels_last=cfg.channels_last, quiet=quiet)
+        self.dist, self.device, self.amp_dtype = self.rt.dist, self.rt.device, self.rt.amp_dtype
         self.run_dir = Path(cfg.out)
         if cfg.sync_bn and self.dist.enabled and self.device.type != "cuda":
             raise FixresError("--sync-bn needs CUDA GPUs (torch's SyncBatchNorm has no CPU kernel); without it the "
@@ -99,8 +99,8 @@ class Trainer:
         seed_everything(cfg.seed)  # identical initial weights on every rank
         self.model = create_model(cfg.model, len(self.classes), pretrained=cfg.pretrained, weights=cfg.weights,
                                   new_classifier=cfg.new_classifier, **self.model_kwargs)
-        prep = model_preprocessing(self.model)
-        self.preprocess = Preprocess(prep["mean"], prep["std"], cfg.channels_last)
+        self.prep = train_preprocessing(cfg, model_preprocessing(self.model))
+        self.normalizer = self.prep.normalizer(cfg.channels_last)
         self.model.to(self.device)
         if cfg.channels_last:
             self.model.to(memory_format=torch.channels_last)
@@ -120,9 +120,7 @@ class Trainer:
             raise FixresError(f"{len(self.train_split)} training images are fewer than one batch of {cfg.batch_size}")
         self.sampler = TrainBatches(len(self.train_split), cfg.batch_size, cfg.seed, self.dist.rank, self.dist.world,
                                     accum=cfg.accum_steps)
-        transform = TrainTransform(cfg.train_res, cfg.scale, cfg.ratio, cfg.hflip, cfg.color_jitter, cfg.interpolation)
-        self.loader = train_batches(self.train_split, transform, self.sampler, device=self.device,
-                                    pipeline=cfg.pipeline, workers=cfg.workers)
+        self.loader = train_batches(self.train_split, self.prep.train_view(), self.sampler, self.rt)
         self.steps_per_epoch = self.sampler.steps_per_epoch
         self.lr_at = schedule_for(cfg, self.steps_per_epoch)
         self.epoch, self.step_in_epoch, self.step = 0, 0, 0
@@ -144,9 +142,8 @@ class Trainer:
     # ----------------------------------------------------------------- checkpoints
     def _meta(self, metrics: dict) -> ckpt.CheckpointMeta:
         return ckpt.CheckpointMeta(
-            model=self.cfg.model, class_names=self.classes, mean=self.preprocess.mean, std=self.preprocess.std,
-            interpolation=self.cfg.interpolation, crop_pct=self.cfg.crop_pct, train_res=self.cfg.train_res,
-            test_res=self.cfg.eval_res, epoch=self.epoch, step=self.step, metrics=metrics,
+            model=self.cfg.model, class_names=self.classes, preprocessing=self.prep,
+            epoch=self.epoch, step=self.step, metrics=metrics,
             data_digest=f"{self.data.train.digest()}-{self.data.val.digest()}", model_kwargs=self.model_kwargs,
             holdout={"fraction": self.cfg.holdout, "seed": self.cfg.seed, "images": len(self.holdout_split)}
             if self.cfg.holdout else None)
@@ -164,7 +161,7 @@ class Trainer:
                 "train_seconds": self.train_seconds, "train_images": self.train_images}
 
     def save(self, metrics: dict, is_best: bool = False) -> None:
-        self._sync_bn_buffers()
+        average_batchnorm_buffers(self.model, self.dist)
         state = self._train_state()  # collective: every rank takes part
         if self.dist.is_main:
             name = f"epoch-{self.epoch:04d}" if self.step_in_epoch == 0 else f"step-{self.step:07d}"
@@ -209,17 +206,6 @@ class Trainer:
             write_text(self.run_dir / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
         self._log(f"resumed {self.run_dir} at epoch {self.epoch}, step {self.step}")
 
-    def _sync_bn_buffers(self) -> None:
-        """Average batch-norm running statistics over ranks, so that every rank (and the
-        checkpoint) evaluates the same model."""
-        if not self.dist.enabled:
-            return
-        for m in self.model.modules():
-            if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats:
-                for buf in (m.running_mean, m.running_var):
-                    torch.distributed.all_reduce(buf, op=torch.distributed.ReduceOp.SUM)
-                    buf.div_(self.dist.world)
-
     # ----------------------------------------------------------------- loop
     def train_epoch(self, bar: Progress) -> dict:
         """One epoch from the current position. Returns its training statistics."""
@@ -240,7 +226,7 @@ class Trainer:
                 self._note_skipped("train", batch.skipped)
                 if batch.images is None:
                     continue
-                x, y = self.preprocess(batch.images, self.device), batch.labels.to(self.device, non_blocking=True)
+                x, y = self.normalizer(batch.images, self.device), batch.labels.to(self.device, non_blocking=True)
                 sync = micro == accum - 1 or not self.dist.enabled
                 try:
                     with (contextlib.nullcontext() if sync else self.net.no_sync()), autocast(self.device, self.amp_dtype):
@@ -320,11 +306,8 @@ class Trainer:
             row = {"epoch": self.epoch, "step": self.step, **row}
             is_best = False
             if self.epoch % cfg.eval_every == 0 or self.epoch == cfg.epochs:
-                self._sync_bn_buffers()
-                result, skipped = evaluate(self.model, self.data.val, test_res=cfg.eval_res, crop_pct=cfg.crop_pct,
-                                           interpolation=cfg.interpolation, preprocess=self.preprocess,
-                                           device=self.device, workers=cfg.workers, amp_dtype=self.amp_dtype,
-                                           dist_env=self.dist)
+                average_batchnorm_buffers(self.model, self.dist)   # every rank evaluates the same model
+                result, skipped = evaluate(self.model, self.data.val, self.prep, self.rt)
                 self._note_skipped("val", skipped)
                 row.update({f"val_{k}": v for k, v in result.row().items()})
                 is_best = result.top1 > self.best_top1
@@ -367,6 +350,16 @@ def _epoch_line(row: dict, epochs: int) -> str:
     if "val_top1" in row:
         text += f"  val@{row['val_test_res']} top1 {row['val_top1']:.2f} top5 {row['val_top5']:.2f}"
     return text
+
+
+def train_preprocessing(cfg: TrainConfig, model_prep: dict) -> Preprocessing:
+    """The run's preprocessing record: the model's normalisation (its timm pretrained config)
+    and the run's geometry and training crop settings."""
+    prep = Preprocessing(mean=model_prep["mean"], std=model_prep["std"],
+                         origin={"mean": "model pretrained_cfg", "std": "model pretrained_cfg"})
+    return prep.override("fixres train", interpolation=cfg.interpolation, crop_pct=cfg.crop_pct,
+                         train_res=cfg.train_res, test_res=cfg.eval_res, scale=cfg.scale, ratio=cfg.ratio,
+                         hflip=cfg.hflip, color_jitter=cfg.color_jitter)
 
 
 def fit(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False, quiet: bool = False) -> TrainResult:

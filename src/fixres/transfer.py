@@ -39,6 +39,7 @@ from .models import create_model, model_preprocessing
 from .models.paper import RESNEXT_WSL, register_paper_models
 from .models.factory import check_model_name, classifier_keys, load_weights, read_state_dict
 from .progress import Progress
+from .train import train_preprocessing
 from .rundir import write_json, write_text
 
 def check_tagged(model: str) -> None:
@@ -192,12 +193,10 @@ def ensure_imported(gdir: GridDir, cfg: TransferConfig, model_name: str, weights
     if weights is not None and load_weights(model, weights):
         raise FixresError(f"{weights}: its classifier does not have the data's {len(classes)} classes; "
                           "without finetune it must")
-    prep = model_preprocessing(model)
     tcfg = train_config(cfg.train, model=model_name, train_res=cfg.train_res, out="-", data=cfg.data,
                         pretrained=cfg.pretrained, weights=str(weights) if weights else None)
-    meta = CheckpointMeta(model=model_name, class_names=classes, mean=prep["mean"], std=prep["std"],
-                          interpolation=tcfg.interpolation, crop_pct=tcfg.crop_pct, train_res=cfg.train_res,
-                          test_res=cfg.train_res, metrics={})
+    meta = CheckpointMeta(model=model_name, class_names=classes,
+                          preprocessing=train_preprocessing(tcfg, model_preprocessing(model)), metrics={})
     save_checkpoint(gdir.root / "pretrained", model, meta)
     log(f"imported {model_name} ({'timm pretrained' if cfg.pretrained else weights}) as {gdir.root / 'pretrained'}")
     return gdir.save("import", {"checkpoint": str(gdir.root / "pretrained"), "model": model_name,

@@ -11,9 +11,9 @@ the cost.
 """
 from .features import pooled_features
 from .options import AdaptOptions
-from .parametric import Equaliser, reapply_adaptation
-from .pipeline import AdaptResult, adapt, adapt_checkpoint
+from ..models.equaliser import Equaliser, reapply_adaptation
+from .pipeline import AdaptResult, adapt_checkpoint
 from .surgery import METHODS, Plan, find_adaptable_layers, find_classifier, make_plan
 
-__all__ = ["AdaptOptions", "AdaptResult", "Equaliser", "METHODS", "Plan", "adapt", "adapt_checkpoint",
+__all__ = ["AdaptOptions", "AdaptResult", "Equaliser", "METHODS", "Plan", "adapt_checkpoint",
            "find_adaptable_layers", "find_classifier", "make_plan", "pooled_features", "reapply_adaptation"]

@@ -4,7 +4,7 @@ Adaptation uses the TRAINING images (never val, never the images the checkpoint 
 ``meta.holdout`` is rebuilt with :func:`~fixres.data.folder.split_holdout`) with the
 TEST-time preprocessing at the new resolution: resize the shorter side to
 ``floor(K_test / crop_pct)``, centre crop (``aug="v1"``, :class:`~fixres.data.EvalTransform`).
-``aug="v2"`` adds the paper's light augmentation, :class:`ShiftedCentreCrop`.
+``aug="v2"`` adds the authors' light augmentation, :class:`ShiftedCentreCrop`.
 """
 from __future__ import annotations
 
@@ -17,24 +17,30 @@ from torch.utils.data import Sampler
 from torchvision.transforms.v2 import functional as F
 
 from ..checkpoint import CheckpointMeta
-from ..data.folder import SplitIndex, split_holdout
+from ..data.index import SplitIndex, split_holdout
 from ..data.loader import ImageDataset, make_loader, mix_seed
-from ..data.transforms import EvalTransform, eval_geometry, flip_and_jitter, interpolation_mode
+from ..data.preprocessing import Preprocessing
+from ..data.transforms import eval_geometry, flip_and_jitter, interpolation_mode
 from ..errors import FixresError
-from ..runtime import Dist
 from ..evaluate import load_split
+from ..runtime import Dist
 
 
 @dataclass(frozen=True)
 class ShiftedCentreCrop:
-    """The paper's "v2" fine-tuning augmentation around the test preprocessing.
+    """The authors' "v2" fine-tuning augmentation (``transforms_v2.py`` of facebookresearch/FixRes),
+    around our test preprocessing.
 
-    Resize the shorter side to ``floor(test_res / crop_pct)`` (as at test time), crop
-    ``test_res x test_res`` at the vertical centre and at a horizontal position shifted
-    from the centre by a uniform integer in ``[-m, m]``, ``m = (resize - test_res) // 2``
-    (the margin the centre crop leaves on the shorter side; clamped to the image), flip
-    horizontally with probability 0.5, then colour jitter (brightness, contrast,
-    saturation) of strength ``color_jitter``. Every draw comes from the generator.
+    Resize the shorter side to ``floor(test_res / crop_pct)`` (as at test time; the authors'
+    ``Resize`` sets the image HEIGHT to that size, a known pitfall we do not copy), crop
+    ``test_res x test_res`` at the vertical centre and at a horizontal offset drawn as theirs
+    is: ``j = round((W - test_res) / 2)`` the horizontal margin of the RESIZED image, a
+    magnitude uniform in ``0..j`` and a sign of +-1 each with probability 1/2, so the crop
+    moves over the whole horizontal margin (about +-100 px for a 4:3 image at 384 px; 0 for a
+    portrait image, whose horizontal margin is the shorter side's). Then a horizontal flip with
+    probability 0.5 and colour jitter (brightness, contrast, saturation) of strength
+    ``color_jitter`` (they flip and jitter before the crop: both commute with it, the flip
+    because the shift's law is symmetric). Every draw comes from the generator.
     """
 
     test_res: int
@@ -51,19 +57,25 @@ class ShiftedCentreCrop:
         resize, crop = eval_geometry(self.test_res, self.crop_pct)
         img = F.resize(img, [resize], interpolation=interpolation_mode(self.interpolation), antialias=True)
         width, height = img.size
-        margin = (resize - crop) // 2
-        shift = int(torch.randint(-margin, margin + 1, (1,), generator=generator)) if margin > 0 else 0
-        top = int(round((height - crop) / 2.0))        # torchvision's centre_crop convention
-        left = min(max(int(round((width - crop) / 2.0)) + shift, 0), width - crop)
+        top, left = int(round((height - crop) / 2.0)), int(round((width - crop) / 2.0))   # torchvision's centre
+        left = min(left + horizontal_shift(left, generator), width - crop)   # their odd margins can overrun by 1 px
         img = F.crop(img, top, left, crop, crop)
         return F.pil_to_tensor(flip_and_jitter(img, self.hflip, self.color_jitter, generator))
 
 
-def adapt_transform(aug: str, test_res: int, crop_pct: float, interpolation: str):
+def horizontal_shift(margin: int, generator: torch.Generator | None) -> int:
+    """The authors' shift of the centre crop: ``sign * m``, ``m`` uniform in ``0..margin``, sign +-1."""
+    if margin <= 0:
+        return 0
+    magnitude = int(torch.randint(0, margin + 1, (1,), generator=generator))
+    return magnitude if int(torch.randint(0, 2, (1,), generator=generator)) == 0 else -magnitude
+
+
+def adapt_transform(aug: str, prep: Preprocessing):
     """The preprocessing of the adaptation images: ``v1`` = exactly the test one."""
     if aug == "v1":
-        return EvalTransform(test_res, crop_pct, interpolation)
-    return ShiftedCentreCrop(test_res, crop_pct, interpolation)
+        return prep.test_view()
+    return ShiftedCentreCrop(prep.test_res, prep.crop_pct, prep.interpolation)
 
 
 @dataclass(frozen=True)
@@ -86,8 +98,7 @@ def adaptation_images(data: str | Path, meta: CheckpointMeta, images: int | None
     available = len(train)
     if images is not None and images < available:
         g = torch.Generator().manual_seed(mix_seed(seed, 0xADA))
-        keep = sorted(torch.randperm(available, generator=g)[:images].tolist())
-        train = SplitIndex(train.root, train.classes, [train.samples[i] for i in keep], train.skipped)
+        train = train.positions(torch.randperm(available, generator=g)[:images].tolist())
     if not len(train):
         raise FixresError(f"{data}/train has no training image left for adaptation")
     return Images(train, val, held, available)

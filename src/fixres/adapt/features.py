@@ -23,8 +23,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ..evaluate import Preprocess, gather_lists
-from ..runtime import Dist, autocast
+from ..data.transforms import Normalizer
+from ..runtime import Dist, Runtime, autocast, gather_lists
 from .surgery import find_classifier
 
 CACHE_FRACTION = 0.5
@@ -81,22 +81,23 @@ class FeatureCache:
 
 
 @torch.no_grad()
-def build_cache(bottom: nn.Module, loader, n: int, preprocess: Preprocess, device: torch.device,
-                amp_dtype: torch.dtype | None, dist_env: Dist = Dist()) -> tuple[FeatureCache | None, str]:
+def build_cache(bottom: nn.Module, loader, n: int, normalizer: Normalizer,
+                rt: Runtime) -> tuple[FeatureCache | None, str]:
     """Run ``bottom`` once over the ``n`` images of ``loader`` (in index order) and keep its
     outputs. Returns ``(cache, "")``, or ``(None, reason)`` when the cache would not fit.
 
     Under several processes each rank computes the rows of its batches and the rows are
     summed across ranks (every other rank holds zeros there), so every rank ends with the
     whole cache, exactly as one process would have computed it."""
+    device, dist_env = rt.device, rt.dist
     tensors, labels = None, torch.zeros(n, dtype=torch.long)
     valid, skipped, reason = torch.zeros(n, dtype=torch.bool), [], ""
     for batch in loader:
         skipped.extend(batch.skipped)
         if batch.images is None or reason:
             continue
-        with autocast(device, amp_dtype):
-            out = bottom(preprocess(batch.images, device))
+        with autocast(device, rt.amp_dtype):
+            out = bottom(normalizer(batch.images, device))
         if tensors is None:
             tensors, reason = _allocate([(t.shape[1:], t.dtype) for t in out], n, device)
             if tensors is None:
@@ -170,8 +171,8 @@ def pooled_features(model: nn.Module, images: torch.Tensor, *, classifier: str |
 
 
 @torch.no_grad()
-def collect_pooled(model: nn.Module, classifier: str, loader, preprocess: Preprocess, device: torch.device,
-                   amp_dtype: torch.dtype | None, dist_env: Dist = Dist()) -> tuple[torch.Tensor, list]:
+def collect_pooled(model: nn.Module, classifier: str, loader, normalizer: Normalizer,
+                   rt: Runtime) -> tuple[torch.Tensor, list]:
     """Pooled features of every decodable image of ``loader`` (CPU, float32, in image index
     order, gathered from every rank) and the skipped files."""
     capture, skipped, indices = _Capture(), [], []
@@ -181,18 +182,18 @@ def collect_pooled(model: nn.Module, classifier: str, loader, preprocess: Prepro
         for batch in loader:
             skipped.extend(batch.skipped)
             if batch.images is not None:
-                with autocast(device, amp_dtype):
-                    model(preprocess(batch.images, device))
+                with autocast(rt.device, rt.amp_dtype):
+                    model(normalizer(batch.images, rt.device))
                 indices.append(batch.indices)
     finally:
         handle.remove()
     rows = torch.cat([r.cpu() for r in capture.rows]) if capture.rows else torch.zeros(0, 0)
     order = torch.cat(indices) if indices else torch.zeros(0, dtype=torch.long)
-    if dist_env.enabled:
-        parts: list = [None] * dist_env.world
+    if rt.dist.enabled:
+        parts: list = [None] * rt.dist.world
         torch.distributed.all_gather_object(parts, (order, rows))
         parts = [p for p in parts if len(p[0])]
         order = torch.cat([p[0] for p in parts]) if parts else order
         rows = torch.cat([p[1] for p in parts]) if parts else rows
-        skipped = gather_lists(skipped, dist_env)
+        skipped = gather_lists(skipped, rt.dist)
     return rows[order.argsort()] if len(order) else rows, skipped

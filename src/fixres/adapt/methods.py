@@ -17,13 +17,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..data.folder import SplitIndex
+from ..data.index import SplitIndex
 from ..data.loader import ImageDataset, TrainBatches, make_loader
+from ..data.transforms import Normalizer
 from ..errors import FixresError
-from ..evaluate import Preprocess, gather_lists
 from ..optim import param_groups
-from ..progress import iterate
-from ..runtime import Dist, all_reduce_sum, autocast
+from ..runtime import Dist, Runtime, all_reduce_sum, autocast, average_batchnorm_buffers, gather_lists
 from .features import FeatureCache
 from .options import BN_MOMENTUM, MOMENTUM, WEIGHT_DECAY, AdaptOptions
 from .surgery import Plan, batchnorms_in, freeze_for, set_modes
@@ -43,22 +42,23 @@ def cached_batches(cache: FeatureCache, batch_size: int, seed: int, device: torc
     return batches
 
 
-def naive_batches(split: SplitIndex, transform, batch_size: int, seed: int, workers: int | None,
-                  preprocess: Preprocess, device: torch.device, skipped: dict, dist_env: Dist = Dist()) -> Batches:
+def naive_batches(split: SplitIndex, transform, batch_size: int, seed: int, normalizer: Normalizer, rt: Runtime,
+                  skipped: dict) -> Batches:
     """Images decoded and transformed every epoch (each draw seeded by (seed, epoch, index));
     under several processes each rank takes its share of every batch."""
-    if batch_size % dist_env.world:
-        raise FixresError(f"--batch-size {batch_size} is not divisible by the {dist_env.world} processes")
-    sampler = TrainBatches(len(split), batch_size, seed, dist_env.rank, dist_env.world)
-    loader = make_loader(ImageDataset(split, transform), batch_sampler=sampler, workers=workers,
-                         pin_memory=device.type == "cuda", persistent=True)
+    world, device = rt.dist.world, rt.device
+    if batch_size % world:
+        raise FixresError(f"--batch-size {batch_size} is not divisible by the {world} processes")
+    sampler = TrainBatches(len(split), batch_size, seed, rt.dist.rank, world)
+    loader = make_loader(ImageDataset(split, transform), batch_sampler=sampler, workers=rt.workers,
+                         pin_memory=rt.pin_memory, persistent=True)
 
     def batches(epoch: int):
         sampler.set_epoch(epoch)
         for batch in loader:
             skipped.update(batch.skipped)
             if batch.images is not None:
-                yield (preprocess(batch.images, device),), batch.labels.to(device, non_blocking=True)
+                yield (normalizer(batch.images, device),), batch.labels.to(device, non_blocking=True)
     return batches
 
 
@@ -81,8 +81,7 @@ def adaptation_state(model: nn.Module, plan: Plan):
         model.eval()
 
 
-def train(model: nn.Module, plan: Plan, forward: Callable, batches: Batches, opts: AdaptOptions,
-          device: torch.device, amp_dtype: torch.dtype | None, log: Callable[[str], None],
+def train(model: nn.Module, plan: Plan, forward: Callable, batches: Batches, opts: AdaptOptions, rt: Runtime,
           sharded: Dist = Dist()) -> list[dict]:
     """SGD (momentum 0.9, weight decay 1e-4 on weights) with step decay, on ``forward``
     (the top on cached features, or the model). Returns one row per epoch.
@@ -91,7 +90,7 @@ def train(model: nn.Module, plan: Plan, forward: Callable, batches: Batches, opt
     (the full-network loop); gradients and loss sums are then averaged over ranks and the
     batch-norm statistics too at the end. On cached features every rank holds the whole
     cache and runs the same steps, so no communication is needed (pass the default)."""
-    history = []
+    history, device = [], rt.device
     with adaptation_state(model, plan) as params:
         if not params:
             raise FixresError(f"method {plan.method}: nothing to train in this model")
@@ -104,7 +103,7 @@ def train(model: nn.Module, plan: Plan, forward: Callable, batches: Batches, opt
             sums = torch.zeros(3, dtype=torch.float64, device=device)   # loss, correct, images: no per-step sync
             t0 = time.perf_counter()
             for inputs, labels in batches(epoch):
-                with autocast(device, amp_dtype):
+                with autocast(device, rt.amp_dtype):
                     logits = forward(*inputs)
                 loss = F.cross_entropy(logits.float(), labels, label_smoothing=opts.label_smoothing)
                 optimizer.zero_grad(set_to_none=True)
@@ -123,10 +122,9 @@ def train(model: nn.Module, plan: Plan, forward: Callable, batches: Batches, opt
             row = {"epoch": epoch + 1, "loss": loss_sum / max(n, 1), "train_top1": 100 * correct / max(n, 1),
                    "images": int(n), "lr": lr, "seconds": round(time.perf_counter() - t0, 3)}
             history.append(row)
-            log(f"epoch {row['epoch']}/{opts.epochs}  loss {row['loss']:.4f}  train top-1 {row['train_top1']:.2f}  "
+            rt.log(f"epoch {row['epoch']}/{opts.epochs}  loss {row['loss']:.4f}  train top-1 {row['train_top1']:.2f}  "
                 f"lr {lr:.3g}  {row['seconds']:.2f}s")
-        if sharded.enabled:
-            average_bn_statistics(model, sharded)
+        average_batchnorm_buffers(model, sharded)
     return history
 
 
@@ -135,15 +133,6 @@ def average_gradients(params, dist_env: Dist) -> None:
         if p.grad is not None:
             torch.distributed.all_reduce(p.grad)
             p.grad.div_(dist_env.world)
-
-
-def average_bn_statistics(model: nn.Module, dist_env: Dist) -> None:
-    """Average batch-norm running statistics over ranks (every rank ends with the same model)."""
-    for m in model.modules():
-        if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats:
-            for buf in (m.running_mean, m.running_var):
-                torch.distributed.all_reduce(buf)
-                buf.div_(dist_env.world)
 
 
 class _Moments:
@@ -186,8 +175,8 @@ class _Moments:
 
 
 @torch.no_grad()
-def reestimate_bn(model: nn.Module, names: tuple[str, ...], loader, preprocess: Preprocess, device: torch.device,
-                  amp_dtype: torch.dtype | None, quiet: bool, dist_env: Dist = Dist()) -> tuple[int, list]:
+def reestimate_bn(model: nn.Module, names: tuple[str, ...], loader, normalizer: Normalizer,
+                  rt: Runtime) -> tuple[int, list]:
     """Replace the running mean/var of the named batch-norms by the exact mean and unbiased
     variance of their inputs over every image of ``loader`` (no gradient, no labels).
 
@@ -204,20 +193,20 @@ def reestimate_bn(model: nn.Module, names: tuple[str, ...], loader, preprocess: 
     for bn in bns:
         bn.train()
     try:
-        for batch in iterate(loader, "bn statistics", enabled=not quiet, total=len(loader)):
+        for batch in rt.progress(loader, "bn statistics"):
             skipped.extend(batch.skipped)
             if batch.images is not None:
-                with autocast(device, amp_dtype):
-                    model(preprocess(batch.images, device))
+                with autocast(rt.device, rt.amp_dtype):
+                    model(normalizer(batch.images, rt.device))
                 images += len(batch.images)
     finally:
         for h in handles:
             h.remove()
         model.eval()
-    if dist_env.enabled:
-        images = int(all_reduce_sum(torch.tensor([images], dtype=torch.float64, device=device), dist_env).item())
-        skipped = gather_lists(skipped, dist_env)
-        moments = [_Moments.merge(m, dist_env) for m in moments]
+    if rt.dist.enabled:
+        images = int(all_reduce_sum(torch.tensor([images], dtype=torch.float64, device=rt.device), rt.dist).item())
+        skipped = gather_lists(skipped, rt.dist)
+        moments = [_Moments.merge(m, rt.dist) for m in moments]
     if images == 0:
         raise FixresError("no adaptation image could be decoded")
     for bn, m, count in zip(bns, moments, tracked):

@@ -7,14 +7,15 @@ from typing import Literal, Optional
 from ..config import option
 from ..data.transforms import check_resolution
 from ..errors import FixresError
+from ..runtime import RuntimeOptions
 from .surgery import METHODS
 
 TRAINING_METHODS = ("fixres", "head", "full")
 MOMENTUM, WEIGHT_DECAY, LR_PER_64, STEP_GAMMA, BN_MOMENTUM = 0.9, 1e-4, 1e-3, 0.1, 0.1
 
 
-@dataclass(frozen=True)
-class AdaptOptions:
+@dataclass(frozen=True, kw_only=True)
+class AdaptOptions(RuntimeOptions):
     test_res: int = option(help="test resolution K_test to adapt the model to (pixels)")
     method: Literal["fixres", "bn", "parametric", "head", "full"] = option(
         "fixres", "fixres: classifier + statistics of the last batch-norm (the paper's); bn: statistics only, "
@@ -24,8 +25,9 @@ class AdaptOptions:
     batch_size: int = option(64, "images per training step (and per evaluation batch)")
     lr: Optional[float] = option(None, "learning rate (default: 1e-3 x batch_size / 64, the paper's rule)")
     step_epochs: int = option(30, "divide the learning rate by 10 every this many epochs")
-    aug: Literal["v1", "v2"] = option("v1", "v1: exactly the test preprocessing; v2: + horizontal flip, horizontally "
-                                            "shifted centre crop, colour jitter 0.05 (fixres, head, full)")
+    aug: Literal["v1", "v2"] = option("v1", "v1: exactly the test preprocessing; v2: the authors' transforms_v2 "
+                                            "(+ horizontal flip, colour jitter 0.05, a crop shifted horizontally over the "
+                                            "whole horizontal margin of the resized image) (fixres, head, full)")
     label_smoothing: float = option(0.0, "label smoothing of the cross-entropy (FixEfficientNet used 0.1)")
     train_bn_affine: bool = option(False, "fixres: also train the adapted batch-norm's gamma and beta")
     all_bn: bool = option(False, "bn: re-estimate every batch-norm, not only the last one(s)")
@@ -38,16 +40,13 @@ class AdaptOptions:
     cache: bool = option(True, "train on cached features of the frozen layers (exact; falls back to the full "
                                "network when the model cannot be split or the cache does not fit in memory)")
     seed: int = option(0, "random seed (data order, image subset, augmentation)")
-    device: str = option("auto", "cpu, cuda, cuda:N or auto")
-    amp: Literal["auto", "bf16", "fp16", "none"] = option("auto", "mixed precision (auto: bf16 on a GPU that has it, "
-                                                                  "none on CPU)")
-    workers: Optional[int] = option(None, "data-loading processes (default: cores - 1, at most 16)")
 
     def __post_init__(self):
+        super().__post_init__()
         check_resolution(self.test_res, "test_res")
         if self.method not in METHODS:
             raise FixresError(f"unknown adaptation method {self.method!r}; choose one of {', '.join(METHODS)}")
-        for name in ("epochs", "step_epochs", "batch_size"):
+        for name in ("epochs", "step_epochs"):
             if getattr(self, name) < 1:
                 raise FixresError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.batch_size < 2 and self.method in ("fixres", "full"):
@@ -58,8 +57,6 @@ class AdaptOptions:
             raise FixresError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
         if self.images is not None and self.images < 1:
             raise FixresError(f"images must be at least 1, got {self.images}")
-        if self.workers is not None and self.workers < 0:
-            raise FixresError(f"workers must not be negative, got {self.workers}")
         if self.all_bn and self.method != "bn":
             raise FixresError("--all-bn applies to --method bn only")
         if self.train_bn_affine and self.method != "fixres":

@@ -21,29 +21,18 @@ a mass ``p0`` at values <= 0 and a Frechet law ``G`` fitted to the positive valu
 p0_train``; values <= 0 are left unchanged (they cannot be ranked within the point mass).
 
 The map is applied by a forward pre-hook on the classifier: the state-dict keys do not
-change, and :func:`reapply_adaptation` (called by ``checkpoint.build_model``) attaches it
-again from ``meta.adaptation["equaliser"]`` when a checkpoint is opened.
+change, and :func:`~fixres.models.equaliser.reapply_adaptation` (called when a checkpoint is
+opened) attaches it again from ``meta.adaptation["equaliser"]``. The map itself lives in
+:mod:`fixres.models.equaliser`; this module fits it.
 """
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
 
 import torch
-from torch import nn
 
 from ..errors import FixresError
-
-XI = 0.3
-
-
-def gev_cdf(x: torch.Tensor, mu: float, sigma: float, xi: float = XI) -> torch.Tensor:
-    z = 1 + xi * (x - mu) / sigma
-    return torch.where(z > 0, torch.exp(-z.clamp(min=1e-300) ** (-1 / xi)), torch.zeros_like(x))
-
-
-def gev_quantile(p: torch.Tensor, mu: float, sigma: float, xi: float = XI) -> torch.Tensor:
-    return mu + sigma * ((-torch.log(p)) ** (-xi) - 1) / xi
+from ..models.equaliser import XI, Equaliser, Law
 
 
 def fit_gev(x: torch.Tensor, xi: float = XI) -> tuple[float, float]:
@@ -83,16 +72,6 @@ def fit_gev(x: torch.Tensor, xi: float = XI) -> tuple[float, float]:
     return (bound + sigma / xi).item(), sigma.item()
 
 
-@dataclass(frozen=True)
-class Law:
-    """A mass ``p0`` at values <= 0 and a Frechet law (mu, sigma) for the positive values."""
-
-    mu: float
-    sigma: float
-    p0: float
-    n: int           # values it was fitted to
-
-
 def fit_law(values: torch.Tensor, xi: float = XI) -> Law:
     values = values.detach().double().flatten()
     positive = values[values > 0]
@@ -103,62 +82,7 @@ def fit_law(values: torch.Tensor, xi: float = XI) -> Law:
     return Law(mu, sigma, 1 - positive.numel() / values.numel(), values.numel())
 
 
-@dataclass(frozen=True)
-class Equaliser:
-    """``x -> F_train^-1(F_test(x))`` for each component; called as a forward pre-hook."""
-
-    train: Law
-    test: Law
-    xi: float = XI
-
-    def map(self, x: torch.Tensor) -> torch.Tensor:
-        v = x.double()
-        u = self.test.p0 + (1 - self.test.p0) * gev_cdf(v, self.test.mu, self.test.sigma, self.xi)
-        w = ((u - self.train.p0) / (1 - self.train.p0)).clamp(max=1 - 1e-12)
-        mapped = torch.where(w > 0, gev_quantile(w.clamp(min=1e-300), self.train.mu, self.train.sigma, self.xi),
-                             torch.zeros_like(v))
-        return torch.where(v > 0, mapped, v).to(x.dtype)
-
-    def __call__(self, module: nn.Module, args: tuple):
-        return (self.map(args[0]), *args[1:])
-
-    def record(self, module: str) -> dict:
-        return {"module": module, "xi": self.xi, "train": asdict(self.train), "test": asdict(self.test),
-                "zeros": "values <= 0 unchanged; positive values mapped through the mixture CDFs"}
-
-    @classmethod
-    def from_record(cls, record: dict) -> "Equaliser":
-        try:
-            return cls(Law(**record["train"]), Law(**record["test"]), float(record["xi"]))
-        except (KeyError, TypeError) as e:
-            raise FixresError(f"checkpoint metadata: unreadable equaliser record ({e})") from None
-
-
 def fit_equaliser(train_features: torch.Tensor, test_features: torch.Tensor, xi: float = XI) -> Equaliser:
     return Equaliser(fit_law(train_features, xi), fit_law(test_features, xi), xi)
 
 
-def _equaliser_hooks(module: nn.Module) -> list:
-    return [key for key, hook in module._forward_pre_hooks.items() if isinstance(hook, Equaliser)]
-
-
-def attach(model: nn.Module, module: str, equaliser: Equaliser) -> None:
-    """Apply ``equaliser`` to the input of ``model.<module>`` (replacing a previous one)."""
-    try:
-        target = model.get_submodule(module)
-    except AttributeError:
-        raise FixresError(f"the equaliser's module {module!r} is not in the model") from None
-    for key in _equaliser_hooks(target):   # found by type, so this also works on a deep copy of the model
-        del target._forward_pre_hooks[key]
-    target.register_forward_pre_hook(equaliser)
-
-
-def has_equaliser(model: nn.Module) -> bool:
-    return any(_equaliser_hooks(m) for m in model.modules())
-
-
-def reapply_adaptation(model: nn.Module, meta) -> None:
-    """Re-attach what a checkpoint's adaptation changed outside its weights (the equaliser)."""
-    record = (meta.adaptation or {}).get("equaliser")
-    if record:
-        attach(model, record["module"], Equaliser.from_record(record))

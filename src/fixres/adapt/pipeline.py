@@ -6,7 +6,6 @@ directory whose metadata records ``test_res = K_test`` and the whole adaptation 
 """
 from __future__ import annotations
 
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,21 +13,23 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..checkpoint import META, CheckpointMeta, find_checkpoint, open_checkpoint, save_checkpoint, versions
-from ..config import build, to_dict
+from ..checkpoint import META, CheckpointMeta, find_checkpoint, save_checkpoint, versions
+from ..config import to_dict, with_overrides
 from ..data.loader import ImageDataset, Skipped
-from ..data.transforms import EvalTransform, TrainTransform
+from ..data.preprocessing import Preprocessing
+from ..data.transforms import Normalizer
 from ..errors import FixresError
-from ..evaluate import EvalResult, Preprocess, evaluate, gather_lists
-from ..progress import Progress, iterate
-from ..rundir import write_json
-from ..runtime import Dist, autocast_dtype, barrier, resolve_device
+from ..evaluate import EvalResult, evaluate
+from ..models.equaliser import attach, has_equaliser
+from ..rundir import prepare_run_dir, write_json
+from ..runtime import Dist, Runtime, barrier, gather_lists
+from ..sources import open_checkpoint
 from .data import Images, adapt_transform, adaptation_images, ordered_loader
 from .features import build_cache, collect_pooled
 from .graph import Split, check_split, split_graph
 from .methods import cached_batches, naive_batches, reestimate_bn, train
 from .options import AdaptOptions
-from .parametric import attach, fit_equaliser, has_equaliser
+from .parametric import fit_equaliser
 from .surgery import Plan, make_plan
 
 V2_NOTE = ("--aug v2 draws a new crop, flip and jitter every epoch, so the frozen layers' output changes every "
@@ -46,68 +47,40 @@ class AdaptResult:
     out: Path | None
 
 
-def adapt_checkpoint(checkpoint: str | Path, data: str | Path, *, test_res: int, method: str | None = None,
-                     out: str | Path | None = None, epochs: int | None = None, batch_size: int | None = None,
-                     lr: float | None = None, step_epochs: int | None = None, aug: str | None = None,
-                     label_smoothing: float | None = None, train_bn_affine: bool | None = None,
-                     all_bn: bool | None = None, images: int | None = None,
-                     bn_module: str | tuple[str, ...] | None = None, classifier_module: str | None = None,
-                     device: str | None = None, amp: str | None = None, workers: int | None = None,
-                     cache: bool | None = None, seed: int | None = None, overwrite: bool = False,
-                     quiet: bool = False, before: EvalResult | None = None,
-                     dist_env: Dist = Dist()) -> AdaptResult:
-    """Adapt a checkpoint to ``test_res`` (see :class:`AdaptOptions` for every setting;
-    ``None`` takes its default: method fixres, 30 epochs, batch 64, lr 1e-3 x batch/64, v1).
+def check_adapt_out(out: str | Path, source: Path, overwrite: bool) -> Path:
+    """Validate (and create) the output checkpoint directory before any work; an existing one
+    is replaced atomically only when the adapted checkpoint is saved."""
+    out = Path(out)
+    if out.exists() and out.resolve() == source.resolve():
+        raise FixresError(f"--out {out} is the checkpoint being adapted; choose another directory")
+    return prepare_run_dir(out, overwrite=overwrite, marker=META, what="checkpoint directory", clear=False,
+                           keep=False)
+
+
+def adapt_checkpoint(checkpoint: str | Path, data: str | Path, opts: AdaptOptions | None = None, *,
+                     out: str | Path | None = None, overwrite: bool = False, quiet: bool = False,
+                     before: EvalResult | None = None, dist_env: Dist = Dist(), **overrides) -> AdaptResult:
+    """Adapt a checkpoint to a test resolution (``opts.test_res``).
 
     Args:
         checkpoint: run directory, checkpoint directory or model.safetensors file.
         data: dataset directory with train/ (adaptation images) and val/ (before/after).
+        opts: :class:`AdaptOptions` (default: its defaults: method fixres, 30 epochs, batch 64,
+            lr 1e-3 x batch/64, v1), with ``overrides`` applied (field names; ``None`` = not given).
         out: checkpoint directory to write (must not exist or be empty; ``overwrite``
-            replaces a fixres checkpoint there). None: nothing is written.
+            replaces a fixres checkpoint there). Checked before any work. None: nothing is written.
         quiet: no progress bars and no per-epoch lines.
         before: the unadapted checkpoint's val result at ``test_res`` if already measured
             (e.g. by a sweep): it is recorded instead of being evaluated again.
         dist_env: under torchrun, every rank calls this: the passes over the images are
             shared between ranks, the result is the same as one process's, rank 0 writes.
     """
-    if isinstance(bn_module, str):
-        bn_module = (bn_module,)
-    given = dict(test_res=test_res, method=method, epochs=epochs, batch_size=batch_size, lr=lr,
-                 step_epochs=step_epochs, aug=aug, label_smoothing=label_smoothing, train_bn_affine=train_bn_affine,
-                 all_bn=all_bn, images=images, bn_module=bn_module, classifier_module=classifier_module,
-                 device=device, amp=amp, workers=workers, cache=cache, seed=seed)
-    opts = build(AdaptOptions, {k: v for k, v in given.items() if v is not None})
-    return adapt(checkpoint, data, opts, out=out, overwrite=overwrite, quiet=quiet, before=before, dist_env=dist_env)
-
-
-def _check_out(out: Path, overwrite: bool, source: Path) -> None:
-    if out.exists() and not out.is_dir():
-        raise FixresError(f"output {out} exists and is not a directory")
-    if out.exists() and out.resolve() == source.resolve():
-        raise FixresError(f"--out {out} is the checkpoint being adapted; choose another directory")
-    if out.is_dir() and any(out.iterdir()):
-        if not overwrite:
-            raise FixresError(f"output directory {out} already exists and is not empty "
-                              "(use --overwrite to replace a fixres checkpoint there, or another --out)")
-        if not (out / META).is_file():
-            raise FixresError(f"refusing to overwrite {out}: it is not a fixres checkpoint directory (no {META})")
-    parent = out.parent
-    parent.mkdir(parents=True, exist_ok=True)
-    if not os.access(parent, os.W_OK):
-        raise FixresError(f"cannot write to {parent}")
-
-
-def adapt(checkpoint: str | Path, data: str | Path, opts: AdaptOptions, *, out: str | Path | None = None,
-          overwrite: bool = False, quiet: bool = False, before: EvalResult | None = None,
-          dist_env: Dist = Dist()) -> AdaptResult:
-    """:func:`adapt_checkpoint` with validated options."""
+    opts = with_overrides(AdaptOptions, opts, overrides)
     t_start = time.perf_counter()
-    quiet = quiet or not dist_env.is_main
-    log = (lambda text: None) if quiet else Progress.write
+    rt = opts.runtime(dist_env, quiet)
     source = find_checkpoint(checkpoint)
-    out = Path(out) if out is not None else None
-    if out is not None:
-        _check_out(out, overwrite, source)
+    if out is not None and dist_env.is_main:
+        out = check_adapt_out(out, source, overwrite)
     model, meta = open_checkpoint(source)
     if opts.method == "parametric" and has_equaliser(model):
         raise FixresError(f"{source} is already equalised (method parametric); adapt its source checkpoint instead")
@@ -115,21 +88,19 @@ def adapt(checkpoint: str | Path, data: str | Path, opts: AdaptOptions, *, out: 
     if opts.trains and len(imgs.train) < opts.batch_size:
         raise FixresError(f"{len(imgs.train)} adaptation images are fewer than one batch of {opts.batch_size}; "
                           "lower --batch-size")
-    device = resolve_device(opts.device, dist_env)
-    amp_dtype = autocast_dtype(opts.amp, device)
     torch.manual_seed(opts.seed)
-    model.to(device)
+    model.to(rt.device)
     plan = make_plan(model, opts.method, train_bn_affine=opts.train_bn_affine, all_bn=opts.all_bn,
                      bn_module=opts.bn_module, classifier_module=opts.classifier_module)
     for note in plan.notes:
-        log(note)
-    ctx = _Context(model, meta, plan, imgs, opts, device, amp_dtype, Preprocess(meta.mean, meta.std), log, quiet,
-                   dist_env)
+        rt.log(note)
+    prep = meta.preprocessing.override("adaptation", test_res=opts.test_res)
+    ctx = _Context(model, meta, prep, plan, imgs, opts, rt)
 
     t0 = time.perf_counter()
     if before is None:
         before = ctx.evaluate("before")
-    elif (before.test_res, before.crop_pct, before.interpolation) != (opts.test_res, meta.crop_pct, meta.interpolation):
+    elif (before.test_res, before.crop_pct, before.interpolation) != (prep.test_res, prep.crop_pct, prep.interpolation):
         raise ValueError(f"the given 'before' result was measured at another geometry ({before.test_res}px, "
                          f"crop {before.crop_pct}, {before.interpolation})")
     eval_seconds = time.perf_counter() - t0
@@ -140,46 +111,41 @@ def adapt(checkpoint: str | Path, data: str | Path, opts: AdaptOptions, *, out: 
     eval_seconds += time.perf_counter() - t0
     seconds = time.perf_counter() - t_start
     report = _report(ctx, source, before, after, info, seconds, eval_seconds)
-    new_meta = meta.replace(test_res=opts.test_res, adaptation=report,
+    new_meta = meta.replace(preprocessing=prep, adaptation=report,
                             metrics={f"val_{k}": v for k, v in after.row().items()})
     if out is not None and dist_env.is_main:
         new_meta = save_checkpoint(out, model, new_meta)
-        write_json(out / "adapt.json", {**report, "checkpoint": str(out), "weights_sha256": new_meta.weights_sha256})
+        write_json(Path(out) / "adapt.json", {**report, "checkpoint": str(out),
+                                              "weights_sha256": new_meta.weights_sha256})
     barrier(dist_env)
-    return AdaptResult(model, new_meta, before, after, seconds, report, out)
+    return AdaptResult(model, new_meta, before, after, seconds, report, None if out is None else Path(out))
 
 
 @dataclass
 class _Context:
     model: nn.Module
     meta: CheckpointMeta
+    prep: Preprocessing        # the checkpoint's, at the adaptation's test resolution
     plan: Plan
     imgs: Images
     opts: AdaptOptions
-    device: torch.device
-    amp_dtype: torch.dtype | None
-    preprocess: Preprocess
-    log: object
-    quiet: bool
-    dist_env: Dist = Dist()
+    rt: Runtime
+
+    @property
+    def normalizer(self) -> Normalizer:
+        return self.prep.normalizer()
 
     def evaluate(self, when: str) -> EvalResult:
-        k = self.opts.test_res
-        result, _ = evaluate(self.model, self.imgs.val, test_res=k, crop_pct=self.meta.crop_pct,
-                             interpolation=self.meta.interpolation, preprocess=self.preprocess, device=self.device,
-                             batch_size=self.opts.batch_size, workers=self.opts.workers, amp_dtype=self.amp_dtype,
-                             dist_env=self.dist_env,
-                             progress=lambda it: iterate(it, f"val@{k} {when}", enabled=not self.quiet, total=len(it)))
-        self.log(f"{when}: val@{k} top-1 {result.top1:.2f}  top-5 {result.top5:.2f}  loss {result.loss:.4f}  "
-                 f"({result.n} images)")
+        k = self.prep.test_res
+        result, _ = evaluate(self.model, self.imgs.val, self.prep, self.rt, batch_size=self.opts.batch_size,
+                             label=f"val@{k} {when}")
+        self.rt.log(f"{when}: val@{k} top-1 {result.top1:.2f}  top-5 {result.top5:.2f}  loss {result.loss:.4f}  "
+                    f"({result.n} images)")
         return result
 
     def loader(self, transform, seed: int | None = None):
-        return ordered_loader(self.imgs.train, transform, self.opts.batch_size, self.opts.workers, seed=seed,
-                              pin_memory=self.device.type == "cuda", dist_env=self.dist_env)
-
-    def progress(self, loader, what: str):
-        return iterate(loader, what, enabled=not self.quiet, total=len(loader))
+        return ordered_loader(self.imgs.train, transform, self.opts.batch_size, self.rt.workers, seed=seed,
+                              pin_memory=self.rt.pin_memory, dist_env=self.rt.dist)
 
 
 class _Inputs(nn.Module):
@@ -197,13 +163,13 @@ def _probe_batch(ctx: _Context, transform) -> torch.Tensor | None:
             images.append(item[0])
             if len(images) == 2:
                 break
-    return ctx.preprocess(torch.stack(images), ctx.device) if images else None
+    return ctx.normalizer(torch.stack(images), ctx.rt.device) if images else None
 
 
 def _train_method(ctx: _Context) -> dict:
     """fixres / head / full: SGD on the top, on cached features when possible."""
-    opts, model, k = ctx.opts, ctx.model, ctx.opts.test_res
-    transform = adapt_transform(opts.aug, k, ctx.meta.crop_pct, ctx.meta.interpolation)
+    opts, model, rt = ctx.opts, ctx.model, ctx.rt
+    transform = adapt_transform(opts.aug, ctx.prep)
     t0 = time.perf_counter()
     forward, batches, cache, why, crossing = None, None, None, "", ()
     if not opts.cache:
@@ -217,31 +183,29 @@ def _train_method(ctx: _Context) -> dict:
         if split is not None and probe is not None:
             why = check_split(model, split, probe)
         if split is not None and not why:
-            cache, why = build_cache(split.bottom, ctx.progress(ctx.loader(transform), "caching features"),
-                                     len(ctx.imgs.train), ctx.preprocess, ctx.device, ctx.amp_dtype, ctx.dist_env)
+            cache, why = build_cache(split.bottom, rt.progress(ctx.loader(transform), "caching features"),
+                                     len(ctx.imgs.train), ctx.normalizer, rt)
         if cache is not None:
             forward, crossing = split.top, split.crossing
-            batches = cached_batches(cache, opts.batch_size, opts.seed, ctx.device)
+            batches = cached_batches(cache, opts.batch_size, opts.seed, rt.device)
         else:
             why = f"full-network loop: {why}"
     skipped: dict = {}
     if forward is None:
-        ctx.log(why)
+        rt.log(why)
         forward = model
-        batches = naive_batches(ctx.imgs.train, transform, opts.batch_size, opts.seed, opts.workers,
-                                ctx.preprocess, ctx.device, skipped, ctx.dist_env)
+        batches = naive_batches(ctx.imgs.train, transform, opts.batch_size, opts.seed, ctx.normalizer, rt, skipped)
     else:
         skipped.update(cache.skipped)
-        ctx.log(f"cached {int(cache.valid.sum())} images' features of the frozen layers "
+        rt.log(f"cached {int(cache.valid.sum())} images' features of the frozen layers "
                 f"({cache.nbytes / 2**20:.1f} MiB on {cache.storage}) in {time.perf_counter() - t0:.1f}s")
     features_seconds = time.perf_counter() - t0
     t0 = time.perf_counter()
     # On cached features every rank holds the whole cache and takes identical steps; the
     # full-network loop shards every batch over the ranks and averages the gradients.
-    history = train(model, ctx.plan, forward, batches, opts, ctx.device, ctx.amp_dtype, ctx.log,
-                    sharded=ctx.dist_env if cache is None else Dist())
-    if cache is None and ctx.dist_env.enabled:
-        skipped.update(dict(gather_lists(list(skipped.items()), ctx.dist_env)))
+    history = train(model, ctx.plan, forward, batches, opts, rt, sharded=rt.dist if cache is None else Dist())
+    if cache is None and rt.dist.enabled:
+        skipped.update(dict(gather_lists(list(skipped.items()), rt.dist)))
     info = {"execution": "cached" if cache is not None else "naive", "execution_note": why,
             "history": history, "epochs": opts.epochs, "lr": opts.base_lr,
             "images_skipped": len(skipped), "images_used": len(ctx.imgs.train) - len(skipped),
@@ -253,48 +217,52 @@ def _train_method(ctx: _Context) -> dict:
 
 def _bn_method(ctx: _Context) -> dict:
     """Label-free: exact batch-norm statistics at K_test, one pass, no gradient."""
-    k, t0 = ctx.opts.test_res, time.perf_counter()
-    loader = ctx.loader(EvalTransform(k, ctx.meta.crop_pct, ctx.meta.interpolation))
-    used, skipped = reestimate_bn(ctx.model, ctx.plan.batch_norms, loader, ctx.preprocess, ctx.device,
-                                  ctx.amp_dtype, ctx.quiet, ctx.dist_env)
-    ctx.log(f"re-estimated {len(ctx.plan.batch_norms)} batch-norm(s) on {used} images at {k}px")
+    k, t0 = ctx.prep.test_res, time.perf_counter()
+    used, skipped = reestimate_bn(ctx.model, ctx.plan.batch_norms, ctx.loader(ctx.prep.test_view()), ctx.normalizer,
+                                  ctx.rt)
+    ctx.rt.log(f"re-estimated {len(ctx.plan.batch_norms)} batch-norm(s) on {used} images at {k}px")
     return {"execution": "one pass", "execution_note": "", "epochs": 0, "images_used": used,
             "images_skipped": len(skipped), "seconds_features": round(time.perf_counter() - t0, 3),
             "seconds_train": 0.0}
 
 
 def _parametric_method(ctx: _Context) -> dict:
-    """Label-free: fit the pooled features' laws at the train and the test geometry, equalise."""
-    meta, k, t0 = ctx.meta, ctx.opts.test_res, time.perf_counter()
-    train_tf = TrainTransform(meta.train_res, interpolation=meta.interpolation)
-    test_tf = EvalTransform(k, meta.crop_pct, meta.interpolation)
+    """Label-free: fit the pooled features' laws at the train geometry (the run's own
+    RandomResizedCrop settings, from its preprocessing record) and at the test geometry, equalise."""
+    prep, rt, t0 = ctx.prep, ctx.rt, time.perf_counter()
+    train_tf, test_tf = prep.train_view(), prep.test_view()
     args = (ctx.model, ctx.plan.classifier)
-    rest = (ctx.preprocess, ctx.device, ctx.amp_dtype, ctx.dist_env)
-    train_features, skipped = collect_pooled(*args, ctx.progress(ctx.loader(train_tf, seed=ctx.opts.seed),
-                                                                 f"features@{meta.train_res} train"), *rest)
-    test_features, _ = collect_pooled(*args, ctx.progress(ctx.loader(test_tf), f"features@{k} test"), *rest)
+    train_features, skipped = collect_pooled(
+        *args, rt.progress(ctx.loader(train_tf, seed=ctx.opts.seed), f"features@{prep.train_res} train"),
+        ctx.normalizer, rt)
+    test_features, _ = collect_pooled(*args, rt.progress(ctx.loader(test_tf), f"features@{prep.test_res} test"),
+                                      ctx.normalizer, rt)
     if not len(train_features):
         raise FixresError("no adaptation image could be decoded")
     equaliser = fit_equaliser(train_features, test_features)
     attach(ctx.model, ctx.plan.classifier, equaliser)
     for name, law in (("train", equaliser.train), ("test", equaliser.test)):
-        ctx.log(f"F_{name}: Frechet mu {law.mu:.4g} sigma {law.sigma:.4g} (xi {equaliser.xi}), "
-                f"{100 * law.p0:.1f}% of values <= 0")
-    return {"execution": "two passes", "execution_note": f"train geometry: RandomResizedCrop({meta.train_res}, "
-            "scale 0.08-1) + flip (fixres train defaults)", "epochs": 0, "images_used": len(train_features),
+        rt.log(f"F_{name}: Frechet mu {law.mu:.4g} sigma {law.sigma:.4g} (xi {equaliser.xi}), "
+               f"{100 * law.p0:.1f}% of values <= 0")
+    note = (f"train geometry: RandomResizedCrop({train_tf.size}, scale {train_tf.scale[0]:g}-{train_tf.scale[1]:g}, "
+            f"ratio {train_tf.ratio[0]:.3g}-{train_tf.ratio[1]:.3g}) + flip {train_tf.hflip:g}"
+            + (f" + jitter {train_tf.color_jitter:g}" if train_tf.color_jitter else "")
+            + f" (settings from: {prep.source_of('scale')})")
+    return {"execution": "two passes", "execution_note": note, "epochs": 0, "images_used": len(train_features),
             "images_skipped": len(skipped), "equaliser": equaliser.record(ctx.plan.classifier),
+            "train_crops": {k: prep.to_dict()[k] for k in ("train_res", "scale", "ratio", "hflip", "color_jitter")},
             "seconds_features": round(time.perf_counter() - t0, 3), "seconds_train": 0.0}
 
 
 def _report(ctx: _Context, source: Path, before: EvalResult, after: EvalResult, info: dict, seconds: float,
             eval_seconds: float) -> dict:
-    meta, opts = ctx.meta, ctx.opts
+    meta, opts, prep = ctx.meta, ctx.opts, ctx.prep
     keep = ("top1", "top5", "loss", "n", "n_skipped")
     report = {
-        "method": opts.method, "test_res": opts.test_res, "crop_pct": meta.crop_pct,
-        "interpolation": meta.interpolation, "options": to_dict(opts),
+        "method": opts.method, "test_res": prep.test_res, "crop_pct": prep.crop_pct,
+        "interpolation": prep.interpolation, "options": to_dict(opts),
         "source": {"checkpoint": str(source), "weights_sha256": meta.weights_sha256, "model": meta.model,
-                   "train_res": meta.train_res, "test_res": meta.test_res},
+                   "train_res": meta.preprocessing.train_res, "test_res": meta.preprocessing.test_res},
         "layers": ctx.plan.row(), "notes": list(ctx.plan.notes),
         "execution": info.pop("execution"), "execution_note": info.pop("execution_note"),
         "epochs": info.pop("epochs"),
@@ -303,7 +271,7 @@ def _report(ctx: _Context, source: Path, before: EvalResult, after: EvalResult, 
         "before": {k: getattr(before, k) for k in keep}, "after": {k: getattr(after, k) for k in keep},
         "seconds": {"total": round(seconds, 3), "features": info.pop("seconds_features"),
                     "train": info.pop("seconds_train"), "eval": round(eval_seconds, 3)},
-        "device": str(ctx.device), "versions": versions(),
+        "device": str(ctx.rt.device), "versions": versions(),
         **info,
     }
     if "equaliser" not in report and (meta.adaptation or {}).get("equaliser"):

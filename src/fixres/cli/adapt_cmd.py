@@ -1,7 +1,7 @@
 """``fixres adapt``: adapt a checkpoint to a test resolution (FixRes fine-tuning and cheaper variants)."""
 from __future__ import annotations
 
-from ..adapt import AdaptOptions, adapt
+from ..adapt import AdaptOptions, adapt_checkpoint
 from ..config import add_arguments, build, from_namespace
 from ..runtime import init_distributed
 from .common import print_json
@@ -27,8 +27,8 @@ def register(sub) -> None:
 def run(args) -> int:
     opts = build(AdaptOptions, from_namespace(args, AdaptOptions))
     dist_env = init_distributed(opts.device)  # under torchrun: the passes over the images are shared
-    result = adapt(args.checkpoint, args.data, opts, out=args.out, overwrite=args.overwrite, quiet=args.quiet,
-                   dist_env=dist_env)
+    result = adapt_checkpoint(args.checkpoint, args.data, opts, out=args.out, overwrite=args.overwrite,
+                              quiet=args.quiet, dist_env=dist_env)
     if not dist_env.is_main:
         return 0
     r = result.report

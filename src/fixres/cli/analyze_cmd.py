@@ -6,6 +6,7 @@ from ..analyze import (GEOMETRIC_NOTE, STATISTICS, compare_statistics, parse_siz
 from ..analyze.geometry import check_statistic
 from ..analyze.sizes import split_dir
 from ..errors import FixresError
+from ..rundir import prepare_output_file
 from .common import print_json, table
 
 
@@ -41,6 +42,8 @@ def register(sub) -> None:
 
 def run(args) -> int:
     check_statistic(args.statistic)
+    if args.plot:
+        prepare_output_file(args.plot)
     sizes, source, scan = None, None, None
     if args.sizes:
         sizes = [parse_size(s) for s in args.sizes]

@@ -4,6 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..errors import FixresError
+from ..rundir import ensure_writable_dir
 
 
 def register(sub) -> None:
@@ -53,6 +54,7 @@ def register(sub) -> None:
 
 def run_synth(args) -> int:
     from ..data.synth import synthesize
+    ensure_writable_dir(Path(args.out), keep=False)     # before minutes of rendering
     try:
         summary = synthesize(Path(args.out), classes=args.classes, train_per_class=args.train_per_class,
                              val_per_class=args.val_per_class, seed=args.seed, workers=args.workers,
@@ -74,6 +76,7 @@ def run_pack(args) -> int:
         return _verify(args.src)
     options = PackOptions(max_size=args.max_size, format=args.format, quality=args.quality,
                           shard_mb=args.shard_size, workers=args.workers)
+    ensure_writable_dir(Path(args.out), keep=False)     # before reading a single image
     for s in pack(args.src, args.out, options, progress=not args.quiet):
         resumed = ("; already complete, nothing written" if s.already_complete else
                    f"; continued after {s.resumed_at} images packed earlier" if s.resumed_at else "")

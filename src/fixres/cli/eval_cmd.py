@@ -1,10 +1,10 @@
 """``fixres eval``: top-1/top-5/loss of a checkpoint at one test resolution."""
 from __future__ import annotations
 
-from ..data.transforms import eval_geometry
-from ..evaluate import evaluate_checkpoint
+from ..config import add_arguments, build, from_namespace
+from ..evaluate import EvalOptions, evaluate_checkpoint
 from ..runtime import init_distributed
-from .common import add_runtime_flags, print_json
+from .common import print_json
 
 
 def register(sub) -> None:
@@ -15,31 +15,23 @@ def register(sub) -> None:
     p.add_argument("--checkpoint", required=True, help="run directory (its best checkpoint), checkpoint directory or "
                                                        "model.safetensors file")
     p.add_argument("--data", required=True, help="dataset directory holding the split")
-    p.add_argument("--split", default="val", help="sub-directory to evaluate (default: val)")
-    p.add_argument("--test-res", type=int, default=None, help="test resolution (default: the checkpoint's)")
-    p.add_argument("--crop-pct", type=float, default=None, help="centre-crop fraction (default: the checkpoint's)")
-    p.add_argument("--interpolation", choices=("bilinear", "bicubic"), default=None,
-                   help="resize filter (default: the checkpoint's)")
-    add_runtime_flags(p)
+    add_arguments(p, EvalOptions)
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(handler=run)
 
 
 def run(args) -> int:
-    if args.test_res is not None or args.crop_pct is not None:  # validate before loading anything
-        eval_geometry(224 if args.test_res is None else args.test_res, 0.875 if args.crop_pct is None else args.crop_pct)
-    dist_env = init_distributed(args.device)  # under torchrun: every rank evaluates a shard
-    result, meta, skipped = evaluate_checkpoint(
-        args.checkpoint, args.data, split=args.split, test_res=args.test_res, crop_pct=args.crop_pct,
-        interpolation=args.interpolation, batch_size=args.batch_size, workers=args.workers, device=args.device,
-        quiet=args.quiet, dist_env=dist_env)
+    opts = build(EvalOptions, from_namespace(args, EvalOptions))    # validated before loading anything
+    dist_env = init_distributed(opts.device)  # under torchrun: every rank evaluates a shard
+    result, meta, skipped = evaluate_checkpoint(args.checkpoint, args.data, opts, quiet=args.quiet, dist_env=dist_env)
     if not dist_env.is_main:
         return 0
-    row = {"checkpoint": str(args.checkpoint), "model": meta.model, "split": args.split, **result.row()}
+    row = {"checkpoint": str(args.checkpoint), "model": meta.model, "split": opts.split, **result.row()}
     if args.json:
         print_json({**row, "skipped_files": [{"path": p, "reason": r} for p, r in skipped]})
         return 0
-    print(f"{meta.model} on {args.data}/{args.split} at {result.test_res}px (crop_pct {result.crop_pct:g}, "
+    print(f"{meta.model} on {args.data}/{opts.split} at {result.test_res}px (crop_pct {result.crop_pct:g}, "
           f"{result.interpolation}): top-1 {result.top1:.2f}  top-5 {result.top5:.2f}  loss {result.loss:.4f}  "
           f"images {result.n}" + (f"  skipped {result.n_skipped}" if result.n_skipped else ""))
     return 0

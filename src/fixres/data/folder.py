@@ -7,71 +7,21 @@ the reason; files whose pixels turn out to be corrupt are skipped later, when de
 """
 from __future__ import annotations
 
-import hashlib
-import io
 import os
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import FixresError
 from .decode import IMAGE_EXTENSIONS, UnreadableImage, read_header
-
-
-@dataclass(frozen=True)
-class Sample:
-    path: str      # relative to the split root, with '/' separators
-    label: int
-    width: int     # displayed size, after EXIF orientation
-    height: int
-    nbytes: int    # file size, part of the index digest
-    record: int | None = field(default=None, compare=False)   # position in a packed store, None for a file
-
-
-@dataclass
-class SplitIndex:
-    """The readable images of one split, their labels and sizes, and what was skipped."""
-
-    root: Path
-    classes: tuple[str, ...]
-    samples: list[Sample]
-    skipped: list[tuple[str, str]] = field(default_factory=list)   # (relative path, reason)
-
-    def __len__(self) -> int:
-        return len(self.samples)
-
-    def digest(self) -> str:
-        """A short hash of the class list and of every (path, label, byte size): it changes
-        when files are added, removed, relabelled or rewritten with a different size."""
-        h = hashlib.sha256()
-        h.update("\n".join(self.classes).encode())
-        for s in self.samples:
-            h.update(f"\0{s.path}\t{s.label}\t{s.nbytes}".encode())
-        return h.hexdigest()[:16]
-
-    def source(self, sample: Sample):
-        """What a decoder opens for ``sample``: its file, or its bytes from a packed store.
-
-        Raises:
-            UnreadableImage: a packed sample whose bytes fail their checksum.
-        """
-        if sample.record is None:
-            return self.root / sample.path
-        from .pack import open_store
-        return io.BytesIO(open_store(self.root).read(sample.record))
-
-    def class_counts(self) -> list[int]:
-        counts = [0] * len(self.classes)
-        for s in self.samples:
-            counts[s.label] += 1
-        return counts
+from .index import Sample, SplitIndex
+from .pack import is_store, store_classes, store_split
 
 
 def list_classes(root: Path) -> tuple[str, ...]:
     """Class names: the non-hidden sub-directories of ``root``, sorted."""
     if not root.is_dir():
         raise FixresError(f"{root} is not a directory")
-    from .pack import is_store, store_classes
     if is_store(root):
         return store_classes(root)
     classes = tuple(sorted(e.name for e in os.scandir(root) if e.is_dir(follow_symlinks=True) and not e.name.startswith(".")))
@@ -119,7 +69,6 @@ def scan_split(root: str | Path, classes: tuple[str, ...] | None = None, workers
         FixresError: missing directory, no classes, or a class with no readable image.
     """
     root = Path(root)
-    from .pack import is_store, store_split
     if is_store(root):     # a packed store: same samples, order, sizes and digest as the folder it came from
         return store_split(root, classes)
     found = list_classes(root)
@@ -186,30 +135,3 @@ def check_same_classes(expected: tuple[str, ...], found: tuple[str, ...], expect
         if only_expected:
             parts.append(f"in {expected_name} but not in {found_name}: {', '.join(only_expected)}")
         raise FixresError("class mismatch: " + "; ".join(parts))
-
-
-def split_holdout(index: SplitIndex, fraction: float, seed: int) -> tuple[SplitIndex, SplitIndex]:
-    """Split off ``fraction`` of every class (at least one image when fraction > 0).
-
-    The choice is a pure function of the relative paths and ``seed`` (a hash order per
-    class), so any later command can rebuild the same held-out images from the data
-    directory and the two numbers a checkpoint records.
-    """
-    if not 0 <= fraction < 1:
-        raise FixresError(f"holdout fraction must be in [0, 1), got {fraction}")
-    if fraction == 0:
-        return index, SplitIndex(index.root, index.classes, [], [])
-    by_class: dict[int, list[Sample]] = {}
-    for s in index.samples:
-        by_class.setdefault(s.label, []).append(s)
-    held: set[str] = set()
-    for label, samples in by_class.items():
-        k = max(1, round(fraction * len(samples)))
-        if k >= len(samples):
-            raise FixresError(f"holdout {fraction} leaves no training image in class {index.classes[label]!r}")
-        ranked = sorted(samples, key=lambda s: hashlib.sha256(f"{seed}:{s.path}".encode()).digest())
-        held.update(s.path for s in ranked[:k])
-    keep = [s for s in index.samples if s.path not in held]
-    out = [s for s in index.samples if s.path in held]
-    return (SplitIndex(index.root, index.classes, keep, index.skipped),
-            SplitIndex(index.root, index.classes, out, []))

@@ -9,6 +9,7 @@ over ranks, sees the same images with the same crops.
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator, NamedTuple
 
@@ -16,7 +17,8 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from .decode import UnreadableImage, load_rgb
-from .folder import SplitIndex
+from .index import SplitIndex
+from .pack import sample_source
 
 _MASK64 = (1 << 64) - 1
 
@@ -67,11 +69,27 @@ class ImageDataset(Dataset):
         index, seed = key if isinstance(key, tuple) else (key, None)
         sample = self.split.samples[index]
         try:
-            img = self.loader(self.split.source(sample))   # a file, or bytes from a packed store
+            img = self.loader(sample_source(self.split, sample))   # a file, or bytes from a packed store
         except UnreadableImage as e:
             return Skipped(sample.path, str(e))
         generator = torch.Generator().manual_seed(seed) if seed is not None else None
         return self.transform(img, generator), sample.label, index
+
+
+@dataclass(frozen=True)
+class MultiView:
+    """One decoded image -> one uint8 CHW tensor per transform (the image is decoded once;
+    resizing a PIL image never modifies it). Random transforms draw from the generator in
+    the order given."""
+
+    transforms: tuple
+
+    def __call__(self, img, generator=None) -> tuple[torch.Tensor, ...]:
+        return tuple(t(img, generator) for t in self.transforms)
+
+    def batch_bytes(self, batch_size: int) -> int:
+        """Host bytes of one batch: every view's uint8 ``size x size`` crops."""
+        return batch_size * 3 * sum(t.size ** 2 for t in self.transforms)
 
 
 def collate(items: list) -> Batch:

@@ -12,7 +12,7 @@ split, ``OUT/train`` and ``OUT/val``)::
     shard-00000.bin  the stored bytes of consecutive images, back to back
 
 A record keeps the source's relative path, label, displayed size and file size, so a
-store's :class:`~fixres.data.folder.SplitIndex` has the same samples, order and digest as
+store's :class:`~fixres.data.index.SplitIndex` has the same samples, order and digest as
 the folder it came from (held-out images and sweep selections are rebuilt identically).
 Every sample's bytes carry a CRC32 that is checked when read: a corrupt sample is an
 unreadable image (skipped and counted), never silently decoded. A shard shorter than the
@@ -38,7 +38,7 @@ import numpy as np
 
 from ..errors import FixresError
 from .decode import UnreadableImage
-from .folder import Sample, SplitIndex
+from .index import Sample, SplitIndex
 
 FORMAT_NAME = "fixres-pack"
 FORMAT_VERSION = 1
@@ -182,6 +182,17 @@ def sample_bytes(split: SplitIndex, sample: Sample) -> bytes:
     if sample.record is None:
         return (split.root / sample.path).read_bytes()
     return open_store(split.root).read(sample.record)
+
+
+def sample_source(split: SplitIndex, sample: Sample):
+    """What a decoder opens for ``sample``: its file, or its bytes from a packed store.
+
+    Raises:
+        UnreadableImage: a packed sample whose bytes fail their checksum.
+    """
+    if sample.record is None:
+        return split.root / sample.path
+    return io.BytesIO(open_store(split.root).read(sample.record))
 
 
 def store_classes(root: str | Path) -> tuple[str, ...]:

@@ -26,9 +26,11 @@ run sees the same crops whatever the pipeline. Colour jitter exists only in the
 ``workers`` decoder (``auto`` picks it when jitter is on); interpolation must be
 bilinear or bicubic.
 
-Defaults (``auto``): ``fast`` with the ``device`` decoder on a CUDA device (the GPU would
-otherwise wait for the CPU; see benchmarks/RESULTS.md), ``pil`` on the CPU (training
-there is compute-bound, and ``pil`` gives the reference pixels).
+Defaults (``auto``): ``pil`` on the CPU (training there is compute-bound, and ``pil`` gives
+the reference pixels); ``fast`` on a CUDA device (a PIL pipeline cannot feed a GPU at low
+resolution), with the ``workers`` decoder -- for evaluation the PIL path's exact pixels --
+unless :data:`DEVICE_DECODER_MEASURED_FASTER` records that the ``device`` decoder was
+measured faster for the task (docs/fast-pipeline.md).
 """
 from __future__ import annotations
 
@@ -40,19 +42,26 @@ from torch.utils.data import Dataset, Sampler
 from torchvision.transforms.v2 import functional as F
 
 from ..errors import FixresError
-from ..runtime import Dist
+from ..runtime import Dist, Runtime
 from .decode import UnreadableImage
 from .device_transforms import FILTERS, check_interpolation, crop_axes, draw_train, eval_axes, resample
 from .fast import (RESAMPLE, DecodeStats, as_byte_tensor, decode_on_device, decode_reduced, full_pixels,
                    gpu_decode_available, resize_box)
-from .folder import Sample, SplitIndex
-from .loader import Batch, EvalShard, ImageDataset, Skipped, collate, make_loader
+from .index import Sample, SplitIndex
+from .loader import Batch, EvalShard, ImageDataset, MultiView, Skipped, collate, make_loader
 from .pack import CODEC_JPEG, CODEC_OTHER, CODEC_RAW, classify, open_store, sample_bytes
 from .prefetch import Prefetched
 from .transforms import EvalTransform, TrainTransform, _color_jitter
 
 PIPELINES = ("auto", "pil", "fast")
 DECODERS = ("auto", "workers", "device")
+
+# What ``auto`` may choose the GPU decoder (nvJPEG + device crops) for: only where a recorded
+# measurement (benchmarks/RESULTS.md) showed it faster than the workers decoder. On the
+# H100 runs of 2026-11-28 it was not (training at 128 px: 1,944 vs 3,120 img/s in run A,
+# 5,174 vs 5,099 in run B; evaluation: not measured against the workers decoder), and its
+# pixels move top-1 by 0.1-0.2 point, so both are off.
+DEVICE_DECODER_MEASURED_FASTER = {"train": False, "eval": False}
 
 
 def resolve_pipeline(pipeline: str, device: torch.device, interpolation: str = "bilinear") -> str:
@@ -64,12 +73,16 @@ def resolve_pipeline(pipeline: str, device: torch.device, interpolation: str = "
     return pipeline
 
 
-def resolve_decoder(decoder: str, device: torch.device, *, jitter: bool = False) -> str:
-    """``auto`` -> ``device`` on CUDA when nvJPEG is usable and no colour jitter, else ``workers``."""
+def resolve_decoder(decoder: str, device: torch.device, task: str = "train", *, jitter: bool = False) -> str:
+    """``auto`` -> ``device`` only where :data:`DEVICE_DECODER_MEASURED_FASTER` records a
+    measurement that showed it faster for ``task`` ("train" or "eval") on CUDA, nvJPEG is
+    usable and there is no colour jitter; else ``workers`` (for evaluation: the PIL path's
+    exact pixels)."""
     if decoder not in DECODERS:
         raise FixresError(f"decoder must be one of {', '.join(DECODERS)}, got {decoder!r}")
     if decoder == "auto":
-        return "device" if device.type == "cuda" and gpu_decode_available() and not jitter else "workers"
+        faster = DEVICE_DECODER_MEASURED_FASTER[task]
+        return "device" if faster and device.type == "cuda" and gpu_decode_available() and not jitter else "workers"
     if decoder == "device" and jitter:
         raise FixresError("colour jitter is not implemented in the device decoder; use the workers decoder")
     return decoder
@@ -77,10 +90,20 @@ def resolve_decoder(decoder: str, device: torch.device, *, jitter: bool = False)
 
 @dataclass(frozen=True)
 class Geometries:
-    """The test preprocessings of an evaluation (one) or a sweep (several)."""
+    """The test preprocessings of an evaluation (one) or a sweep (several), as the fast
+    pipeline reads them: ``(test_res, crop_pct)`` pairs sharing one interpolation."""
 
     pairs: tuple[tuple[int, float], ...]      # (test_res, crop_pct)
     interpolation: str
+
+    @classmethod
+    def of(cls, views: Sequence[EvalTransform]) -> "Geometries":
+        if not views:
+            raise FixresError("no test geometry to evaluate")
+        interpolations = {v.interpolation for v in views}
+        if len(interpolations) > 1:
+            raise FixresError(f"one pass evaluates one interpolation, got {', '.join(sorted(interpolations))}")
+        return cls(tuple((v.test_res, v.crop_pct) for v in views), views[0].interpolation)
 
 
 class DeviceItem(NamedTuple):
@@ -252,18 +275,17 @@ class DeviceFinisher:
         return resample(imgs, [a[0] for a in axes], [a[1] for a in axes], res, self.task.interpolation)
 
 
-def train_batches(split: SplitIndex, transform: TrainTransform, sampler: Sampler, *, device: torch.device,
-                  pipeline: str = "auto", workers: int | None = None, decoder: str = "auto", draft: bool = True,
-                  prefetch: int = 2):
+def train_batches(split: SplitIndex, transform: TrainTransform, sampler: Sampler, rt: Runtime, *,
+                  decoder: str = "auto", draft: bool = True, prefetch: int = 2):
     """The training batches of ``split`` in the order of ``sampler`` (a :class:`TrainBatches`).
 
     Re-iterable: every ``iter()`` is one pass over what the sampler yields then.
     """
-    cuda = device.type == "cuda"
-    if resolve_pipeline(pipeline, device, transform.interpolation) == "pil":
+    device, workers, cuda = rt.device, rt.workers, rt.pin_memory
+    if resolve_pipeline(rt.pipeline, device, transform.interpolation) == "pil":
         return make_loader(ImageDataset(split, transform), batch_sampler=sampler, workers=workers, pin_memory=cuda,
                            persistent=True)
-    chosen = resolve_decoder(decoder, device, jitter=transform.color_jitter > 0)
+    chosen = resolve_decoder(decoder, device, "train", jitter=transform.color_jitter > 0)
     dataset = FastDataset(split, transform, chosen, draft)
     if chosen == "workers":
         return make_loader(dataset, batch_sampler=sampler, workers=workers, pin_memory=cuda, persistent=True)
@@ -272,21 +294,28 @@ def train_batches(split: SplitIndex, transform: TrainTransform, sampler: Sampler
     return Prefetched(loader, DeviceFinisher(transform, device), device, prefetch)
 
 
-def _eval_iterable(split: SplitIndex, geometries: Geometries, *, device: torch.device, pipeline: str,
-                   batch_size: int, workers: int | None, dist_env: Dist, decoder: str, draft: bool, prefetch: int,
-                   single: bool):
-    sampler = EvalShard(len(split), dist_env.rank, dist_env.world)
-    cuda = device.type == "cuda"
-    if resolve_pipeline(pipeline, device, geometries.interpolation) == "pil":
+def multi_view_loader(split: SplitIndex, views: Sequence[EvalTransform], *, batch_size: int, workers: int | None,
+                      dist_env: Dist, pin_memory: bool):
+    """PIL path: a loader over this rank's :class:`EvalShard` of ``split`` whose batches hold one
+    uint8 stack per view (``Batch.images`` a tuple); each image is decoded once. Fewer batches
+    are prefetched when they are large (see :func:`~fixres.data.loader.make_loader`)."""
+    dataset = ImageDataset(split, MultiView(tuple(views)))
+    return make_loader(dataset, sampler=EvalShard(len(dataset), dist_env.rank, dist_env.world), batch_size=batch_size,
+                       workers=workers, pin_memory=pin_memory, batch_bytes=MultiView(tuple(views)).batch_bytes(batch_size))
+
+
+def _eval_iterable(split: SplitIndex, views: Sequence[EvalTransform], rt: Runtime, *, batch_size: int, decoder: str,
+                   draft: bool, prefetch: int, single: bool):
+    geometries = Geometries.of(views)
+    sampler = EvalShard(len(split), rt.dist.rank, rt.dist.world)
+    device, workers, cuda = rt.device, rt.workers, rt.pin_memory
+    if resolve_pipeline(rt.pipeline, device, geometries.interpolation) == "pil":
         if single:
-            res, pct = geometries.pairs[0]
-            return make_loader(ImageDataset(split, EvalTransform(res, pct, geometries.interpolation)),
-                               sampler=sampler, batch_size=batch_size, workers=workers, pin_memory=cuda)
-        from ..sweep import sweep_loader
-        transforms = tuple(EvalTransform(r, c, geometries.interpolation) for r, c in geometries.pairs)
-        return sweep_loader(split, transforms, batch_size=batch_size, workers=workers, dist_env=dist_env,
-                            pin_memory=cuda)
-    chosen = resolve_decoder(decoder, device)
+            return make_loader(ImageDataset(split, views[0]), sampler=sampler, batch_size=batch_size, workers=workers,
+                               pin_memory=cuda)
+        return multi_view_loader(split, views, batch_size=batch_size, workers=workers, dist_env=rt.dist,
+                                 pin_memory=cuda)
+    chosen = resolve_decoder(decoder, device, "eval")
     dataset = FastDataset(split, geometries, chosen, draft)
     if chosen == "workers":
         return make_loader(dataset, collate_fn=_single_collate if single else collate, workers=workers,
@@ -297,8 +326,7 @@ def _eval_iterable(split: SplitIndex, geometries: Geometries, *, device: torch.d
                       convert=_as_single if single else _as_geometry)
 
 
-def eval_batches(split: SplitIndex, test_res: int, crop_pct: float, interpolation: str, *, device: torch.device,
-                 pipeline: str = "auto", batch_size: int = 100, workers: int | None = None, dist_env: Dist = Dist(),
+def eval_batches(split: SplitIndex, view: EvalTransform, rt: Runtime, *, batch_size: int = 100,
                  decoder: str = "auto", draft: bool = False, prefetch: int = 2):
     """This rank's share of ``split`` (every image once over ranks) at one test geometry.
 
@@ -306,21 +334,15 @@ def eval_batches(split: SplitIndex, test_res: int, crop_pct: float, interpolatio
     moved the top-1 of a checkpoint by up to 0.8 point (benchmarks/RESULTS.md); without it
     the workers decoder gives exactly the PIL path's pixels.
     """
-    EvalTransform(test_res, crop_pct, interpolation)       # validates
-    return _eval_iterable(split, Geometries(((test_res, crop_pct),), interpolation), device=device,
-                          pipeline=pipeline, batch_size=batch_size, workers=workers, dist_env=dist_env,
-                          decoder=decoder, draft=draft, prefetch=prefetch, single=True)
+    return _eval_iterable(split, (view,), rt, batch_size=batch_size, decoder=decoder, draft=draft,
+                          prefetch=prefetch, single=True)
 
 
-def sweep_batches(split: SplitIndex, geometries: Sequence[tuple[int, float]], interpolation: str, *,
-                  device: torch.device, pipeline: str = "auto", batch_size: int = 100, workers: int | None = None,
-                  dist_env: Dist = Dist(), decoder: str = "auto", draft: bool = False, prefetch: int = 2):
+def sweep_batches(split: SplitIndex, views: Sequence[EvalTransform], rt: Runtime, *, batch_size: int = 100,
+                  decoder: str = "auto", draft: bool = False, prefetch: int = 2):
     """Like :func:`eval_batches` at several geometries from one decode per image: yields
-    :class:`Batch` es whose ``images`` is a tuple, one stack per geometry (see :mod:`fixres.sweep`)."""
-    for r, c in geometries:
-        EvalTransform(r, c, interpolation)
-    return _eval_iterable(split, Geometries(tuple(geometries), interpolation), device=device, pipeline=pipeline,
-                          batch_size=batch_size, workers=workers, dist_env=dist_env, decoder=decoder, draft=draft,
+    :class:`Batch` es whose ``images`` is a tuple, one stack per view (see :mod:`fixres.sweep`)."""
+    return _eval_iterable(split, tuple(views), rt, batch_size=batch_size, decoder=decoder, draft=draft,
                           prefetch=prefetch, single=False)
 
 

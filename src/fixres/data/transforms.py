@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Sequence
 
 import torch
 from PIL import Image
@@ -43,6 +44,56 @@ def check_resolution(value: int, what: str = "resolution", minimum: int = 8, max
     if not isinstance(value, int) or isinstance(value, bool) or not minimum <= value <= maximum:
         raise FixresError(f"{what} must be an integer number of pixels between {minimum} and {maximum}, got {value!r}")
     return value
+
+
+MAX_GEOMETRIES = 64
+
+
+def parse_resolutions(values: Sequence[str | int]) -> list[int]:
+    """Resolutions from ``["32", "48"]`` or ranges ``["32:128:16"]`` (end included), sorted, unique.
+
+    Raises:
+        FixresError: malformed item, empty or descending range, a resolution outside
+            [8, 4096] px, or more than ``MAX_GEOMETRIES`` values.
+    """
+    out: set[int] = set()
+    for value in values:
+        text = str(value).strip()
+        try:
+            numbers = [int(p) for p in text.split(":")]
+        except ValueError:
+            raise FixresError(f"test resolution {text!r} is not an integer or a START:END:STEP range") from None
+        if len(numbers) == 1:
+            out.add(check_resolution(numbers[0], "test resolution"))
+            continue
+        if len(numbers) != 3:
+            raise FixresError(f"test resolution range {text!r} must be START:END:STEP (e.g. 32:128:16)")
+        start, end, step = numbers
+        if step <= 0 or start > end:
+            raise FixresError(f"test resolution range {text!r} needs START <= END and STEP > 0")
+        check_resolution(start, "test resolution")
+        check_resolution(end, "test resolution")
+        if (end - start) // step + 1 > MAX_GEOMETRIES:
+            raise FixresError(f"test resolution range {text!r} has more than {MAX_GEOMETRIES} values")
+        out.update(range(start, end + 1, step))
+    if not out:
+        raise FixresError("no test resolution given")
+    if len(out) > MAX_GEOMETRIES:
+        raise FixresError(f"{len(out)} test resolutions: at most {MAX_GEOMETRIES} per sweep")
+    return sorted(out)
+
+
+def check_geometries(test_res: Sequence[int], crop_pcts: Sequence[float]) -> list[tuple[int, float]]:
+    """Every ``(test_res, crop_pct)`` pair, validated, crop_pct-major."""
+    for r in test_res:
+        check_resolution(r, "test resolution")
+    pcts = list(dict.fromkeys(check_crop_pct(c) for c in crop_pcts))
+    geometries = [(r, c) for c in pcts for r in test_res]
+    if not geometries:
+        raise FixresError("no test geometry to sweep")
+    if len(geometries) > MAX_GEOMETRIES:
+        raise FixresError(f"{len(geometries)} geometries (resolutions x crop_pcts): at most {MAX_GEOMETRIES} per sweep")
+    return geometries
 
 
 def check_crop_pct(value: float) -> float:
@@ -162,6 +213,11 @@ class EvalTransform:
     def resize_size(self) -> int:
         return eval_geometry(self.test_res, self.crop_pct)[0]
 
+    @property
+    def size(self) -> int:
+        """The output side (as :attr:`TrainTransform.size`)."""
+        return self.test_res
+
     def __call__(self, img: Image.Image, generator: torch.Generator | None = None) -> torch.Tensor:
         img = F.resize(img, [self.resize_size], interpolation=interpolation_mode(self.interpolation), antialias=True)
         img = F.center_crop(img, [self.test_res, self.test_res])
@@ -172,3 +228,17 @@ def normalize(images: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> to
     """uint8 NCHW -> float, the same arithmetic as ``ToTensor()`` then ``Normalize(mean, std)``."""
     x = images.float().div_(255)
     return x.sub_(mean.view(1, -1, 1, 1)).div_(std.view(1, -1, 1, 1))
+
+
+@dataclass(frozen=True)
+class Normalizer:
+    """What turns a uint8 batch into model input on the device: ``(x / 255 - mean) / std``."""
+
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    channels_last: bool = False
+
+    def __call__(self, images: torch.Tensor, device: torch.device) -> torch.Tensor:
+        x = images.to(device, non_blocking=True)
+        x = normalize(x, torch.tensor(self.mean, device=device), torch.tensor(self.std, device=device))
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x

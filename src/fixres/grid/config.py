@@ -25,10 +25,10 @@ from ..adapt import AdaptOptions
 from ..config import build, check_keys, coerce, option, read_yaml
 from ..costs import ExpectedCost
 from ..data import synth
-from ..data.transforms import check_resolution
+from ..data.transforms import check_resolution, parse_resolutions
 from ..errors import FixresError
 from ..models.factory import check_model_name
-from ..sweep import SELECT_ON, parse_resolutions
+from ..sweep import SELECT_ON
 from ..train_config import TrainConfig
 
 SECTIONS = ("train", "adapt", "expected", "expected_cost")

@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from ..adapt import AdaptOptions, adapt
+from ..adapt import AdaptOptions, adapt_checkpoint
 from ..checkpoint import versions
 from ..config import read_yaml
 from ..costs import PeakMemory, model_flops
@@ -23,9 +23,10 @@ from ..data.synth import synthesize
 from ..errors import FixresError
 from ..evaluate import EvalResult
 from ..progress import Progress
-from ..rundir import write_json, write_text
+from ..rundir import ensure_writable_dir, write_json, write_text
 from ..runtime import resolve_device
 from ..sweep import sweep_checkpoint
+from ..sweep_report import sweep_json, write_sweep
 from ..train import fit
 from ..train_config import TrainConfig
 from .config import GridConfig, adapt_options, check_data_fits, config_dict, differing_keys
@@ -53,7 +54,7 @@ class GridDir:
         elif self.root.is_dir() and any(self.root.iterdir()):
             raise FixresError(f"{self.root} is not empty and holds no {self.marker}: refusing to write into it "
                               "(choose another out)")
-        (self.root / CELLS).mkdir(parents=True, exist_ok=True)
+        ensure_writable_dir(self.root / CELLS)
         write_text(path, yaml.safe_dump(self.settings, sort_keys=False))
         return self
 
@@ -153,8 +154,8 @@ def ensure_swept(gdir: GridDir, name: str, checkpoint: Path, data: Path, test_re
                               batch_size=cfg.sweep_batch_size, workers=cfg.workers, device=cfg.device, amp=cfg.amp,
                               quiet=quiet)
     seconds = round(time.perf_counter() - t0, 2)
-    result.write(gdir.path(name), overwrite=True)
-    return gdir.save(name, {**result.to_json(), "seconds": seconds})
+    write_sweep(result, gdir.path(name), overwrite=True)
+    return gdir.save(name, {**sweep_json(result), "seconds": seconds})
 
 
 def _label(checkpoint: Path) -> str:
@@ -176,7 +177,7 @@ def ensure_adapted(gdir: GridDir, name: str, checkpoint: Path, data: Path, opts:
     cell = gdir.cell(name)
     if cell is not None:
         return cell
-    result = adapt(checkpoint, data, opts, out=out, overwrite=True, quiet=True, before=before)
+    result = adapt_checkpoint(checkpoint, data, opts, out=out, overwrite=True, quiet=True, before=before)
     log(f"adapted {_label(checkpoint)} at {opts.test_res}px ({opts.method}): val top-1 "
         f"{result.before.top1:.2f} -> {result.after.top1:.2f} in {result.seconds:.1f}s")
     return gdir.save(name, {"test_res": opts.test_res, "method": opts.method, "before": result.before.row(),

@@ -31,7 +31,7 @@ from torch import nn
 
 from .errors import FixresError
 from .faults import pause_point
-from .rundir import fsync_path, fsync_tree
+from .rundir import TEMP_PREFIX, TRASH_PREFIX, atomic_path
 
 FORMAT = "fixres-checkpoint/1"
 WEIGHTS, META, STATE = "model.safetensors", "meta.json", "state.pt"
@@ -109,37 +109,22 @@ def save_checkpoint(directory: str | Path, model: nn.Module, meta: CheckpointMet
     """Write a checkpoint directory atomically (replacing one of the same name)."""
     directory = Path(directory)
     directory.parent.mkdir(parents=True, exist_ok=True)
-    tmp = directory.parent / f".tmp-{directory.name}-{os.getpid()}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir()
-    save_file(state_dict_for_saving(model), str(tmp / WEIGHTS), metadata={"format": "pt"})
-    meta = meta.replace(weights_sha256=sha256_file(tmp / WEIGHTS), versions=versions(),
-                        created=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
-    (tmp / META).write_text(meta.to_json())
-    if train_state is not None:
-        torch.save(train_state, tmp / STATE)
-    pause_point("checkpoint-write")
-    fsync_tree(tmp)
-    if directory.exists():
-        trash = directory.parent / f".trash-{directory.name}-{os.getpid()}"
-        os.rename(directory, trash)
-        os.rename(tmp, directory)
-        shutil.rmtree(trash)
-    else:
-        os.rename(tmp, directory)
-    fsync_path(directory.parent)
+    with atomic_path(directory, existing="replace", fsync=True) as tmp:
+        tmp.mkdir()
+        save_file(state_dict_for_saving(model), str(tmp / WEIGHTS), metadata={"format": "pt"})
+        meta = meta.replace(weights_sha256=sha256_file(tmp / WEIGHTS), versions=versions(),
+                            created=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+        (tmp / META).write_text(meta.to_json())
+        if train_state is not None:
+            torch.save(train_state, tmp / STATE)
+        pause_point("checkpoint-write")
     return meta
 
 
 def point(link: Path, target: Path) -> None:
     """Make ``link`` a relative symbolic link to ``target``, atomically."""
-    tmp = link.parent / f".tmp-link-{link.name}-{os.getpid()}"
-    if tmp.is_symlink() or tmp.exists():
-        tmp.unlink()
-    os.symlink(os.path.relpath(target, link.parent), tmp)
-    os.replace(tmp, link)
-    fsync_path(link.parent)
+    with atomic_path(link, fsync=True) as tmp:
+        os.symlink(os.path.relpath(target, link.parent), tmp)
 
 
 def remove_stale_temporaries(directory: Path) -> list[str]:
@@ -149,7 +134,7 @@ def remove_stale_temporaries(directory: Path) -> list[str]:
     if not directory.is_dir():
         return removed
     for entry in directory.iterdir():
-        if entry.name.startswith((".tmp-", ".trash-")):
+        if entry.name.startswith((TEMP_PREFIX, TRASH_PREFIX)):
             if entry.is_dir() and not entry.is_symlink():
                 shutil.rmtree(entry)
             else:

@@ -26,7 +26,6 @@ timm code picks it up by accident.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import time
 import warnings
@@ -38,7 +37,7 @@ from torch import nn
 from .checkpoint import WEIGHTS, CheckpointMeta, find_checkpoint, open_checkpoint, read_meta, sha256_file, versions
 from .data.transforms import eval_geometry, interpolation_mode
 from .errors import FixresError
-from .rundir import fsync_tree, write_json
+from .rundir import atomic_path, write_json
 
 EXPORT_FORMAT = "fixres-export/1"
 CONFIG, ONNX_FILE = "config.json", "model.onnx"
@@ -102,11 +101,9 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path, *, onnx: bool = F
                         "created": meta.created, "versions": meta.versions}
 
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f".tmp-{out.name}-{os.getpid()}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir()
-    try:
+    # an empty `out` (checked above) is replaced; one that filled up since makes this fail, deleting nothing
+    with atomic_path(out, existing="empty", fsync=True) as tmp:
+        tmp.mkdir()
         shutil.copyfile(source / WEIGHTS, tmp / WEIGHTS)
         record["weights_sha256"] = sha256_file(tmp / WEIGHTS)
         write_json(tmp / CONFIG, config)
@@ -115,13 +112,6 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path, *, onnx: bool = F
             record["onnx"] = export_onnx(model, tmp / ONNX_FILE, test_res, len(meta.mean))
         record["exported"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
         write_json(tmp / CONFIG, config)
-        fsync_tree(tmp)
-        if out.is_dir():
-            out.rmdir()   # empty (checked above); rmdir fails rather than delete anything that appeared since
-        os.rename(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out
 
 

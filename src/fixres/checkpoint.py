@@ -16,7 +16,6 @@ that are themselves replaced atomically.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import os
 import shutil
@@ -31,7 +30,7 @@ from torch import nn
 
 from .errors import FixresError
 from .faults import pause_point
-from .rundir import TEMP_PREFIX, TRASH_PREFIX, atomic_path
+from .rundir import TEMP_PREFIX, TRASH_PREFIX, atomic_path, sha256_file
 
 FORMAT = "fixres-checkpoint/1"
 WEIGHTS, META, STATE = "model.safetensors", "meta.json", "state.pt"
@@ -94,14 +93,6 @@ def versions() -> dict:
 def state_dict_for_saving(model: nn.Module) -> dict[str, torch.Tensor]:
     model = getattr(model, "module", model)  # unwrap DistributedDataParallel
     return {k: v.detach().to("cpu", copy=True).contiguous() for k, v in model.state_dict().items()}
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def save_checkpoint(directory: str | Path, model: nn.Module, meta: CheckpointMeta,

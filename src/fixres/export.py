@@ -34,10 +34,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .checkpoint import WEIGHTS, CheckpointMeta, find_checkpoint, open_checkpoint, read_meta, sha256_file, versions
+from .checkpoint import WEIGHTS, CheckpointMeta, find_checkpoint, open_checkpoint, read_meta, versions
 from .data.transforms import eval_geometry, interpolation_mode
 from .errors import FixresError
-from .rundir import atomic_path, write_json
+from .rundir import atomic_path, sha256_file, write_json
 
 EXPORT_FORMAT = "fixres-export/1"
 CONFIG, ONNX_FILE = "config.json", "model.onnx"

@@ -14,12 +14,13 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .checkpoint import find_checkpoint, open_checkpoint, sha256_file
+from .checkpoint import find_checkpoint, open_checkpoint
 from .data.decode import UnreadableImage, load_rgb
 from .data.transforms import EvalTransform
 from .errors import FixresError
 from .evaluate import Preprocess
 from .export import CONFIG, is_export, load_timm_export, read_export
+from .rundir import sha256_file
 from .runtime import resolve_device
 
 

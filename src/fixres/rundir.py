@@ -6,6 +6,7 @@ not be read) and the checkpoints.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import secrets
@@ -149,6 +150,14 @@ def write_json(path: Path, obj: Any) -> None:
     """Write JSON atomically (indented, one trailing newline)."""
     write_text(path, json.dumps(obj, indent=2, default=str) + "\n")
 
+
+def sha256_file(path: str | Path) -> str:
+    """Hex SHA-256 of a file's bytes (read 1 MiB at a time)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(1 << 20):
+            h.update(block)
+    return h.hexdigest()
 
 
 def append_jsonl(path: Path, row: dict) -> None:

@@ -10,7 +10,6 @@ malformed EXIF block, an XMP orientation, a zero or huge size -- goes to Pillow
 """
 from __future__ import annotations
 
-import os
 import struct
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -18,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..data.decode import IMAGE_EXTENSIONS, MAX_IMAGE_PIXELS, UnreadableImage, read_header
+from ..data.folder import walk_files
 from ..errors import FixresError
 
 # Start-of-frame markers (baseline, progressive, lossless, arithmetic); not DHT (C4), JPG (C8), DAC (CC).
@@ -142,16 +142,6 @@ def read_size(path: str | Path) -> tuple[int, int]:
     return header.width, header.height
 
 
-def _image_files(root: Path) -> list[Path]:
-    """Image files under ``root`` (recursively, sorted, hidden names and other extensions left out)."""
-    files = []
-    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        files.extend(Path(dirpath) / f for f in sorted(filenames)
-                     if not f.startswith(".") and os.path.splitext(f)[1].lower() in IMAGE_EXTENSIONS)
-    return files
-
-
 def _read_chunk(paths: list[Path]) -> list[tuple[int, int] | str]:
     out = []
     for p in paths:
@@ -181,7 +171,7 @@ def scan_sizes(root: str | Path, workers: int = 8) -> SizeScan:
         index = store_split(root)
         return SizeScan(root, [(s.width, s.height) for s in index.samples], list(index.skipped),
                         time.perf_counter() - start)
-    files = _image_files(root)
+    files = [p for p in walk_files(root) if not p.name.startswith(".") and p.suffix.lower() in IMAGE_EXTENSIONS]
     chunks = [files[i:i + _CHUNK] for i in range(0, len(files), _CHUNK)]
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
         results = [r for chunk in pool.map(_read_chunk, chunks) for r in chunk]

@@ -16,7 +16,6 @@ that are themselves replaced atomically.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import os
 import shutil
@@ -34,7 +33,7 @@ from .data.preprocessing import TRAIN_CROP_FIELDS, Preprocessing
 from .errors import FixresError
 from .faults import pause_point
 from .progress import notice
-from .rundir import fsync_path, fsync_tree
+from .rundir import TEMP_PREFIX, TRASH_PREFIX, atomic_path, fsync_path, sha256_file
 
 FORMAT = "fixres-checkpoint/2"
 LEGACY_FORMAT = "fixres-checkpoint/1"      # flat geometry fields, no training crop settings
@@ -124,50 +123,27 @@ def state_dict_for_saving(model: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().to("cpu", copy=True).contiguous() for k, v in model.state_dict().items()}
 
 
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def save_checkpoint(directory: str | Path, model: nn.Module, meta: CheckpointMeta,
                     train_state: dict[str, Any] | None = None) -> CheckpointMeta:
     """Write a checkpoint directory atomically (replacing one of the same name)."""
     directory = Path(directory)
     directory.parent.mkdir(parents=True, exist_ok=True)
-    tmp = directory.parent / f".tmp-{directory.name}-{os.getpid()}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir()
-    save_file(state_dict_for_saving(model), str(tmp / WEIGHTS), metadata={"format": "pt"})
-    meta = meta.replace(weights_sha256=sha256_file(tmp / WEIGHTS), versions=versions(),
-                        created=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
-    (tmp / META).write_text(meta.to_json())
-    if train_state is not None:
-        torch.save(train_state, tmp / STATE)
-    pause_point("checkpoint-write")
-    fsync_tree(tmp)
-    if directory.exists():
-        trash = directory.parent / f".trash-{directory.name}-{os.getpid()}"
-        os.rename(directory, trash)
-        os.rename(tmp, directory)
-        shutil.rmtree(trash)
-    else:
-        os.rename(tmp, directory)
-    fsync_path(directory.parent)
+    with atomic_path(directory, existing="replace", fsync=True) as tmp:
+        tmp.mkdir()
+        save_file(state_dict_for_saving(model), str(tmp / WEIGHTS), metadata={"format": "pt"})
+        meta = meta.replace(weights_sha256=sha256_file(tmp / WEIGHTS), versions=versions(),
+                            created=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+        (tmp / META).write_text(meta.to_json())
+        if train_state is not None:
+            torch.save(train_state, tmp / STATE)
+        pause_point("checkpoint-write")
     return meta
 
 
 def point(link: Path, target: Path) -> None:
     """Make ``link`` a relative symbolic link to ``target``, atomically."""
-    tmp = link.parent / f".tmp-link-{link.name}-{os.getpid()}"
-    if tmp.is_symlink() or tmp.exists():
-        tmp.unlink()
-    os.symlink(os.path.relpath(target, link.parent), tmp)
-    os.replace(tmp, link)
-    fsync_path(link.parent)
+    with atomic_path(link, fsync=True) as tmp:
+        os.symlink(os.path.relpath(target, link.parent), tmp)
 
 
 def remove_stale_temporaries(directory: Path) -> list[str]:
@@ -177,7 +153,7 @@ def remove_stale_temporaries(directory: Path) -> list[str]:
     if not directory.is_dir():
         return removed
     for entry in directory.iterdir():
-        if entry.name.startswith((".tmp-", ".trash-")):
+        if entry.name.startswith((TEMP_PREFIX, TRASH_PREFIX)):
             if entry.is_dir() and not entry.is_symlink():
                 shutil.rmtree(entry)
             else:

@@ -26,7 +26,6 @@ timm code picks it up by accident.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import time
 import warnings
@@ -35,10 +34,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .checkpoint import WEIGHTS, CheckpointMeta, find_checkpoint, read_meta, sha256_file, versions
+from .checkpoint import WEIGHTS, CheckpointMeta, find_checkpoint, read_meta, versions
 from .data.preprocessing import Preprocessing
 from .errors import FixresError
-from .rundir import fsync_tree, prepare_run_dir, write_json
+from .rundir import atomic_path, prepare_run_dir, sha256_file, write_json
 from .sources import open_checkpoint
 
 EXPORT_FORMAT = "fixres-export/1"
@@ -101,11 +100,9 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path, *, onnx: bool = F
                         "created": meta.created, "versions": meta.versions}
 
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f".tmp-{out.name}-{os.getpid()}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir()
-    try:
+    # an empty `out` (checked above) is replaced; one that filled up since makes this fail, deleting nothing
+    with atomic_path(out, existing="empty", fsync=True) as tmp:
+        tmp.mkdir()
         shutil.copyfile(source / WEIGHTS, tmp / WEIGHTS)
         record["weights_sha256"] = sha256_file(tmp / WEIGHTS)
         write_json(tmp / CONFIG, config)
@@ -114,13 +111,6 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path, *, onnx: bool = F
             record["onnx"] = export_onnx(model, tmp / ONNX_FILE, test_res, len(prep.mean))
         record["exported"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
         write_json(tmp / CONFIG, config)
-        fsync_tree(tmp)
-        if out.is_dir():
-            out.rmdir()   # empty (checked above); rmdir fails rather than delete anything that appeared since
-        os.rename(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out
 
 

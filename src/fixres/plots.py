@@ -7,7 +7,6 @@ Files are written atomically (temporary file, then rename).
 """
 from __future__ import annotations
 
-import os
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -15,6 +14,8 @@ from typing import Any, Mapping, Sequence
 import matplotlib
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+
+from .rundir import atomic_path
 
 STYLE = {
     "font.size": 9, "axes.titlesize": 10, "axes.labelsize": 9, "legend.fontsize": 8,
@@ -46,9 +47,8 @@ def new_figure(width: float = 6.4, height: float = 4.0) -> tuple[Figure, Any]:
 def save(fig: Figure, path: str | Path) -> Path:
     """Write ``fig`` to ``path`` (format from the suffix) atomically."""
     path = Path(path)
-    tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}{path.suffix}")
-    fig.savefig(tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:      # the temporary keeps the suffix that picks the format
+        fig.savefig(tmp)
     return path
 
 

@@ -14,12 +14,13 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .checkpoint import find_checkpoint, sha256_file
+from .checkpoint import find_checkpoint
 from .data.decode import UnreadableImage, load_rgb
 from .data.preprocessing import Preprocessing
 from .data.transforms import EvalTransform
 from .errors import FixresError
 from .export import CONFIG, is_export, load_timm_export, read_export
+from .rundir import sha256_file
 from .runtime import resolve_device
 from .sources import open_checkpoint
 

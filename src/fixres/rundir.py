@@ -6,15 +6,20 @@ not be read) and the checkpoints.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import secrets
 import shutil
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 from .errors import FixresError
 
 MARKER = "config.yaml"
+# Names of what atomic_path leaves behind only when the process is killed mid-write.
+TEMP_PREFIX, TRASH_PREFIX = ".tmp-", ".trash-"
 
 
 def prepare_run_dir(out: str | Path, *, resume: bool = False, overwrite: bool = False, marker: str = MARKER,
@@ -111,17 +116,94 @@ def fsync_tree(directory: Path) -> None:
     fsync_path(directory)
 
 
+def _sibling(path: Path, prefix: str) -> Path:
+    """A hidden, unused name beside ``path`` that ends with its name (so with its suffix)."""
+    return path.with_name(f"{prefix}{os.getpid()}-{secrets.token_hex(4)}-{path.name}")
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    elif path.is_symlink() or path.exists():
+        path.unlink(missing_ok=True)
+
+
+@contextmanager
+def atomic_path(path: str | Path, *, existing: str = "empty", fsync: bool = False) -> Iterator[Path]:
+    """Write ``path`` all at once: yield a temporary sibling to create (a file, a directory
+    or a symbolic link), renamed to ``path`` when the block ends without an exception.
+
+    On an exception (KeyboardInterrupt included) the temporary is removed and ``path`` is
+    left as it was. The temporary is hidden, starts with :data:`TEMP_PREFIX` and ends with
+    ``path``'s name (a writer that picks the format from the suffix still sees it); only a
+    killed process leaves one behind.
+
+    What is already at ``path``: a file or a link is replaced. A directory, by ``existing``:
+    ``"empty"``: replaced only if empty (else OSError, and nothing is deleted);
+    ``"replace"``: replaced whatever it holds (moved aside, then deleted once the new one is
+    in place); ``"merge"``: the new directory's entries are moved into it one by one, each
+    replacing a file or an empty directory of the same name, its other entries kept.
+
+    ``fsync``: flush the new file, or a new directory's entries and the directory itself,
+    before the rename, and the parent directory after it (survives a power cut).
+    """
+    if existing not in ("empty", "replace", "merge"):
+        raise ValueError(f"existing must be 'empty', 'replace' or 'merge', got {existing!r}")
+    path = Path(path)
+    tmp = _sibling(path, TEMP_PREFIX)
+    try:
+        yield tmp
+        is_dir = tmp.is_dir() and not tmp.is_symlink()
+        if fsync and is_dir:
+            fsync_tree(tmp)
+        elif fsync and not tmp.is_symlink():
+            fsync_path(tmp)
+        if not is_dir or not path.is_dir():
+            os.replace(tmp, path)
+        elif existing == "replace":
+            trash = _sibling(path, TRASH_PREFIX)
+            os.rename(path, trash)
+            try:
+                os.rename(tmp, path)
+            except BaseException:
+                os.rename(trash, path)
+                raise
+            shutil.rmtree(trash)
+        elif existing == "merge":
+            for entry in sorted(tmp.iterdir(), key=lambda e: (not e.is_dir(), e.name)):   # files last
+                target = path / entry.name
+                if entry.is_dir() and target.is_dir():
+                    target.rmdir()       # empty, or this fails loudly
+                os.replace(entry, target)
+            tmp.rmdir()
+        else:
+            path.rmdir()                 # empty, or this fails rather than delete what it holds
+            os.rename(tmp, path)
+        if fsync:
+            fsync_path(path.parent)
+    except BaseException:
+        _remove(tmp)
+        raise
+
+
+def write_text(path: Path, text: str, encoding: str | None = None) -> None:
+    """Write a text file atomically."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding=encoding)
+
+
 def write_json(path: Path, obj: Any) -> None:
-    """Write JSON atomically (temporary file + rename)."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=2, default=str) + "\n")
-    os.replace(tmp, path)
+    """Write JSON atomically (indented, one trailing newline)."""
+    write_text(path, json.dumps(obj, indent=2, default=str) + "\n")
 
 
-def write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+def sha256_file(path: str | Path) -> str:
+    """Hex SHA-256 of a file's bytes (read 1 MiB at a time)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(1 << 20):
+            h.update(block)
+    return h.hexdigest()
 
 
 def append_jsonl(path: Path, row: dict) -> None:

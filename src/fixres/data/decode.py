@@ -3,13 +3,17 @@
 JPEG, PNG, WebP (and what else Pillow reads) in any mode -- grayscale, palette,
 RGBA, CMYK, 16-bit -- come out as 8-bit RGB with the EXIF orientation applied.
 Reading only the header (:func:`read_header`) gives the displayed size without
-decoding, which is what scanning and ``fixres analyze`` need.
+decoding, which is what scanning and ``fixres analyze`` need. :func:`decode_reduced`
+lets libjpeg decode a JPEG at 1/2, 1/4 or 1/8 of its size (the fast pipeline's draft
+decoding); :func:`load_rgb` is the same decoder at full size.
 """
 from __future__ import annotations
 
+import io
+import math
 import warnings
 from pathlib import Path
-from typing import NamedTuple
+from typing import BinaryIO, NamedTuple
 
 from PIL import Image, ImageOps
 
@@ -59,32 +63,54 @@ def read_header(path: str | Path) -> ImageHeader:
     return ImageHeader(width, height, fmt)
 
 
-def load_rgb(path: str | Path, draft_size: tuple[int, int] | None = None) -> Image.Image:
-    """Decode ``path`` fully into an 8-bit RGB image with EXIF orientation applied.
+def decode_reduced(source: bytes | str | Path | BinaryIO, factor: float = 1.0) -> tuple[Image.Image, float, float]:
+    """Decode to 8-bit RGB (EXIF orientation applied), at a reduced scale when the format allows.
 
     Args:
-        path: image file, or a binary file object (a packed store's bytes).
-        draft_size: if given and the file is a JPEG, let libjpeg decode at a reduced scale
-            (1/2, 1/4, 1/8) that still covers at least this (width, height). Exact pixels
-            then differ from a full decode followed by a resize; used only where stated.
+        source: the encoded bytes, an image file's path, or a binary file object.
+        factor: the fraction of the full size that must be kept in both directions; a JPEG
+            is decoded at the smallest of 1/8, 1/4, 1/2, 1 that keeps at least that much
+            (libjpeg's DCT scaling: pixels differ a little from a full decode + resize).
+            1.0: a full decode.
+
+    Returns:
+        ``(image, fx, fy)``: the decoded image and its size relative to the full displayed
+        size, per axis (1.0 when not reduced).
 
     Raises:
         UnreadableImage: corrupt, truncated, empty, too large or not an image.
     """
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        source = io.BytesIO(source)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            with Image.open(path) as img:
-                _check_size(*img.size)
-                if draft_size is not None and img.format == "JPEG":
-                    img.draft("RGB", draft_size)
+            with Image.open(source) as img:
+                full_w, full_h = img.size
+                _check_size(full_w, full_h)
+                swapped = img.getexif().get(0x0112, 1) in _TRANSPOSING_ORIENTATIONS
+                if img.format == "JPEG" and factor < 1.0:
+                    img.draft("RGB", (max(1, math.ceil(full_w * factor)), max(1, math.ceil(full_h * factor))))
                 img.load()
-                img = ImageOps.exif_transpose(img)
-                return _to_rgb(img)
+                fx, fy = img.width / full_w, img.height / full_h
+                img = _to_rgb(ImageOps.exif_transpose(img))
     except UnreadableImage:
         raise
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError, EOFError) as e:
         raise UnreadableImage(_reason(e)) from None
+    return (img, fy, fx) if swapped else (img, fx, fy)
+
+
+def load_rgb(path: str | Path | BinaryIO) -> Image.Image:
+    """Decode ``path`` fully into an 8-bit RGB image with EXIF orientation applied.
+
+    Args:
+        path: image file, or a binary file object (a packed store's bytes).
+
+    Raises:
+        UnreadableImage: corrupt, truncated, empty, too large or not an image.
+    """
+    return decode_reduced(path)[0]
 
 
 def _to_rgb(img: Image.Image) -> Image.Image:

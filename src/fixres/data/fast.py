@@ -1,6 +1,6 @@
 """Fast decoding: reduced-size JPEG decoding on the CPU, batched nvJPEG on the GPU.
 
-CPU (:func:`decode_reduced`): libjpeg can decode a JPEG directly at 1/2, 1/4 or 1/8 of
+CPU (:func:`~fixres.data.decode.decode_reduced`): libjpeg can decode a JPEG directly at 1/2, 1/4 or 1/8 of
 its size by scaling the inverse DCT (Pillow's ``draft``), several times faster than a full
 decode. The fast path asks for the smallest scale that still leaves every output pixel
 at least one decoded pixel (the crop keeps at least ``size`` pixels per side), then
@@ -25,47 +25,13 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps
+from PIL import Image
 from torchvision.transforms.v2 import functional as F
 
-from .decode import _TRANSPOSING_ORIENTATIONS, UnreadableImage, _check_size, _reason, _to_rgb, load_rgb
+from .decode import UnreadableImage, load_rgb
 from .pack import CODEC_RAW, ppm_pixels
 
 RESAMPLE = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC}
-
-
-def decode_reduced(data: bytes, factor: float = 1.0) -> tuple[Image.Image, float, float]:
-    """Decode to RGB (EXIF orientation applied) at a reduced scale when the format allows.
-
-    Args:
-        data: the encoded file.
-        factor: the fraction of the full size that must be kept in both directions; a JPEG
-            is decoded at the smallest of 1/8, 1/4, 1/2, 1 that keeps at least that much.
-
-    Returns:
-        ``(image, fx, fy)``: the decoded image and its size relative to the full displayed
-        size, per axis (1.0 when not reduced).
-
-    Raises:
-        UnreadableImage: corrupt, truncated, empty, too large or not an image.
-    """
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            with Image.open(io.BytesIO(data)) as img:
-                full_w, full_h = img.size
-                _check_size(full_w, full_h)
-                swapped = img.getexif().get(0x0112, 1) in _TRANSPOSING_ORIENTATIONS
-                if img.format == "JPEG" and factor < 1.0:
-                    img.draft("RGB", (max(1, math.ceil(full_w * factor)), max(1, math.ceil(full_h * factor))))
-                img.load()
-                fx, fy = img.width / full_w, img.height / full_h
-                img = _to_rgb(ImageOps.exif_transpose(img))
-    except UnreadableImage:
-        raise
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError, EOFError) as e:
-        raise UnreadableImage(_reason(e)) from None
-    return (img, fy, fx) if swapped else (img, fx, fy)
 
 
 def resize_box(img: Image.Image, box: tuple[float, float, float, float], size: int, interpolation: str,

@@ -30,9 +30,12 @@ def list_classes(root: Path) -> tuple[str, ...]:
     return classes
 
 
-def _candidate_files(class_dir: Path) -> list[Path]:
+def walk_files(root: Path) -> list[Path]:
+    """Every file under ``root``, any depth, symbolic links followed, hidden directories
+    left out; sorted by name within a directory, a directory's files before its
+    sub-directories'. Hidden files and other extensions are the caller's to judge."""
     files = []
-    for dirpath, dirnames, filenames in os.walk(class_dir, followlinks=True):
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
         files.extend(Path(dirpath) / f for f in sorted(filenames))
     return files
@@ -74,7 +77,7 @@ def scan_split(root: str | Path, classes: tuple[str, ...] | None = None, workers
     found = list_classes(root)
     classes = found if classes is None else tuple(classes)
     label_of = {c: i for i, c in enumerate(classes)}
-    paths = [(p, label_of[c]) for c in found if c in label_of for p in _candidate_files(root / c)]
+    paths = [(p, label_of[c]) for c in found if c in label_of for p in walk_files(root / c)]
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
         probes = list(pool.map(lambda pl: _probe(pl[0]), paths))
     samples, skipped = [], []

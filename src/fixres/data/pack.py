@@ -25,7 +25,6 @@ progressive JPEG, ...; decoded on the CPU), ``RAW`` = binary PPM (8-bit RGB pixe
 """
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import mmap
@@ -37,6 +36,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import FixresError
+from ..rundir import sha256_file
 from .decode import UnreadableImage
 from .index import Sample, SplitIndex
 
@@ -297,14 +297,6 @@ class VerifyReport:
         return not self.problems
 
 
-def sha256_of(path: Path, chunk: int = 1 << 22) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
-
-
 def verify_store(root: str | Path, max_problems: int = 20) -> VerifyReport:
     """Check every byte of a store: counts, shard sizes and SHA-256, every sample's CRC32
     and bounds, labels. Problems are listed (at most ``max_problems``), not raised.
@@ -333,7 +325,7 @@ def verify_store(root: str | Path, max_problems: int = 20) -> VerifyReport:
         total += size
         if size != shard["bytes"]:
             problems.append(f"{shard['name']}: {size:,} bytes, the index expects {shard['bytes']:,} (truncated?)")
-        elif sha256_of(path) != shard["sha256"]:
+        elif sha256_file(path) != shard["sha256"]:
             problems.append(f"{shard['name']}: SHA-256 differs from the one recorded when packed")
         mine = records[records["shard"] == i] if len(records) else records
         if len(mine) != shard["samples"]:

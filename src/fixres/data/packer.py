@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import FixresError
-from ..rundir import write_json
+from ..rundir import TEMP_PREFIX, atomic_path, write_json, write_text
 from .folder import scan_split
 from .pack import (CODEC_NAMES, FORMAT_NAME, FORMAT_VERSION, HEADER, INDEX, PATHS, PLAN, RECORD, encode_sample,
                    is_store, read_header, shard_name, verify_store)
@@ -149,8 +149,8 @@ def _finished_shards(out: Path) -> tuple[list[dict], list[np.ndarray]]:
         i += 1
     for p in out.iterdir():     # anything of an unfinished shard is redone
         stem = p.name.lstrip(".").split(".")[0]
-        if stem.startswith("shard-") and int(stem[6:11]) >= i:
-            p.unlink()
+        if p.name.startswith(TEMP_PREFIX) or (stem.startswith("shard-") and int(stem[6:11]) >= i):
+            p.unlink()          # (a temporary is what a killed write left)
     return metas, records
 
 
@@ -177,53 +177,40 @@ def pack_split(src: str | Path, out: str | Path, options: PackOptions = PackOpti
             for s in index.samples[start:]]
     shard_bytes = int(options.shard_mb * 2**20)
     workers = min(options.workers or os.cpu_count() or 1, max(1, len(jobs)))
-    pending: list[tuple] = []
-    f, size, sha = None, 0, None
-
-    def close_shard():
-        nonlocal f
-        f.flush()
-        os.fsync(f.fileno())
-        f.close()
-        f = None
-        i = len(metas)
-        os.replace(out / f".{shard_name(i)}.partial", out / shard_name(i))
-        recs = np.array(pending, dtype=RECORD)
-        tmp = out / f".shard-{i:05d}.npy.tmp"
-        with open(tmp, "wb") as fh:
-            np.save(fh, recs)
-        os.replace(tmp, out / f".shard-{i:05d}.npy")
-        meta = {"name": shard_name(i), "first": sum(m["samples"] for m in metas), "samples": len(recs),
-                "bytes": size, "sha256": sha.hexdigest()}
-        write_json(out / f".shard-{i:05d}.json", meta)
-        metas.append(meta)
-        records.append(recs)
-        pending.clear()
 
     with tqdm(total=len(index), initial=start, desc=f"{label} -> {out.name}", unit="img", file=sys.stderr,
               disable=None if progress else True, dynamic_ncols=True, leave=False) as bar:
         pool = multiprocessing.get_context().Pool(workers) if workers > 1 else None
         try:
-            results = (pool.imap(_encode_job, jobs, chunksize=8) if pool else map(_encode_job, jobs))
-            for k, (data, codec, sw, sh, resized) in enumerate(results, start):
-                if f is None:
-                    f, size, sha = open(out / f".{shard_name(len(metas))}.partial", "wb"), 0, hashlib.sha256()
-                s = index.samples[k]
-                pending.append((len(metas), size, len(data), zlib.crc32(data), s.label, s.width, s.height, s.nbytes,
-                                sw, sh, codec, resized))
-                f.write(data)
-                sha.update(data)
-                size += len(data)
-                if size >= shard_bytes:
-                    close_shard()
-                bar.update(1)
-            if f is not None:
-                close_shard()
+            results = iter(pool.imap(_encode_job, jobs, chunksize=8) if pool else map(_encode_job, jobs))
+            k = start               # results yields one item per job: len(index) - start in all
+            while k < len(index):   # one shard: images until it holds shard_bytes, or the last one
+                i, size, sha, pending = len(metas), 0, hashlib.sha256(), []
+                with atomic_path(out / shard_name(i)) as tmp, open(tmp, "wb") as f:
+                    for data, codec, sw, sh, resized in results:
+                        s = index.samples[k]
+                        pending.append((i, size, len(data), zlib.crc32(data), s.label, s.width, s.height, s.nbytes,
+                                        sw, sh, codec, resized))
+                        f.write(data)
+                        sha.update(data)
+                        size += len(data)
+                        k += 1
+                        bar.update(1)
+                        if size >= shard_bytes:
+                            break
+                    f.flush()
+                    os.fsync(f.fileno())
+                recs = np.array(pending, dtype=RECORD)
+                with atomic_path(out / f".shard-{i:05d}.npy") as tmp:
+                    np.save(tmp, recs)
+                meta = {"name": shard_name(i), "first": sum(m["samples"] for m in metas), "samples": len(recs),
+                        "bytes": size, "sha256": sha.hexdigest()}
+                write_json(out / f".shard-{i:05d}.json", meta)
+                metas.append(meta)
+                records.append(recs)
         finally:
             if pool:
                 pool.terminate()
-            if f is not None:
-                f.close()
     _finish(out, index, options, metas, records)
     return summarize(out, resumed_at=start, seconds=time.perf_counter() - t0)
 
@@ -234,11 +221,9 @@ def _encode_job(job: tuple):
 
 def _finish(out: Path, index, options: PackOptions, metas: list[dict], records: list[np.ndarray]) -> None:
     recs = np.concatenate(records) if records else np.zeros(0, RECORD)
-    with open(out / f".{INDEX}.tmp", "wb") as fh:
-        np.save(fh, recs)
-    os.replace(out / f".{INDEX}.tmp", out / INDEX)
-    (out / f".{PATHS}.tmp").write_text("".join(s.path + "\n" for s in index.samples), encoding="utf-8")
-    os.replace(out / f".{PATHS}.tmp", out / PATHS)
+    with atomic_path(out / INDEX) as tmp:
+        np.save(tmp, recs)
+    write_text(out / PATHS, "".join(s.path + "\n" for s in index.samples), encoding="utf-8")
     header = {"format": FORMAT_NAME, "version": FORMAT_VERSION, "classes": list(index.classes),
               "samples": len(recs), "settings": options.settings(), "source": str(index.root.resolve()),
               "source_digest": index.digest(), "source_bytes": int(recs["nbytes"].sum()) if len(recs) else 0,

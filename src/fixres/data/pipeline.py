@@ -11,7 +11,7 @@ Pillow, torchvision's transforms. The reference.
 has one of two decoders:
 
 - ``workers``: DataLoader workers decode (for training, JPEGs at a reduced size: libjpeg
-  DCT scaling, :func:`~fixres.data.fast.decode_reduced`; for evaluation at full size
+  DCT scaling, :func:`~fixres.data.decode.decode_reduced`; for evaluation at full size
   unless ``draft=True``) and resample the crop box straight to the output size; uint8
   batches cross to the device.
 - ``device``: workers only read bytes and draw the crop boxes; the main process decodes
@@ -43,10 +43,10 @@ from torchvision.transforms.v2 import functional as F
 
 from ..errors import FixresError
 from ..runtime import Dist, Runtime
-from .decode import UnreadableImage
+from .decode import UnreadableImage, decode_reduced
 from .device_transforms import FILTERS, check_interpolation, crop_axes, draw_train, eval_axes, resample
-from .fast import (RESAMPLE, DecodeStats, as_byte_tensor, decode_on_device, decode_reduced, full_pixels,
-                   gpu_decode_available, resize_box)
+from .fast import (RESAMPLE, DecodeStats, as_byte_tensor, decode_on_device, full_pixels, gpu_decode_available,
+                   resize_box)
 from .index import Sample, SplitIndex
 from .loader import Batch, EvalShard, ImageDataset, MultiView, Skipped, collate, make_loader
 from .pack import CODEC_JPEG, CODEC_OTHER, CODEC_RAW, classify, open_store, sample_bytes

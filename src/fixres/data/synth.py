@@ -32,8 +32,6 @@ import math
 import multiprocessing
 import os
 import pathlib
-import secrets
-import shutil
 import sys
 import time
 from dataclasses import dataclass
@@ -42,6 +40,7 @@ from typing import Callable
 import numpy as np
 from PIL import Image, ImageDraw
 
+from ..rundir import atomic_path
 from .synth_patterns import (_PATTERN_FUNCS, CLASS_NAMES, MAX_CLASSES, _aa, _check_class_index,
                              pattern_texture)
 
@@ -441,10 +440,10 @@ def synthesize(
     names = CLASS_NAMES[:classes]
     counts = (train_per_class, val_per_class)
     # Temporary sibling (same file system, so the final rename is atomic); created with
-    # os.mkdir so that it gets the usual umask permissions (mkdtemp would give 0700).
-    tmp = out.parent / f".{out.name}.synth-{os.getpid()}-{secrets.token_hex(4)}"
-    tmp.mkdir()
-    try:
+    # os.mkdir so that it gets the usual umask permissions (mkdtemp would give 0700). An
+    # existing OUT (empty, or holding other files) gets train/, val/ and synth.json moved in.
+    with atomic_path(out, existing="merge") as tmp:
+        tmp.mkdir()
         tasks = []
         for split, n in enumerate(counts):
             for ci, name in enumerate(names):
@@ -470,10 +469,6 @@ def synthesize(
             },
         }
         (tmp / "synth.json").write_text(json.dumps(meta, indent=2) + "\n")
-        _move_into_place(tmp, out)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
     return SynthSummary(
         root=out,
         classes=tuple(names),
@@ -517,17 +512,3 @@ def _worker_init() -> None:
         libc.mallopt(-1, 128 * 1024 * 1024)  # M_TRIM_THRESHOLD
     except (OSError, AttributeError):  # not glibc: nothing to tune
         pass
-
-
-def _move_into_place(tmp: pathlib.Path, out: pathlib.Path) -> None:
-    if not out.exists():
-        os.rename(tmp, out)
-        return
-    # OUT exists (empty, or holding other files): move the pieces in; empty train/ and
-    # val/ directories (checked above) are replaced.
-    for split in SPLITS:
-        target = out / split
-        if target.is_dir():
-            target.rmdir()  # empty (checked before rendering); fails loudly if not
-        os.rename(tmp / split, target)
-    os.replace(tmp / "synth.json", out / "synth.json")

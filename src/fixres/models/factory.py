@@ -54,7 +54,14 @@ def create_model(name: str, num_classes: int, *, pretrained: bool = False, weigh
 
 
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
-    """Tensors of a weights file, without executing any pickled code."""
+    """Tensors of a weights file, without executing any pickled code.
+
+    Not ``timm.models.load_state_dict``: up to some 1.0.x release (1.0.3, for one) it calls
+    ``torch.load`` without ``weights_only``, so whether a pickle can run code depends on
+    torch's default, which ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1`` turns off; and it prefers
+    EMA weights where we take ``state_dict`` first. We read the file ourselves, a torch file
+    with ``weights_only=True`` only, and let timm strip the wrapper prefixes.
+    """
     path = Path(path)
     if not path.is_file():
         raise FixresError(f"weights file {path} does not exist")
@@ -76,7 +83,7 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
             break
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise FixresError(f"{path} does not hold a state dict of tensors")
-    return {k.removeprefix("module."): v for k, v in obj.items()}
+    return timm.models.clean_state_dict(obj)      # "module." (DDP); newer timm also "_orig_mod." (compile)
 
 
 def classifier_keys(model: nn.Module) -> set[str]:
@@ -114,11 +121,15 @@ def load_weights(model: nn.Module, path: str | Path, *, strict: bool = True, new
 
 
 def model_preprocessing(model: nn.Module) -> dict:
-    """Normalisation and resize settings the model declares (timm's pretrained config)."""
-    cfg = getattr(model, "pretrained_cfg", {}) or {}
+    """Normalisation and resize settings the model declares (timm's pretrained config, read
+    by ``timm.data.resolve_data_config``; ImageNet mean/std and crop 0.875 where it has none)."""
+    # bilinear where the model declares no interpolation (timm would say bicubic); never empty,
+    # so timm does not refuse a model without a pretrained config
+    cfg = {"interpolation": "bilinear", **(getattr(model, "pretrained_cfg", None) or {})}
+    data = timm.data.resolve_data_config(pretrained_cfg=cfg)
     return {
-        "mean": tuple(float(v) for v in cfg.get("mean", timm.data.IMAGENET_DEFAULT_MEAN)),
-        "std": tuple(float(v) for v in cfg.get("std", timm.data.IMAGENET_DEFAULT_STD)),
-        "interpolation": cfg.get("interpolation", "bilinear"),
-        "crop_pct": float(cfg.get("crop_pct", 0.875)),
+        "mean": tuple(float(v) for v in data["mean"]),
+        "std": tuple(float(v) for v in data["std"]),
+        "interpolation": data["interpolation"],
+        "crop_pct": float(data["crop_pct"]),
     }

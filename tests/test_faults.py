@@ -1,4 +1,7 @@
-"""Faults: kill -9 at random moments (also inside a checkpoint write), divergence, out of memory."""
+"""Faults and --resume: kill -9 at an epoch boundary, at random moments and inside a checkpoint
+write, then resume: the final weights are bit-identical to an uninterrupted run (CPU, fixed seed;
+every kill test compares with the same reference run). Also: changed settings refused on resume,
+divergence, out of memory."""
 import json
 import os
 import random
@@ -13,6 +16,7 @@ import torch
 from safetensors.torch import load_file
 
 from fixres.cli import main
+from helpers import one_line_error
 
 pytestmark = pytest.mark.slow
 
@@ -55,6 +59,24 @@ def reference(colour_data, tmp_path_factory):
     run = tmp_path_factory.mktemp("faults") / "uninterrupted"
     subprocess.run(_cmd(colour_data, run), env=_env(), check=True, capture_output=True)
     return run
+
+
+def test_killed_at_an_epoch_boundary_and_resumed_is_bit_identical(colour_data, reference, tmp_path):
+    run = tmp_path / "killed"
+    proc = _start(_cmd(colour_data, run))
+    marker = run / "checkpoints" / "epoch-0001" / "meta.json"
+    deadline = time.time() + 300
+    while not marker.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.01)
+    _kill(proc)
+    assert marker.exists(), "the epoch-1 checkpoint should exist when the run is killed"
+    assert not (run / "summary.json").exists(), "the run must have been killed before it finished"
+    assert not (run / "checkpoints" / "epoch-0002").exists()
+    resumed = subprocess.run(_cmd(colour_data, run, "--resume"), env=_env(), capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resumed" in resumed.stderr
+    _same(_weights(reference), _weights(run))
+    assert len((run / "metrics.jsonl").read_text().splitlines()) == 2, "one metrics row per epoch, none duplicated"
 
 
 def test_random_kills_then_resume_give_the_same_final_weights(colour_data, reference, tmp_path):
@@ -105,20 +127,55 @@ def test_kill_during_a_checkpoint_write_loses_nothing(colour_data, reference, tm
     assert len(kept) <= 3 and "epoch-0002" in kept    # keep-last 2, plus the best
 
 
+def test_resume_refuses_changed_settings(colour_data, tmp_path, capsys):
+    run = tmp_path / "r"
+    base = ["train", "--data", str(colour_data), "--out", str(run), "--model", "test_resnet", "--batch-size", "24",
+            "--workers", "0", "--quiet"]
+    assert main([*base, "--train-res", "32", "--epochs", "1"]) == 0
+    capsys.readouterr()
+    code = main([*base, "--train-res", "48", "--epochs", "2", "--resume"])
+    one_line_error(code, capsys.readouterr().err, "cannot resume", "train_res (32 -> 48)")
+    # extending the number of epochs is allowed, and only the new epoch runs
+    assert main(["train", "--out", str(run), "--epochs", "2", "--resume", "--quiet", "--workers", "0"]) == 0
+    assert len((run / "metrics.jsonl").read_text().splitlines()) == 2
+
+
+def test_a_half_deleted_checkpoint_does_not_stop_a_resume(colour_data, tmp_path, capsys):
+    """Pruning an old checkpoint was a plain rmtree: a kill in the middle left a directory without
+    meta.json that made every later resume fail. Deletions are now rename-then-delete, and such a
+    leftover is removed when the run continues."""
+    run = tmp_path / "r"
+    base = ["train", "--data", str(colour_data), "--out", str(run), "--model", "test_resnet", "--train-res", "32",
+            "--batch-size", "24", "--workers", "0", "--quiet"]
+    assert main([*base, "--epochs", "1"]) == 0
+    half = run / "checkpoints" / "step-0000001"
+    half.mkdir()
+    (half / "model.safetensors").write_bytes(b"partial")
+    assert main([*base, "--epochs", "2", "--resume"]) == 0
+    assert not half.exists() and not [p for p in (run / "checkpoints").iterdir() if p.name.startswith(".")]
+
+
+DIVERGING = ["--model", "test_resnet", "--train-res", "32", "--epochs", "3", "--batch-size", "8", "--lr", "1e9",
+             "--warmup-epochs", "0", "--workers", "0", "--quiet"]
+
+
 def test_diverging_loss_stops_cleanly_and_keeps_the_last_good_checkpoint(colour_data, tmp_path, capsys):
+    """lr 1e9: step 1 is computed on the initial weights (finite loss) and checkpointed (its loss was
+    checked first); step 3's loss is NaN: the run stops there, naming the step-2 checkpoint it keeps."""
     run = tmp_path / "nan"
-    code = main(["train", "--data", str(colour_data), "--out", str(run), "--model", "test_resnet", "--train-res", "32",
-                 "--epochs", "3", "--batch-size", "8", "--lr", "1e9", "--warmup-epochs", "0", "--workers", "0",
-                 "--checkpoint-every", "1", "--quiet"])
-    err = capsys.readouterr().err.strip().splitlines()
-    assert code == 2
-    assert "training loss became" in err[-1] and ("nan" in err[-1] or "inf" in err[-1])
-    if (run / "last").exists():
-        assert "last good checkpoint is kept" in err[-1]
-        for name, t in _weights(run).items():
-            assert torch.isfinite(t.float()).all(), name
-    else:
-        assert "no checkpoint was written yet" in err[-1]
+    code = main(["train", "--data", str(colour_data), "--out", str(run), *DIVERGING, "--checkpoint-every", "1"])
+    line = one_line_error(code, capsys.readouterr().err, "training loss became nan near step 3",
+                          "the last good checkpoint is kept at", "step-0000002")
+    assert str((run / "last").resolve()) in line
+    for name, t in _weights(run).items():
+        assert torch.isfinite(t.float()).all(), name
+
+
+def test_diverging_before_any_checkpoint_says_so(colour_data, tmp_path, capsys):
+    run = tmp_path / "nan"
+    code = main(["train", "--data", str(colour_data), "--out", str(run), *DIVERGING])
+    one_line_error(code, capsys.readouterr().err, "training loss became nan", "no checkpoint was written yet")
+    assert not (run / "last").exists() and not (run / "checkpoints").exists()
 
 
 def test_out_of_memory_names_the_batch_and_suggests_a_fix(colour_data, tmp_path, capsys, monkeypatch):
@@ -137,10 +194,8 @@ def test_out_of_memory_names_the_batch_and_suggests_a_fix(colour_data, tmp_path,
                         lambda *a, **k: _with_classifier_cfg(Exploding(real(*a, **k))))
     code = main(["train", "--data", str(colour_data), "--out", str(tmp_path / "oom"), "--model", "test_resnet",
                  "--train-res", "32", "--epochs", "1", "--batch-size", "16", "--workers", "0", "--quiet"])
-    err = capsys.readouterr().err.strip().splitlines()
-    assert code == 2 and len(err) == 1
-    assert "out of memory with 16 images per process" in err[0]
-    assert "--accum-steps 2" in err[0] and "--batch-size 8" in err[0]
+    one_line_error(code, capsys.readouterr().err, "out of memory with 16 images per process", "--accum-steps 2",
+                   "--batch-size 8")
 
 
 def _with_classifier_cfg(module):

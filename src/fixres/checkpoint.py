@@ -146,6 +146,15 @@ def point(link: Path, target: Path) -> None:
         os.symlink(os.path.relpath(target, link.parent), tmp)
 
 
+def delete_checkpoint(directory: Path) -> None:
+    """Delete a checkpoint directory so that a kill at any moment leaves it whole or gone: it is
+    first renamed to a hidden ``.trash-*`` sibling (atomic), which :func:`remove_stale_temporaries`
+    clears if the deletion itself is interrupted."""
+    trash = directory.parent / f"{TRASH_PREFIX}{directory.name}-{os.getpid()}"
+    os.rename(directory, trash)
+    shutil.rmtree(trash)
+
+
 def remove_stale_temporaries(directory: Path) -> list[str]:
     """Delete what an interrupted :func:`save_checkpoint` or :func:`point` left behind
     (hidden ``.tmp-*`` / ``.trash-*`` entries); the checkpoints themselves are untouched."""

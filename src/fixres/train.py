@@ -174,12 +174,15 @@ class Trainer:
         barrier(self.dist)
 
     def _prune(self) -> None:
+        """Keep the ``keep_last`` most recent checkpoints (and best/last); a directory without
+        metadata can only be what an interrupted deletion of an older fixres left: removed too."""
         keep = {(self.run_dir / n).resolve() for n in ("last", "best") if (self.run_dir / n).exists()}
-        ordered = sorted((p for p in (self.run_dir / "checkpoints").iterdir() if not p.name.startswith(".")),
-                         key=lambda p: ckpt.read_meta(p).step)
-        for old in ordered[:-self.cfg.keep_last]:
+        entries = [p for p in (self.run_dir / "checkpoints").iterdir() if not p.name.startswith(".")]
+        broken = [p for p in entries if not (p / ckpt.META).is_file()]
+        ordered = sorted((p for p in entries if p not in broken), key=lambda p: ckpt.read_meta(p).step)
+        for old in broken + ordered[:-self.cfg.keep_last]:
             if old.resolve() not in keep:
-                shutil.rmtree(old)
+                ckpt.delete_checkpoint(old)
 
     def _restore(self) -> None:
         self._resume_rng = None

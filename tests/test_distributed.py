@@ -14,6 +14,7 @@ import torch
 from safetensors.torch import load_file
 
 from conftest import write_colour_folder
+from helpers import run_cli
 
 pytestmark = pytest.mark.slow
 
@@ -84,9 +85,16 @@ def test_two_processes_train_like_one_with_the_same_global_batch(runs):
     assert summary["world_size"] == 2
 
 
-def test_eval_and_sweep_count_every_image_once_over_ranks(runs, odd_data):
-    one = json.loads(fixres("eval", "--checkpoint", runs / "two", "--data", odd_data, "--json", "--workers", 0,
-                            "--device", "cpu", "--batch-size", 4).stdout)
+def in_process(capsys, *args) -> str:
+    """`fixres ...` in this process (one rank: no torchrun, no interpreter start-up to pay); its stdout."""
+    code, out, err = run_cli(capsys, *args)
+    assert code == 0, err
+    return out
+
+
+def test_eval_and_sweep_count_every_image_once_over_ranks(runs, odd_data, capsys):
+    one = json.loads(in_process(capsys, "eval", "--checkpoint", runs / "two", "--data", odd_data, "--json",
+                                "--workers", 0, "--device", "cpu", "--batch-size", 4))
     two = json.loads(fixres("eval", "--checkpoint", runs / "two", "--data", odd_data, "--json", "--workers", 0,
                             "--device", "cpu", "--batch-size", 4, nproc=2).stdout)
     assert one["n"] == two["n"] == 27
@@ -94,7 +102,7 @@ def test_eval_and_sweep_count_every_image_once_over_ranks(runs, odd_data):
     assert one["loss"] == pytest.approx(two["loss"], abs=1e-6)
     args = ["sweep", "--checkpoint", runs / "two", "--data", odd_data, "--test-res", 32, 48, "--json", "--workers", 0,
             "--device", "cpu", "--batch-size", 5]
-    s1, s2 = json.loads(fixres(*args).stdout), json.loads(fixres(*args, nproc=2).stdout)
+    s1, s2 = json.loads(in_process(capsys, *args)), json.loads(fixres(*args, nproc=2).stdout)
     rows1, rows2 = s1["rows"], s2["rows"]
     assert [r["n"] for r in rows2] == [27, 27]
     for r1, r2 in zip(rows1, rows2):
@@ -104,14 +112,14 @@ def test_eval_and_sweep_count_every_image_once_over_ranks(runs, odd_data):
 
 @pytest.mark.parametrize("method,extra", [("fixres", ["--epochs", "3"]), ("bn", []),
                                           ("head", ["--epochs", "2", "--no-cache"])])
-def test_adapt_under_two_processes_matches_one(runs, odd_data, tmp_path, method, extra):
+def test_adapt_under_two_processes_matches_one(runs, odd_data, tmp_path, capsys, method, extra):
     """Cached features: every rank trains on the whole cache -> the same steps. Full-network
     loop (--no-cache): each rank takes half of every batch and gradients are averaged -> the
     same steps up to summation order (with `head`: no batch-norm in train mode, whose
     per-rank batch statistics would differ from one process's, as in any DDP run)."""
     args = ["adapt", "--checkpoint", runs / "two", "--data", odd_data, "--test-res", 48, "--method", method,
             "--batch-size", 8, "--workers", 0, "--device", "cpu", "--quiet", "--json", *extra]
-    r1 = json.loads(fixres(*args, "--out", tmp_path / "one").stdout)
+    r1 = json.loads(in_process(capsys, *args, "--out", tmp_path / "one"))
     r2 = json.loads(fixres(*args, "--out", tmp_path / "two", nproc=2).stdout)
     assert r1["after"]["n"] == r2["after"]["n"] == 27
     assert r1["images"]["used"] == r2["images"]["used"] == 48

@@ -16,15 +16,15 @@ INCEPTION = ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))     # AdvProp and PNASNet weights
 EFFNET_CROP = {0: 0.875, 1: 0.882, 2: 0.89, 3: 0.904, 4: 0.922, 5: 0.934, 6: 0.942, 7: 0.949, 8: 0.954}
 EFFNET_SIZE = {0: 224, 1: 240, 2: 260, 3: 300, 4: 380, 5: 456, 6: 528, 7: 600, 8: 672}
 
-# name -> (mean/std, crop_pct, interpolation, training input size)
+# name -> (mean/std, crop_pct, interpolation, training input size). One weights tag per kind of
+# preprocessing the paper's models use (the whole tables are timm's, tested by timm): fixres must
+# read each kind from the tag, whatever the defaults.
 EXPECTED = {
     "resnet50.tv_in1k": (IMAGENET, 0.875, "bilinear", 224),          # the torchvision weights the paper used
     "resnet50.a1_in1k": (IMAGENET, 0.95, "bicubic", 224),
     "pnasnet5large.tf_in1k": (INCEPTION, 0.911, "bicubic", 331),
-    "resnext101_32x48d.fb_wsl_ig1b_ft_in1k": (IMAGENET, 0.875, "bilinear", 224),
-    **{f"tf_efficientnet_b{b}.ap_in1k": (INCEPTION, EFFNET_CROP[b], "bicubic", EFFNET_SIZE[b]) for b in range(9)},
-    **{f"tf_efficientnet_b{b}.ns_jft_in1k": (IMAGENET, EFFNET_CROP[b], "bicubic", EFFNET_SIZE[b]) for b in range(8)},
-    **{f"tf_efficientnet_b{b}.in1k": (IMAGENET, EFFNET_CROP[b], "bicubic", EFFNET_SIZE[b]) for b in range(5)},
+    "tf_efficientnet_b3.ap_in1k": (INCEPTION, EFFNET_CROP[3], "bicubic", EFFNET_SIZE[3]),
+    "tf_efficientnet_b7.ns_jft_in1k": (IMAGENET, EFFNET_CROP[7], "bicubic", EFFNET_SIZE[7]),
 }
 
 # architecture -> (classifier, batch-norm(s) before the global pooling) found by fixres adapt
@@ -35,7 +35,7 @@ LAYERS = {
                                       "cell_11.comb_iter_1_left.bn_sep_2", "cell_11.comb_iter_2_left.bn_sep_2",
                                       "cell_11.comb_iter_2_right.bn_sep_2", "cell_11.comb_iter_3_left.bn_sep_2",
                                       "cell_11.comb_iter_4_left.bn_sep_2")),
-    **{f"tf_efficientnet_b{b}": ("classifier", ("bn2",)) for b in range(9)},
+    "tf_efficientnet_b0": ("classifier", ("bn2",)),   # b1-b8 scale the same blocks: the same discovery
 }
 
 

@@ -223,7 +223,7 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
-    args.chunk = args.chunk or 64                                       # resample's default
+    args.chunk = args.chunk or (64 if device.type == "cuda" else 8)      # resample's defaults
     images, ys, xs, flips = make_batch(args.batch, args.res, device)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu, {torch.get_num_threads()} threads"
     print(f"crop stage, {args.batch} images (500x375 / 375x500 / 500x333) -> {args.res} px, chunk {args.chunk}, "

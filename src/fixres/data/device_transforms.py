@@ -220,7 +220,7 @@ def _gather(flat: FlatBatch, starts: torch.Tensor, width: torch.Tensor, sx: int)
 
 def resample(images: Sequence[torch.Tensor] | torch.Tensor | FlatBatch, ys: Sequence[Axis], xs: Sequence[Axis],
              size: int, interpolation: str = "bilinear", flips: Sequence[bool] | None = None,
-             chunk: int = 64) -> torch.Tensor:
+             chunk: int | None = None) -> torch.Tensor:
     """Resample every image (uint8 CHW, any sizes, on one device) to ``size x size`` uint8.
 
     Args:
@@ -230,7 +230,9 @@ def resample(images: Sequence[torch.Tensor] | torch.Tensor | FlatBatch, ys: Sequ
         flips: flip image ``n`` horizontally (after resampling).
         chunk: images resampled together (bounds the temporary memory: the buffers are
             ``chunk x 3 x`` the chunk's largest window, the gather index one entry per
-            buffer row).
+            buffer row). Default: 64 on CUDA (fewer, larger kernels), 8 elsewhere (on the
+            CPU, 1.5-1.7x the images/s of 64: less padding to the largest window, buffers
+            the allocator reuses; benchmarks/RESULTS.md).
 
     Raises:
         ValueError: no image, not 3-channel CHW, or a geometry reaching outside its image.
@@ -240,6 +242,7 @@ def resample(images: Sequence[torch.Tensor] | torch.Tensor | FlatBatch, ys: Sequ
     """
     flat = flatten(images)
     n, device = len(flat), flat.device
+    chunk = chunk or (64 if device.type == "cuda" else 8)
     support0 = FILTERS[check_interpolation(interpolation)][0]
     out = torch.empty(n, 3, size, size, dtype=torch.uint8, device=device)
     ay, ax = np.asarray(ys, dtype=np.int64).reshape(-1, 4), np.asarray(xs, dtype=np.int64).reshape(-1, 4)

@@ -22,7 +22,7 @@ are checked bit-identical. --sweep R... adds images/s of an evaluation at every 
 0.875): per geometry on the list, against one flatten reused by every geometry.
 
     python benchmarks/profile_crop.py --device cpu [--batch 256] [--res 128] [--json out.json]
-    python benchmarks/profile_crop.py --device cuda --sweep 224 288 320 384
+    python benchmarks/profile_crop.py --device cuda --chunk 64 256 --sweep 224 288 320 384
 """
 from __future__ import annotations
 
@@ -212,8 +212,9 @@ def main() -> None:
     p.add_argument("--device", default="cuda")
     p.add_argument("--batch", type=int, default=256)
     p.add_argument("--res", type=int, default=128)
-    p.add_argument("--chunk", type=int, default=None,
-                   help="images per chunk, for both implementations (default: resample's for the device)")
+    p.add_argument("--chunk", type=int, nargs="+", default=None,
+                   help="images per chunk: the first for the table (both implementations), every one timed for the "
+                        "batched stage (default: resample's for the device)")
     p.add_argument("--repeat", type=int, default=3, help="timed calls per implementation; the best is kept")
     p.add_argument("--sweep", type=int, nargs="*", default=[], help="also time an evaluation at these resolutions")
     p.add_argument("--threads", type=int, default=None, help="CPU intra-op threads (default: torch's)")
@@ -223,7 +224,8 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
-    args.chunk = args.chunk or (64 if device.type == "cuda" else 8)      # resample's defaults
+    chunks = args.chunk or [64 if device.type == "cuda" else 8]         # resample's defaults
+    args.chunk = chunks[0]
     images, ys, xs, flips = make_batch(args.batch, args.res, device)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu, {torch.get_num_threads()} threads"
     print(f"crop stage, {args.batch} images (500x375 / 375x500 / 500x333) -> {args.res} px, chunk {args.chunk}, "
@@ -243,6 +245,11 @@ def main() -> None:
     print(f"batched vs per-image fill: x{new / ref:.2f} images/s; outputs bit-identical: {identical}")
     report = {"device": name, "torch": torch.__version__, "batch": args.batch, "res": args.res,
               "chunk": args.chunk, "results": results, "bit_identical": identical}
+    if len(chunks) > 1:
+        report["batched_by_chunk"] = {c: images_per_s(lambda: dt.resample(flat, ys, xs, args.res, "bilinear", flips, c),
+                                                      args.batch, args.repeat, sync) for c in chunks}
+        print("batched, pre-flattened, by chunk, images/s: " + ", ".join(
+            f"{c}: {r:.0f}" for c, r in report["batched_by_chunk"].items()))
     if args.sweep:
         report["sweep"] = {"resolutions": args.sweep, "images_per_s": sweep_rates(images, args.sweep, device,
                                                                                    args.repeat, sync)}

@@ -186,19 +186,19 @@ def print_table(results: dict, device: torch.device) -> None:
                                         for name in names))
 
 
-def sweep_rates(images, resolutions, device, repeat: int, sync) -> dict:
+def sweep_rates(images, resolutions, chunk: int, repeat: int, sync) -> dict:
     """Images/s of an evaluation at every resolution: per geometry on the list, against one
-    flat buffer reused for all."""
+    flat buffer reused for all (the same chunk for both)."""
     per_geometry = [[dt.eval_axes(img.shape[1], img.shape[2], r, 0.875) for img in images] for r in resolutions]
 
     def reference():
         for r, axes in zip(resolutions, per_geometry):
-            per_image_reference(images, [a[0] for a in axes], [a[1] for a in axes], r)
+            per_image_reference(images, [a[0] for a in axes], [a[1] for a in axes], r, chunk=chunk)
 
     def batched():
         flat = dt.flatten(images)
         for r, axes in zip(resolutions, per_geometry):
-            dt.resample(flat, [a[0] for a in axes], [a[1] for a in axes], r)
+            dt.resample(flat, [a[0] for a in axes], [a[1] for a in axes], r, chunk=chunk)
 
     out = {}
     for name, run in (("per-image fill", reference), ("batched, one flatten", batched)):
@@ -251,7 +251,7 @@ def main() -> None:
         print("batched, pre-flattened, by chunk, images/s: " + ", ".join(
             f"{c}: {r:.0f}" for c, r in report["batched_by_chunk"].items()))
     if args.sweep:
-        report["sweep"] = {"resolutions": args.sweep, "images_per_s": sweep_rates(images, args.sweep, device,
+        report["sweep"] = {"resolutions": args.sweep, "images_per_s": sweep_rates(images, args.sweep, args.chunk,
                                                                                    args.repeat, sync)}
         print(f"eval at {args.sweep} (crop 0.875), images/s: " + ", ".join(
             f"{k} {v:.0f}" for k, v in report["sweep"]["images_per_s"].items()))

@@ -115,8 +115,8 @@ def main() -> None:
             total = row["profile"]["total"]
             print(f"  {name:24s} {row['images_per_s']:9,.0f} img/s, {total['kernels']} kernels, "
                   f"{total['cpu_ms']:.1f} ms CPU, {total['device_ms']:.1f} ms device per batch")
-        for c, r in profile.get("batched_by_chunk", {}).items():
-            print(f"  batched at chunk {c}: {r:,.0f} img/s")
+        for c, rates in profile.get("by_chunk", {}).items():
+            print(f"  chunk {c}: " + ", ".join(f"{k} {v:,.0f} img/s" for k, v in rates.items()))
         sweep = profile.get("sweep", {})
         if sweep:
             print(f"  eval at {sweep['resolutions']}: " + ", ".join(f"{k} {v:,.0f} img/s"

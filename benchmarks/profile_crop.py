@@ -13,6 +13,9 @@ draws them, then runs the crop stage (``resample``) through:
 - ``batched, pre-flattened``: the same on a :class:`FlatBatch` built beforehand: the
   cost of each further geometry of a sweep.
 
+With several --chunk sizes, both implementations are also timed at each (a change of
+default chunk, measured in one run).
+
 For each: CPU and device time per stage (torch.profiler, one batch after a warm-up:
 ``weights`` = ``axis_weights``; ``fill`` = the buffer fill, or flatten + index + gather;
 ``matmuls + rest`` = everything else in ``resample``: the two matrix products, Pillow's
@@ -186,6 +189,17 @@ def print_table(results: dict, device: torch.device) -> None:
                                         for name in names))
 
 
+def by_chunk(images, ys, xs, flips, res: int, chunks, repeat: int, sync) -> dict:
+    """Images/s of the per-image fill and of the batched stage (on the list) at every chunk
+    size, measured in the same run: the before/after of a change of default chunk."""
+    out = {}
+    for c in chunks:
+        runs = {"per-image fill": lambda: per_image_reference(images, ys, xs, res, "bilinear", flips, c),
+                "batched": lambda: dt.resample(images, ys, xs, res, "bilinear", flips, c)}
+        out[c] = {name: images_per_s(run, len(images), repeat, sync) for name, run in runs.items()}
+    return out
+
+
 def sweep_rates(images, resolutions, chunk: int, repeat: int, sync) -> dict:
     """Images/s of an evaluation at every resolution: per geometry on the list, against one
     flat buffer reused for all (the same chunk for both)."""
@@ -213,8 +227,8 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=256)
     p.add_argument("--res", type=int, default=128)
     p.add_argument("--chunk", type=int, nargs="+", default=None,
-                   help="images per chunk: the first for the table (both implementations), every one timed for the "
-                        "batched stage (default: resample's for the device)")
+                   help="images per chunk: the first for the table, every one timed for both implementations "
+                        "(default: resample's for the device)")
     p.add_argument("--repeat", type=int, default=3, help="timed calls per implementation; the best is kept")
     p.add_argument("--sweep", type=int, nargs="*", default=[], help="also time an evaluation at these resolutions")
     p.add_argument("--threads", type=int, default=None, help="CPU intra-op threads (default: torch's)")
@@ -246,10 +260,9 @@ def main() -> None:
     report = {"device": name, "torch": torch.__version__, "batch": args.batch, "res": args.res,
               "chunk": args.chunk, "results": results, "bit_identical": identical}
     if len(chunks) > 1:
-        report["batched_by_chunk"] = {c: images_per_s(lambda: dt.resample(flat, ys, xs, args.res, "bilinear", flips, c),
-                                                      args.batch, args.repeat, sync) for c in chunks}
-        print("batched, pre-flattened, by chunk, images/s: " + ", ".join(
-            f"{c}: {r:.0f}" for c, r in report["batched_by_chunk"].items()))
+        report["by_chunk"] = by_chunk(images, ys, xs, flips, args.res, chunks, args.repeat, sync)
+        for c, rates in report["by_chunk"].items():
+            print(f"chunk {c:4d}, images/s: " + ", ".join(f"{k} {v:.0f}" for k, v in rates.items()))
     if args.sweep:
         report["sweep"] = {"resolutions": args.sweep, "images_per_s": sweep_rates(images, args.sweep, args.chunk,
                                                                                    args.repeat, sync)}

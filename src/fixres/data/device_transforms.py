@@ -231,7 +231,7 @@ def resample(images: Sequence[torch.Tensor] | torch.Tensor | FlatBatch, ys: Sequ
         chunk: images resampled together (bounds the temporary memory: the buffers are
             ``chunk x 3 x`` the chunk's largest window, the gather index one entry per
             buffer row). Default: 64 on CUDA (fewer, larger kernels), 8 elsewhere (on the
-            CPU, 1.5-1.7x the images/s of 64: less padding to the largest window, buffers
+            CPU, 1.4-1.7x the images/s of 64: less padding to the largest window, buffers
             the allocator reuses; benchmarks/RESULTS.md).
 
     Raises:

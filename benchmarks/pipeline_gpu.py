@@ -7,8 +7,9 @@ Generates its own data (photo-like JPEGs, 500x375 / 375x500 / 500x333, ~95 KB), 
 
 1. training images/s at each --res (batch 256, bf16 autocast, channels_last, fused SGD, the
    loss kept on the GPU): synthetic / fast (nvJPEG + device crops; and the workers'
-   reduced-size decoder) / torchvision; the ratios the issue sets targets for
-   (fast >= 0.9 x synthetic; fast >= 3 x torchvision at 128 px);
+   reduced-size decoder) / torchvision; the ratios issue 14 sets targets for
+   (fast >= 0.9 x synthetic; fast >= 2 x torchvision at 128 px; benchmarks/gpu_targets.py
+   prints them met or not);
 2. sweep images/s over --sweep resolutions (crop 0.875, inference): synthetic / fast /
    fixres pil (PIL + torchvision transforms in workers, one decode per image);
 3. parity: pixels of the device path (nvJPEG + batched resampling) against the PIL path,

@@ -235,7 +235,7 @@ def resample(images: Sequence[torch.Tensor] | torch.Tensor | FlatBatch, ys: Sequ
             the allocator reuses; benchmarks/RESULTS.md).
 
     Raises:
-        ValueError: no image, not 3-channel CHW, or a geometry reaching outside its image.
+        ValueError: no image, not 3-channel uint8 CHW, or a geometry reaching outside its image.
 
     Returns:
         ``(N, 3, size, size)`` uint8 on the images' device.

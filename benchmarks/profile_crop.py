@@ -139,18 +139,13 @@ def profile_once(run, device: torch.device) -> dict:
     top = [e for e in events if e.name == "crop stage"][0]
     for e in events:
         if e.is_user_annotation and e.name in STAGES[:2]:
-            parent = e.cpu_parent
-            if parent is not None and parent.name in STAGES[:2]:
-                continue                                     # nested (flatten called inside another label)
             row = rows[e.name]
             row["cpu_ms"] += e.cpu_time_total / 1e3
             row["device_ms"] += e.device_time_total / 1e3
             row["kernels"] += _kernels(e)
-    for e in events:                      # operators called from Python: their parent is a label or none
-        if not e.is_user_annotation and (e.cpu_parent is None or e.cpu_parent.is_user_annotation):
-            stage = e.cpu_parent.name if e.cpu_parent is not None and e.cpu_parent.name in STAGES[:2] \
-                else "matmuls + rest"
-            rows[stage]["ops"] += 1
+        parent = e.cpu_parent         # an operator called from Python has a label for parent
+        if not e.is_user_annotation and parent is not None and parent.is_user_annotation:
+            rows[parent.name if parent.name in STAGES[:2] else "matmuls + rest"]["ops"] += 1
     rows["total"] = {"cpu_ms": top.cpu_time_total / 1e3, "device_ms": top.device_time_total / 1e3,
                      "ops": sum(rows[s]["ops"] for s in STAGES), "kernels": _kernels(top)}
     rest = rows["matmuls + rest"]

@@ -99,8 +99,12 @@ def _per_image_reference():
     return module.per_image_reference
 
 
+CUDA = pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU"))
+
+
+@pytest.mark.parametrize("device", ["cpu", CUDA])
 @pytest.mark.parametrize("interpolation", ["bilinear", "bicubic"])
-def test_batched_crop_stage_equals_the_per_image_one(interpolation):
+def test_batched_crop_stage_equals_the_per_image_one(interpolation, device):
     """Bit for bit, on random sizes (some smaller than other images' windows, down to 1x1),
     random crop boxes and flips, test geometries that down- and upsample, chunks that
     split the batch unevenly, and every input form (list, flat batch, one 4-D tensor)."""
@@ -108,7 +112,7 @@ def test_batched_crop_stage_equals_the_per_image_one(interpolation):
     rng = np.random.default_rng(7)
     sizes = [(1, 1), (2, 3), (5, 90), (90, 4)] + [tuple(int(v) for v in rng.integers(8, 160, 2)) for _ in range(33)]
     g = torch.Generator().manual_seed(0)
-    images = [torch.randint(0, 256, (3, h, w), dtype=torch.uint8, generator=g) for h, w in sizes]
+    images = [torch.randint(0, 256, (3, h, w), dtype=torch.uint8, generator=g).to(device) for h, w in sizes]
     boxes = []
     for h, w in sizes:
         top, left = int(rng.integers(0, h)), int(rng.integers(0, w))

@@ -2,7 +2,7 @@
 
 1. the DataLoader alone (workers read the packed store, draw crop boxes, collate encoded bytes);
 2. ``decode_jpeg`` on the GPU alone, batched, on batches already in memory;
-3. the device finisher alone (decode + per-sample crop/resize/flip) on batches in memory;
+3. the device finisher alone (decode + batched crop/resize/flip) on batches in memory;
 4. the whole feed (``train_batches(..., decoder="device")``), as training consumes it.
 
     python benchmarks/gpu_stages.py [--res 128] [--batch 256]     # on a CUDA machine, ~1 minute

@@ -7,8 +7,10 @@ instead of 22-bit fixed point, so it may differ from the PIL path by 1 grey leve
 pixels, 2 where the two rounded passes compound: max <= 2, mean <= 0.05.
 """
 import gc
+import importlib.util
 import math
 import threading
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -19,7 +21,7 @@ from torchvision.transforms.v2 import functional as F
 
 from fixres.cli import main
 from fixres.data import scan_dataset, scan_split
-from fixres.data.device_transforms import crop_axes, draw_train, eval_axes, resample
+from fixres.data.device_transforms import crop_axes, draw_train, eval_axes, flatten, resample
 from fixres.data.loader import TrainBatches, mix_seed
 from fixres.data.pipeline import eval_batches, sweep_batches, train_batches
 from fixres.data.transforms import EvalTransform, TrainTransform
@@ -89,6 +91,60 @@ def test_batched_resampling_matches_pil(photo, interpolation):
         worst, mean = _diff(resample(t[None], [y], [x], res, interpolation)[0],
                             EvalTransform(res, pct, interpolation)(img))
         assert worst <= MAX_DIFF and mean <= MEAN_DIFF
+
+
+def _per_image_reference():
+    """The crop stage before the batched gather: one slice-and-copy per image into the
+    padded buffer (kept, for this test and its profile, in benchmarks/profile_crop.py)."""
+    path = Path(__file__).parents[1] / "benchmarks" / "profile_crop.py"
+    spec = importlib.util.spec_from_file_location("profile_crop", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.per_image_reference
+
+
+CUDA = pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU"))
+
+
+@pytest.mark.parametrize("device", ["cpu", CUDA])
+@pytest.mark.parametrize("interpolation", ["bilinear", "bicubic"])
+def test_batched_crop_stage_equals_the_per_image_one(interpolation, device):
+    """Bit for bit, on random sizes (some smaller than other images' windows, down to 1x1),
+    random crop boxes and flips, test geometries that down- and upsample, chunks that
+    split the batch unevenly, and every input form (list, flat batch, one 4-D tensor)."""
+    reference = _per_image_reference()
+    rng = np.random.default_rng(7)
+    sizes = [(1, 1), (2, 3), (5, 90), (90, 4)] + [tuple(int(v) for v in rng.integers(8, 160, 2)) for _ in range(33)]
+    g = torch.Generator().manual_seed(0)
+    images = [torch.randint(0, 256, (3, h, w), dtype=torch.uint8, generator=g).to(device) for h, w in sizes]
+    boxes = []
+    for h, w in sizes:
+        top, left = int(rng.integers(0, h)), int(rng.integers(0, w))
+        boxes.append((top, left, int(rng.integers(1, h - top + 1)), int(rng.integers(1, w - left + 1)),
+                      bool(rng.random() < 0.5)))
+    axes = [crop_axes(*b[:4], 24) for b in boxes]
+    ys, xs, flips = [a[0] for a in axes], [a[1] for a in axes], [b[4] for b in boxes]
+    flat = flatten(images)
+    for chunk in (1, 5, 16, 64):
+        ref = reference(images, ys, xs, 24, interpolation, flips, chunk)
+        assert torch.equal(resample(images, ys, xs, 24, interpolation, flips, chunk), ref)
+        assert torch.equal(resample(flat, ys, xs, 24, interpolation, flips, chunk), ref)
+    for res in (16, 48, 200):
+        axes = [eval_axes(h, w, res, 0.875) for h, w in sizes]
+        ys, xs = [a[0] for a in axes], [a[1] for a in axes]
+        assert torch.equal(resample(flat, ys, xs, res, interpolation, chunk=6),
+                           reference(images, ys, xs, res, interpolation, chunk=6))
+    stack = torch.stack([img[:, :6, :6] for img in images[4:]])
+    y, x = eval_axes(6, 6, 8, 1.0)
+    assert torch.equal(resample(stack, [y] * len(stack), [x] * len(stack), 8, interpolation, [True] * len(stack)),
+                       reference(list(stack), [y] * len(stack), [x] * len(stack), 8, interpolation,
+                                 [True] * len(stack)))
+    with pytest.raises(ValueError, match="3-channel"):
+        resample([images[0][:1]], ys[:1], xs[:1], res, interpolation)
+    with pytest.raises(ValueError, match="uint8"):
+        resample([images[0].float()], ys[:1], xs[:1], res, interpolation)
+    with pytest.raises(ValueError, match="outside its image"):
+        resample([images[0]], [crop_axes(0, 0, 4, 4, 8)[0]], [crop_axes(0, 0, 4, 4, 8)[1]], 8, interpolation)
 
 
 def _collect(iterable):
@@ -191,11 +247,15 @@ def test_same_checkpoint_same_top1_through_both_pipelines(colour_data, tmp_path)
     assert draft[1] == ref[1]
 
 
-def test_sweep_batches_one_decode_many_geometries(colour_data):
+def test_sweep_batches_one_decode_many_geometries(colour_data, monkeypatch):
     val = scan_dataset(colour_data).val
     geometries = [(24, 0.875), (40, 1.0)]
     views = [EvalTransform(res, pct) for res, pct in geometries]
+    import fixres.data.pipeline as pipeline
+    flattened = []
+    monkeypatch.setattr(pipeline, "flatten", lambda imgs: flattened.append(len(imgs)) or flatten(imgs))
     got = list(sweep_batches(val, views, rt("fast"), decoder="device", batch_size=24))[0]
+    assert flattened == [24]            # the decoded batch goes to the device buffer once for both geometries
     for (res, pct), images in zip(geometries, got.images):
         ref = list(eval_batches(val, EvalTransform(res, pct, "bilinear"), rt("pil"), batch_size=24))[0]
         assert _diff(images, ref.images)[0] <= MAX_DIFF

@@ -11,6 +11,19 @@ to 8 bits as Pillow does, vertical pass). The result differs from the PIL path o
 Pillow's 22-bit fixed-point weights: at most 1 grey level, on a few pixels
 (tests/test_fast_pipeline.py measures it).
 
+The matrix products read a padded float buffer ``(n, 3, sy, sx)`` per chunk of images:
+each image's window (the pixels that feed its kept outputs) at the top-left corner, zeros
+elsewhere. It is gathered without a per-image loop: :func:`flatten` puts the decoded
+images of a batch end to end in one flat uint8 tensor (one concatenation, once per batch
+however many geometries a sweep asks for), followed by a run of zeros; the host computes
+where every buffer row starts in it (the image's offset + ``c*H*W + y*W + x``, or the
+zeros for rows below a window) and sends those numbers, with the weights' geometry, in one
+non-blocking copy; one ``index_select`` on a sliding-window view of the flat tensor then
+copies ``sx`` pixels per row, and one masked pass zeroes the columns right of each window.
+So a chunk costs a fixed number of kernels whatever its images, where a copy per image
+cost 256 small kernels and as many Python calls per batch, in a thread that shares the GIL
+with the training loop (benchmarks/profile_crop.py measures both).
+
 Geometry is described per axis by :class:`Axis`: an extent of the image (a crop, or the
 whole side) resampled to ``out_len`` samples, of which ``count`` starting at ``first`` are
 kept. RandomResizedCrop is "crop, then resize the crop" (``first = 0``); the test
@@ -97,18 +110,19 @@ def _kernel_torch(x: torch.Tensor, interpolation: str) -> torch.Tensor:
     return torch.where(x < 1.0, near, torch.where(x < 2.0, far, torch.zeros_like(x)))
 
 
-def axis_weights(axes: np.ndarray, lo: np.ndarray, span: int, count: int, interpolation: str,
-                 device: torch.device) -> torch.Tensor:
+def axis_weights(axes: np.ndarray | torch.Tensor, lo: np.ndarray | torch.Tensor, span: int, count: int,
+                 interpolation: str, device: torch.device) -> torch.Tensor:
     """Dense ``(N, count, span)`` matrices of Pillow's resampling weights: row ``k`` of axis
     ``n`` weighs the image pixels ``lo[n] .. lo[n] + span - 1`` into output ``k``.
 
     The same arithmetic as ``precompute_coeffs`` in Pillow's ``Resample.c``: the filter
     support scales with the downscale factor, taps are clipped to the resampled extent
     (``xmin``/``xmax`` truncated as C does) and normalised to sum to one. Computed on
-    ``device`` (float64 for the tap bounds, so they are exact).
+    ``device`` (float64 for the tap bounds, so they are exact); ``axes`` and ``lo`` may
+    already be there (:func:`resample` sends them with its other per-chunk numbers).
     """
     support0 = FILTERS[check_interpolation(interpolation)][0]
-    a = torch.as_tensor(axes, dtype=torch.float64).to(device)
+    a = torch.as_tensor(axes, dtype=torch.float64, device=device)
     length, offset, out_len, first = a.unbind(1)
     scale = length / out_len
     fscale = scale.clamp(min=1.0)
@@ -116,7 +130,7 @@ def axis_weights(axes: np.ndarray, lo: np.ndarray, span: int, count: int, interp
     center = (first[:, None] + torch.arange(count, device=device, dtype=torch.float64) + 0.5) * scale[:, None]
     xmin = (center - support[:, None] + 0.5).trunc().clamp(min=0.0)
     xmax = torch.minimum((center + support[:, None] + 0.5).trunc(), length[:, None])
-    pos = (torch.as_tensor(lo, dtype=torch.float64).to(device)[:, None] - offset[:, None]
+    pos = (torch.as_tensor(lo, dtype=torch.float64, device=device)[:, None] - offset[:, None]
            + torch.arange(span, device=device, dtype=torch.float64))          # (N, span): in extent coordinates
     x = pos[:, None, :]
     inside = (x >= xmin[..., None]) & (x < xmax[..., None])
@@ -125,39 +139,128 @@ def axis_weights(axes: np.ndarray, lo: np.ndarray, span: int, count: int, interp
     return (w / torch.where(total == 0, torch.ones_like(total), total)).float()
 
 
-def resample(images: Sequence[torch.Tensor] | torch.Tensor, ys: Sequence[Axis], xs: Sequence[Axis], size: int,
-             interpolation: str = "bilinear", flips: Sequence[bool] | None = None, chunk: int = 64) -> torch.Tensor:
+class FlatBatch:
+    """The decoded images of a batch end to end in one 1-D tensor on their device, then a
+    run of zeros as long as the widest image's row (the pad that buffer rows outside a crop
+    window read).
+
+    Built once per batch by :func:`flatten` and reusable for any number of geometries (a
+    sweep resamples the same decoded images at several resolutions). The images' sizes and
+    offsets stay on the host, where :func:`resample` computes its gather indices.
+    """
+
+    def __init__(self, pixels: torch.Tensor, heights: np.ndarray, widths: np.ndarray):
+        self.pixels, self.heights, self.widths = pixels, heights, widths
+        self.planes = heights * widths                                           # pixels per channel
+        self.offsets = np.concatenate([[0], np.cumsum(3 * self.planes)[:-1]]).astype(np.int64)
+        self.pad = int(3 * self.planes.sum())                                    # where the zeros start
+
+    def __len__(self) -> int:
+        return len(self.heights)
+
+    @property
+    def device(self) -> torch.device:
+        return self.pixels.device
+
+
+def flatten(images: Sequence[torch.Tensor] | torch.Tensor | FlatBatch) -> FlatBatch:
+    """A :class:`FlatBatch` of N ``(3, H_n, W_n)`` tensors (or of one ``(N, 3, H, W)``): one
+    ``torch.cat`` of flattened views, where filling a padded buffer took a copy per image."""
+    if isinstance(images, FlatBatch):
+        return images
+    if len(images) == 0:
+        raise ValueError("no image to resample")
+    shapes = np.array([tuple(img.shape) for img in images], dtype=np.int64)
+    if shapes.ndim != 2 or shapes.shape[1] != 3 or (shapes[:, 0] != 3).any():
+        raise ValueError(f"resample takes 3-channel CHW images, got a shape {tuple(images[0].shape)}")
+    if any(img.dtype != torch.uint8 for img in images):
+        raise ValueError("resample takes uint8 images")
+    parts = [images.reshape(-1)] if isinstance(images, torch.Tensor) else [img.reshape(-1) for img in images]
+    zeros = images[0].new_zeros(int(shapes[:, 2].max()))       # a window is never wider than its image
+    return FlatBatch(torch.cat(parts + [zeros]), shapes[:, 1], shapes[:, 2])
+
+
+def _row_starts(flat: FlatBatch, sel: slice, lo_y: np.ndarray, hi_y: np.ndarray, lo_x: np.ndarray,
+                sy: int) -> np.ndarray:
+    """Where each row of a chunk's padded ``(n, 3, sy, sx)`` buffer starts in ``flat.pixels``:
+    row ``i`` of channel ``c`` of image ``n`` is the image's row ``lo_y + i`` from column
+    ``lo_x`` (the window at the buffer's top-left corner, as the per-image copy put it) while
+    ``i`` is inside the window, and the zero pad below it."""
+    i = np.arange(sy)
+    starts = (flat.offsets[sel, None, None] + np.arange(3)[:, None] * flat.planes[sel, None, None]
+              + ((lo_y[:, None] + i) * flat.widths[sel, None] + lo_x[:, None])[:, None, :])
+    return np.where((i < (hi_y - lo_y)[:, None])[:, None, :], starts, flat.pad)
+
+
+def _to_device(arrays: list[np.ndarray], device: torch.device) -> list[torch.Tensor]:
+    """Host integer arrays on ``device`` (int64) in ONE transfer that does not block the
+    host: a plain ``.to(cuda)`` from pageable memory synchronises the stream, which made
+    the producer thread wait for the previous chunk's kernels at each of its copies."""
+    packed = torch.from_numpy(np.concatenate([a.astype(np.int64, copy=False).ravel() for a in arrays]))
+    if device.type == "cuda":
+        packed = packed.pin_memory().to(device, non_blocking=True)
+    return [t.view(a.shape) for t, a in zip(packed.split([a.size for a in arrays]), arrays)]
+
+
+def _gather(flat: FlatBatch, starts: torch.Tensor, width: torch.Tensor, sx: int) -> torch.Tensor:
+    """The padded float32 buffer ``(n, 3, sy, sx)``: the ``sx`` pixels from every row start
+    (:func:`_row_starts`) in one ``index_select`` on a sliding-window view of the flat
+    pixels (so the index has one entry per row, not per pixel), then the columns past each
+    image's window ``width`` zeroed.
+
+    Those columns hold the pixels that follow the window in memory (the rest of the row,
+    the next row, the next image); their weights are exactly zero, so the output would not
+    change, but zeroing them (one pass over uint8) keeps the buffer equal, element for
+    element, to the one the per-image copy filled, and the product free of other images'
+    pixels whatever the weights."""
+    rows = flat.pixels.unfold(0, sx, 1).index_select(0, starts.view(-1)).view(*starts.shape, sx)
+    rows.mul_((torch.arange(sx, device=rows.device) < width[:, None])[:, None, None, :])
+    return rows.float()
+
+
+def resample(images: Sequence[torch.Tensor] | torch.Tensor | FlatBatch, ys: Sequence[Axis], xs: Sequence[Axis],
+             size: int, interpolation: str = "bilinear", flips: Sequence[bool] | None = None,
+             chunk: int | None = None) -> torch.Tensor:
     """Resample every image (uint8 CHW, any sizes, on one device) to ``size x size`` uint8.
 
     Args:
-        images: N tensors ``(3, H_n, W_n)`` (or one ``(N, 3, H, W)`` tensor).
+        images: N tensors ``(3, H_n, W_n)``, one ``(N, 3, H, W)`` tensor, or their
+            :func:`flatten` (build it once to resample a batch at several geometries).
         ys, xs: each image's :class:`Axis` geometry.
         flips: flip image ``n`` horizontally (after resampling).
-        chunk: images resampled together (bounds the temporary memory).
+        chunk: images resampled together (bounds the temporary memory: the buffers are
+            ``chunk x 3 x`` the chunk's largest window, the gather index one entry per
+            buffer row). Default: 64 on CUDA (fewer, larger kernels), 8 elsewhere (on the
+            CPU, 1.4-1.7x the images/s of 64: less padding to the largest window, buffers
+            the allocator reuses; benchmarks/RESULTS.md).
+
+    Raises:
+        ValueError: no image, not 3-channel uint8 CHW, or a geometry reaching outside its image.
 
     Returns:
         ``(N, 3, size, size)`` uint8 on the images' device.
     """
-    n = len(images)
-    if n == 0:
-        raise ValueError("no image to resample")
+    flat = flatten(images)
+    n, device = len(flat), flat.device
+    chunk = chunk or (64 if device.type == "cuda" else 8)
     support0 = FILTERS[check_interpolation(interpolation)][0]
-    device = images[0].device
     out = torch.empty(n, 3, size, size, dtype=torch.uint8, device=device)
-    ay, ax = np.asarray(ys, dtype=np.float64).reshape(-1, 4), np.asarray(xs, dtype=np.float64).reshape(-1, 4)
-    flip_t = None if flips is None else torch.as_tensor(np.asarray(flips, dtype=bool)).to(device)
+    ay, ax = np.asarray(ys, dtype=np.int64).reshape(-1, 4), np.asarray(xs, dtype=np.int64).reshape(-1, 4)
+    flip = np.zeros(n, dtype=np.int64) if flips is None else np.asarray(flips, dtype=np.int64)
     for b in range(0, n, chunk):
         e = min(b + chunk, n)
         (lo_y, hi_y), (lo_x, hi_x) = _bounds(ay[b:e], size, support0), _bounds(ax[b:e], size, support0)
+        if (hi_y > flat.heights[b:e]).any() or (hi_x > flat.widths[b:e]).any():
+            raise ValueError("a crop or resize geometry reaches outside its image")
         sy, sx = int((hi_y - lo_y).max()), int((hi_x - lo_x).max())
-        wy = axis_weights(ay[b:e], lo_y, sy, size, interpolation, device)
-        wx = axis_weights(ax[b:e], lo_x, sx, size, interpolation, device)
-        if flip_t is not None:        # a flipped image takes its output columns in reverse order
-            wx = torch.where(flip_t[b:e, None, None], wx.flip(1), wx)
-        buf = torch.zeros(e - b, 3, sy, sx, dtype=torch.float32, device=device)
-        for i in range(e - b):
-            img = images[b + i]
-            buf[i, :, :hi_y[i] - lo_y[i], :hi_x[i] - lo_x[i]].copy_(img[:, lo_y[i]:hi_y[i], lo_x[i]:hi_x[i]])
+        starts = _row_starts(flat, slice(b, e), lo_y, hi_y, lo_x, sy)
+        gy, gly, gx, glx, gflip, width, starts = _to_device(
+            [ay[b:e], lo_y, ax[b:e], lo_x, flip[b:e], hi_x - lo_x, starts], device)
+        wy = axis_weights(gy, gly, sy, size, interpolation, device)
+        wx = axis_weights(gx, glx, sx, size, interpolation, device)
+        if flips is not None:         # a flipped image takes its output columns in reverse order
+            wx = torch.where(gflip.bool()[:, None, None], wx.flip(1), wx)
+        buf = _gather(flat, starts, width, sx)
         tmp = torch.matmul(buf, wx.transpose(1, 2).unsqueeze(1))         # horizontal pass: (n, 3, Sy, size)
         tmp.add_(0.5).floor_().clamp_(0, 255)                            # Pillow stores it as 8-bit
         res = torch.matmul(wy.unsqueeze(1), tmp)                         # vertical pass: (n, 3, size, size)

@@ -44,7 +44,8 @@ from torchvision.transforms.v2 import functional as F
 from ..errors import FixresError
 from ..runtime import Dist, Runtime
 from .decode import UnreadableImage, decode_reduced
-from .device_transforms import FILTERS, check_interpolation, crop_axes, draw_train, eval_axes, resample
+from .device_transforms import (FILTERS, FlatBatch, check_interpolation, crop_axes, draw_train, eval_axes, flatten,
+                                resample)
 from .fast import (RESAMPLE, DecodeStats, as_byte_tensor, decode_on_device, full_pixels, gpu_decode_available,
                    resize_box)
 from .index import Sample, SplitIndex
@@ -267,12 +268,14 @@ class DeviceFinisher:
             out = resample(imgs, [a[0] for a in axes], [a[1] for a in axes], task.size, task.interpolation,
                            [b[4] for b in boxes])
             return Batch(out, labels, indices, skipped)
-        outs = None if not keep else tuple(self._eval(imgs, res, pct) for res, pct in task.pairs)
-        return outs, labels, indices, skipped
+        if not keep:
+            return None, labels, indices, skipped
+        flat = flatten(imgs)           # once per batch, whatever the number of geometries
+        return tuple(self._eval(flat, res, pct) for res, pct in task.pairs), labels, indices, skipped
 
-    def _eval(self, imgs: list, res: int, pct: float) -> torch.Tensor:
-        axes = [eval_axes(img.shape[1], img.shape[2], res, pct) for img in imgs]
-        return resample(imgs, [a[0] for a in axes], [a[1] for a in axes], res, self.task.interpolation)
+    def _eval(self, flat: FlatBatch, res: int, pct: float) -> torch.Tensor:
+        axes = [eval_axes(h, w, res, pct) for h, w in zip(flat.heights.tolist(), flat.widths.tolist())]
+        return resample(flat, [a[0] for a in axes], [a[1] for a in axes], res, self.task.interpolation)
 
 
 def train_batches(split: SplitIndex, transform: TrainTransform, sampler: Sampler, rt: Runtime, *,

@@ -93,12 +93,12 @@ class Stepper:
     the device (no per-step host sync)."""
 
     def __init__(self, model: torch.nn.Module, device: torch.device, channels_last: bool):
-        from fixres.evaluate import Preprocess
+        from fixres.data.transforms import Normalizer
         from fixres.runtime import autocast_dtype
         self.model, self.device = model.to(device).train(), device
         if channels_last:
             self.model.to(memory_format=torch.channels_last)
-        self.prep = Preprocess((0.485, 0.456, 0.406), (0.229, 0.224, 0.225), channels_last)
+        self.prep = Normalizer((0.485, 0.456, 0.406), (0.229, 0.224, 0.225), channels_last)
         self.amp = autocast_dtype("auto", device)
         fused = {"fused": True} if device.type == "cuda" else {}
         self.opt = torch.optim.SGD(self.model.parameters(), lr=0.01, momentum=0.9, **fused)

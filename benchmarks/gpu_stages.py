@@ -27,6 +27,7 @@ from fixres.data.loader import TrainBatches, default_workers  # noqa: E402
 from fixres.data.packer import PackOptions, pack  # noqa: E402
 from fixres.data.pipeline import DeviceFinisher, train_batches  # noqa: E402
 from fixres.data.transforms import TrainTransform  # noqa: E402
+from fixres.runtime import Runtime  # noqa: E402
 
 
 def rate(batches, n: int, sync) -> float:
@@ -56,8 +57,8 @@ def main() -> None:
     if not (work / "store").is_dir():
         pack(work / "photos", work / "store", PackOptions(), progress=False)
     split, tf = scan_split(work / "store"), TrainTransform(args.res)
-    feed = train_batches(split, tf, TrainBatches(len(split), args.batch, seed=0), device=device, pipeline="fast",
-                         decoder="device", workers=args.workers)
+    feed = train_batches(split, tf, TrainBatches(len(split), args.batch, seed=0),
+                         Runtime(device, pipeline="fast", workers=args.workers), decoder="device")
     print(f"{torch.cuda.get_device_name(device) if device.type == 'cuda' else 'cpu'}, {args.workers} workers, "
           f"batch {args.batch}, {args.res}px, torch {torch.__version__}")
     print(f"1. DataLoader alone (encoded batches)     {rate(feed.loader, args.batches, sync):8.0f} img/s")

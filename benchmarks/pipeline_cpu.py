@@ -37,10 +37,10 @@ from fixres.data import scan_split  # noqa: E402
 from fixres.data.loader import TrainBatches, default_workers  # noqa: E402
 from fixres.data.packer import PackOptions, pack  # noqa: E402
 from fixres.data.pipeline import sweep_batches, train_batches  # noqa: E402
-from fixres.data.transforms import TrainTransform  # noqa: E402
-from fixres.evaluate import Preprocess  # noqa: E402
+from fixres.data.transforms import EvalTransform, Normalizer, TrainTransform  # noqa: E402
 from fixres.models import create_model  # noqa: E402
 from fixres.checkpoint import versions  # noqa: E402
+from fixres.runtime import Runtime  # noqa: E402
 
 CPU = torch.device("cpu")
 
@@ -93,16 +93,17 @@ def main() -> None:
     res0 = int(args.train[0].split("@")[1])
     tf = TrainTransform(res0)
     sampler = TrainBatches(n, args.batch, seed=0)
+    pil, fast = Runtime(CPU, pipeline="pil", workers=W), Runtime(CPU, pipeline="fast", workers=W)
     loaders = {
         "torchvision": lambda: torchvision_loader(root / "photos", res0, batch_size=args.batch, workers=W,
                                                   pin_memory=False),
-        "fixres pil (folder)": lambda: train_batches(folder, tf, sampler, device=CPU, pipeline="pil", workers=W),
-        "fast (folder)": lambda: train_batches(folder, tf, sampler, device=CPU, pipeline="fast", workers=W),
-        "fast (store)": lambda: train_batches(stores["store"], tf, sampler, device=CPU, pipeline="fast", workers=W),
+        "fixres pil (folder)": lambda: train_batches(folder, tf, sampler, pil),
+        "fast (folder)": lambda: train_batches(folder, tf, sampler, fast),
+        "fast (store)": lambda: train_batches(stores["store"], tf, sampler, fast),
         f"fast (store-max{args.max_size})": lambda: train_batches(stores[f"store-max{args.max_size}"], tf, sampler,
-                                                                  device=CPU, pipeline="fast", workers=W),
-        "fast device decoder on CPU (store)": lambda: train_batches(stores["store"], tf, sampler, device=CPU,
-                                                                    pipeline="fast", decoder="device", workers=W),
+                                                                  fast),
+        "fast device decoder on CPU (store)": lambda: train_batches(stores["store"], tf, sampler, fast,
+                                                                    decoder="device"),
     }
     print(f"\n1. loaders alone, train preprocessing at {res0}px, batch {args.batch}, {W} worker(s): images/s")
     rates = {}
@@ -121,9 +122,8 @@ def main() -> None:
         tf = TrainTransform(res)
         feeds = {
             "synthetic tensors": None,
-            "fast (store)": lambda: train_batches(stores["store"], tf, sampler, device=CPU, pipeline="fast", workers=W),
-            f"fast ({max_store})": lambda: train_batches(stores[max_store], tf, sampler, device=CPU, pipeline="fast",
-                                                         workers=W),
+            "fast (store)": lambda: train_batches(stores["store"], tf, sampler, fast),
+            f"fast ({max_store})": lambda: train_batches(stores[max_store], tf, sampler, fast),
             "torchvision": lambda: torchvision_loader(root / "photos", res, batch_size=args.batch, workers=W,
                                                       pin_memory=False),
         }
@@ -148,6 +148,7 @@ def main() -> None:
 
     # 3. sweep ---------------------------------------------------------------------------
     geometries = [(r, 0.875) for r in args.sweep]
+    views = [EvalTransform(r, c) for r, c in geometries]
     m = min(n, args.sweep_images)
     sub = {name: type(split)(split.root, split.classes, split.samples[:m], [])
            for name, split in (("folder", folder), ("store", stores["store"]))}
@@ -155,15 +156,12 @@ def main() -> None:
           f"{args.rounds}: images/s (each image evaluated at every resolution; loader start-up included)")
     torch.manual_seed(0)
     model = create_model(args.model, 10).eval()
-    prep = Preprocess((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+    prep = Normalizer((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
     sweeps = {
         "synthetic tensors": None,
-        "fast (store)": lambda: sweep_batches(sub["store"], geometries, "bilinear", device=CPU, pipeline="fast",
-                                              batch_size=args.batch, workers=W),
-        "fast, draft (store)": lambda: sweep_batches(sub["store"], geometries, "bilinear", device=CPU,
-                                                     pipeline="fast", batch_size=args.batch, workers=W, draft=True),
-        "fixres pil sweep (folder)": lambda: sweep_batches(sub["folder"], geometries, "bilinear", device=CPU,
-                                                           pipeline="pil", batch_size=args.batch, workers=W),
+        "fast (store)": lambda: sweep_batches(sub["store"], views, fast, batch_size=args.batch),
+        "fast, draft (store)": lambda: sweep_batches(sub["store"], views, fast, batch_size=args.batch, draft=True),
+        "fixres pil sweep (folder)": lambda: sweep_batches(sub["folder"], views, pil, batch_size=args.batch),
     }
     got = {name: 0.0 for name in sweeps}
     xs = [torch.randint(0, 256, (args.batch, 3, r, r), dtype=torch.uint8) for r, _ in geometries]

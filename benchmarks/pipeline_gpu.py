@@ -46,10 +46,9 @@ from fixres.data import scan_split  # noqa: E402
 from fixres.data.loader import TrainBatches, default_workers  # noqa: E402
 from fixres.data.packer import PackOptions, pack  # noqa: E402
 from fixres.data.pipeline import eval_batches, sweep_batches, train_batches  # noqa: E402
-from fixres.data.transforms import TrainTransform  # noqa: E402
-from fixres.evaluate import Preprocess  # noqa: E402
+from fixres.data.transforms import EvalTransform, Normalizer, TrainTransform  # noqa: E402
 from fixres.models import create_model  # noqa: E402
-from fixres.runtime import autocast, autocast_dtype  # noqa: E402
+from fixres.runtime import Runtime, autocast, autocast_dtype  # noqa: E402
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
@@ -63,12 +62,10 @@ def train_rates(args, device, res: int, photos: Path, stores: dict, W: int) -> d
     tf = TrainTransform(res)
     n = len(stores["store"])
     sampler = TrainBatches(n, args.batch, seed=0)
-    feeds = {"synthetic": None}
+    feeds, fast = {"synthetic": None}, Runtime(device, pipeline="fast", workers=W)
     for name, split in stores.items():
-        feeds[f"fast device ({name})"] = (lambda s=split: train_batches(s, tf, sampler, device=device, pipeline="fast",
-                                                                          decoder="device", workers=W))
-    feeds["fast workers (store)"] = lambda: train_batches(stores["store"], tf, sampler, device=device,
-                                                          pipeline="fast", decoder="workers", workers=W)
+        feeds[f"fast device ({name})"] = (lambda s=split: train_batches(s, tf, sampler, fast, decoder="device"))
+    feeds["fast workers (store)"] = lambda: train_batches(stores["store"], tf, sampler, fast, decoder="workers")
     feeds["torchvision"] = lambda: torchvision_loader(photos, res, batch_size=args.batch, workers=W,
                                                       pin_memory=device.type == "cuda")
     got, stats = {}, {}
@@ -108,7 +105,7 @@ def sweep_rates(args, device, photos_split, store_split, W: int) -> dict:
     cl = device.type == "cuda"
     if cl:
         model.to(memory_format=torch.channels_last)
-    prep, amp = Preprocess(MEAN, STD, cl), autocast_dtype("auto", device)
+    prep, amp = Normalizer(MEAN, STD, cl), autocast_dtype("auto", device)
     n = min(len(store_split), args.sweep_images)
     idx = list(range(n))
     photos_split = type(photos_split)(photos_split.root, photos_split.classes, photos_split.samples[:n], [])
@@ -136,11 +133,14 @@ def sweep_rates(args, device, photos_split, store_split, W: int) -> dict:
                 yield type("B", (), {"images": self.xs, "labels": self.labels})
 
     run(Synthetic())     # warm-up (cuDNN algorithms for every shape)
-    kw = dict(device=device, batch_size=args.eval_batch, workers=W)
+    views = [EvalTransform(r, c) for r, c in geometries]
+    fast, pil = Runtime(device, pipeline="fast", workers=W), Runtime(device, pipeline="pil", workers=W)
     got = {"synthetic": run(Synthetic()),
-           "fast device (store)": run(sweep_batches(store_split, geometries, "bilinear", pipeline="fast",
-                                                    decoder="device", **kw)),
-           "fixres pil (folder)": run(sweep_batches(photos_split, geometries, "bilinear", pipeline="pil", **kw))}
+           "fast device (store)": run(sweep_batches(store_split, views, fast, decoder="device",
+                                                    batch_size=args.eval_batch)),
+           "fast workers (store)": run(sweep_batches(store_split, views, fast, decoder="workers",
+                                                     batch_size=args.eval_batch)),
+           "fixres pil (folder)": run(sweep_batches(photos_split, views, pil, batch_size=args.eval_batch))}
     for name, rate in got.items():
         log(f"  {name:28s} {rate:8.0f} img/s   {rate / got['synthetic']:.2f} of synthetic   "
             f"x{rate / got['fixres pil (folder)']:.2f} vs pil")
@@ -151,18 +151,17 @@ def pixel_parity(device, split, n: int) -> dict:
     """nvJPEG + device resampling against Pillow + torchvision, on the same images and boxes."""
     sub = type(split)(split.root, split.classes, split.samples[:n], [])
     out = {}
-    ref = torch.cat([b.images for b in eval_batches(sub, 224, 0.875, "bilinear", device=device, pipeline="pil",
-                                                    batch_size=64, workers=4)])
-    got = torch.cat([b.images.cpu() for b in eval_batches(sub, 224, 0.875, "bilinear", device=device,
-                                                          pipeline="fast", decoder="device", batch_size=64, workers=4)])
+    view, pil, fast = EvalTransform(224, 0.875), Runtime(device, pipeline="pil", workers=4), Runtime(
+        device, pipeline="fast", workers=4)
+    ref = torch.cat([b.images for b in eval_batches(sub, view, pil, batch_size=64)])
+    got = torch.cat([b.images.cpu() for b in eval_batches(sub, view, fast, decoder="device", batch_size=64)])
     d = (ref.int() - got.int()).abs()
     out["eval224"] = {"mean_abs": round(d.float().mean().item(), 4), "max": int(d.max()),
                       "p99": float(d.float().flatten()[:10**7].quantile(0.99))}
     sampler = TrainBatches(len(sub), min(64, len(sub)), seed=0)
     tf = TrainTransform(128)
-    ref = torch.cat([b.images for b in train_batches(sub, tf, sampler, device=device, pipeline="pil", workers=4)])
-    got = torch.cat([b.images.cpu() for b in train_batches(sub, tf, sampler, device=device, pipeline="fast",
-                                                           decoder="device", workers=4)])
+    ref = torch.cat([b.images for b in train_batches(sub, tf, sampler, pil)])
+    got = torch.cat([b.images.cpu() for b in train_batches(sub, tf, sampler, fast, decoder="device")])
     d = (ref.int() - got.int()).abs()
     out["train128"] = {"mean_abs": round(d.float().mean().item(), 4), "max": int(d.max())}
     log(f"  nvJPEG + device resampling vs PIL path (uint8 levels): {out}")

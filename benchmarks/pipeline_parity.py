@@ -26,15 +26,16 @@ from pathlib import Path
 
 import torch
 
-from fixres.checkpoint import open_checkpoint
 from fixres.data import scan_dataset
 from fixres.data.pipeline import eval_batches
-from fixres.evaluate import Preprocess, Tally, infer
-from fixres.runtime import Dist, autocast_dtype
+from fixres.evaluate import Tally, infer
+from fixres.runtime import Dist, Runtime, autocast_dtype
+from fixres.sources import open_checkpoint
 
-PATHS = {"pil": dict(pipeline="pil"), "fast device": dict(pipeline="fast", decoder="device"),
-         "fast workers": dict(pipeline="fast", decoder="workers"),
-         "fast workers, draft": dict(pipeline="fast", decoder="workers", draft=True)}
+# name -> (pipeline, eval_batches keywords)
+PATHS = {"pil": ("pil", {}), "fast device": ("fast", dict(decoder="device")),
+         "fast workers": ("fast", dict(decoder="workers")),
+         "fast workers, draft": ("fast", dict(decoder="workers", draft=True))}
 
 
 def parity(device: torch.device, work: Path, *, model: str = "resnet10t", train_res: int = 48, epochs: int = 6,
@@ -58,20 +59,20 @@ def parity(device: torch.device, work: Path, *, model: str = "resnet10t", train_
     summary = json.loads((run / "summary.json").read_text())
     net, meta = open_checkpoint(run)
     net.to(device)
-    val, prep = scan_dataset(data).val, Preprocess(meta.mean, meta.std)
+    val, prep = scan_dataset(data).val, meta.preprocessing
     out = {"model": model, "train_res": train_res, "epochs": epochs, "images": len(val),
            "train_seconds": round(time.perf_counter() - t0, 1), "train_pipeline": pipeline,
            "train_images_per_s": summary["train_images_per_s"]}
     for res in test_res:
         row, preds = {}, {}
-        for name, kw in PATHS.items():
+        for name, (pipeline_name, kw) in PATHS.items():
             tally, p = Tally(device), []
-            batches = eval_batches(val, res, meta.crop_pct, meta.interpolation, device=device, batch_size=100,
-                                   workers=workers, **kw)
-            for logits, b in infer(net, batches, device, prep, autocast_dtype("auto", device)):
+            rt = Runtime(device, autocast_dtype("auto", device), workers=workers, pipeline=pipeline_name)
+            batches = eval_batches(val, prep.test_view(res), rt, batch_size=100, **kw)
+            for logits, b in infer(net, batches, prep.normalizer(), rt):
                 tally.add(logits, b.labels, len(b.skipped))
                 p.append(logits.argmax(1).cpu())
-            r = tally.result(Dist(), test_res=res, crop_pct=meta.crop_pct, interpolation=meta.interpolation)
+            r = tally.result(Dist(), test_res=res, crop_pct=prep.crop_pct, interpolation=prep.interpolation)
             preds[name] = torch.cat(p)
             row[name] = {"top1": round(r.top1, 2), "n": r.n,
                          "changed_vs_pil": int((preds[name] != preds["pil"]).sum())}

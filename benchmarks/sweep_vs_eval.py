@@ -27,15 +27,18 @@ from pathlib import Path
 
 import torch
 
-from fixres.checkpoint import CheckpointMeta, open_checkpoint, save_checkpoint
+from fixres.checkpoint import CheckpointMeta, save_checkpoint
 from fixres.data.folder import list_classes, scan_split
+from fixres.data.pipeline import eval_batches, sweep_batches
+from fixres.data.preprocessing import Preprocessing
 from fixres.data.synth import synthesize
-from fixres.data.transforms import EvalTransform
-from fixres.evaluate import Preprocess, eval_loader, evaluate
+from fixres.data.transforms import parse_resolutions
+from fixres.evaluate import evaluate
 from fixres.models import create_model
 from fixres.models.factory import model_preprocessing
-from fixres.runtime import Dist, resolve_device
-from fixres.sweep import parse_resolutions, sweep_loader, sweep_model
+from fixres.runtime import Runtime
+from fixres.sources import open_checkpoint
+from fixres.sweep import sweep_model
 
 
 def drain(loader) -> None:
@@ -47,8 +50,8 @@ def make_checkpoint(directory: Path, model_name: str, classes: tuple[str, ...], 
     torch.manual_seed(0)
     model = create_model(model_name, len(classes))
     prep = model_preprocessing(model)
-    meta = CheckpointMeta(model=model_name, class_names=classes, mean=prep["mean"], std=prep["std"],
-                          interpolation="bilinear", crop_pct=0.875, train_res=train_res, test_res=train_res)
+    meta = CheckpointMeta(model=model_name, class_names=classes,
+                          preprocessing=Preprocessing(prep["mean"], prep["std"], train_res=train_res, test_res=train_res))
     save_checkpoint(directory, model, meta)
     return directory
 
@@ -77,32 +80,31 @@ def main() -> None:
         split = scan_split(data / "val", classes)
         resolutions = parse_resolutions(args.test_res)
         model, meta = open_checkpoint(make_checkpoint(Path(tmp) / "ckpt", args.model, classes, resolutions[0]))
-        device = resolve_device(args.device)
-        model.to(device)
-        common = dict(interpolation=meta.interpolation, preprocess=Preprocess(meta.mean, meta.std), device=device,
-                      batch_size=args.batch_size, workers=args.workers)
+        rt = Runtime.resolve(args.device, workers=args.workers)
+        model.to(rt.device)
+        prep, bs = meta.preprocessing.override("benchmark", crop_pct=args.crop_pct), args.batch_size
         geometries = [(r, args.crop_pct) for r in resolutions]
 
-        evaluate(model, split, test_res=resolutions[0], crop_pct=args.crop_pct, **common)   # warm-up (not timed)
+        evaluate(model, split, prep.override("benchmark", test_res=resolutions[0]), rt, batch_size=bs)   # warm-up
         t_sweep, t_eval = [], []
         for _ in range(args.repeat):    # alternate the two, so that load changes hit both alike
             t0 = time.perf_counter()
-            swept = sweep_model(model, split, geometries=geometries, **common)
+            swept = sweep_model(model, split, prep, geometries, rt, batch_size=bs)
             t_sweep.append(time.perf_counter() - t0)
             t0 = time.perf_counter()
-            separate = [evaluate(model, split, test_res=r, crop_pct=c, **common)[0] for r, c in geometries]
+            separate = [evaluate(model, split, prep.override("benchmark", test_res=r), rt, batch_size=bs)[0]
+                        for r, _ in geometries]
             t_eval.append(time.perf_counter() - t0)
         # The data side alone (no model): what the sweep saves where the model is cheap, as on a GPU.
-        transforms = tuple(EvalTransform(r, c, meta.interpolation) for r, c in geometries)
-        loader_kw = dict(batch_size=args.batch_size, workers=args.workers, dist_env=Dist())
+        views = [prep.test_view(r) for r, _ in geometries]
         d_sweep, d_eval = [], []
         for _ in range(args.repeat):
             t0 = time.perf_counter()
-            drain(sweep_loader(split, transforms, pin_memory=False, **loader_kw))
+            drain(sweep_batches(split, views, rt, batch_size=bs))
             d_sweep.append(time.perf_counter() - t0)
             t0 = time.perf_counter()
-            for r, c in geometries:
-                drain(eval_loader(split, r, c, meta.interpolation, **loader_kw))
+            for view in views:
+                drain(eval_batches(split, view, rt, batch_size=bs))
             d_eval.append(time.perf_counter() - t0)
 
     for a, b in zip(swept, separate):
@@ -111,7 +113,7 @@ def main() -> None:
             raise SystemExit(f"MISMATCH at {a.test_res}px: sweep {a.row()} vs evaluate {b.row()}")
     print(f"{len(split)} images of {data if args.data else 'synthetic data (fixres data synth)'}, {args.model}, "
           f"{len(resolutions)} resolutions {resolutions}, crop_pct {args.crop_pct:g}, batch {args.batch_size}, "
-          f"workers {args.workers}, {device} ({torch.get_num_threads()} threads), torch {torch.__version__}, "
+          f"workers {args.workers}, {rt.device} ({torch.get_num_threads()} threads), torch {torch.__version__}, "
           f"{platform.processor() or platform.machine()}")
     ms, me = statistics.median(t_sweep), statistics.median(t_eval)
     print(f"median of {args.repeat} (all runs: sweep {', '.join(f'{t:.2f}' for t in t_sweep)}; "

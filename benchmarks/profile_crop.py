@@ -80,6 +80,9 @@ def per_image_reference(images, ys, xs, size: int, interpolation: str = "bilinea
         tmp = torch.matmul(buf, wx.transpose(1, 2).unsqueeze(1))
         tmp.add_(0.5).floor_().clamp_(0, 255)
         res = torch.matmul(wy.unsqueeze(1), tmp)
+        for i in np.flatnonzero(dt.vertical_first(ay[b:e], ax[b:e])):   # Pillow 13's pass order (added later)
+            tmp = torch.matmul(wy[i], buf[i]).add_(0.5).floor_().clamp_(0, 255)
+            res[i] = torch.matmul(tmp, wx[i].T)
         out[b:e] = res.add_(0.5).floor_().clamp_(0, 255).to(torch.uint8)
     return out
 

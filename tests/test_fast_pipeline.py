@@ -147,6 +147,26 @@ def test_batched_crop_stage_equals_the_per_image_one(interpolation, device):
         resample([images[0]], [crop_axes(0, 0, 4, 4, 8)[0]], [crop_axes(0, 0, 4, 4, 8)[1]], 8, interpolation)
 
 
+@pytest.mark.parametrize("crop_mode", ["center", "squash", "border"])
+def test_every_crop_mode_on_the_device_path_matches_the_pil_path(crop_mode):
+    """timm's three test crop modes through the batched resampling, against the PIL path (itself
+    pixel-identical to timm's transforms: test_transforms.py), on landscape, portrait and very tall
+    or wide images -- where Pillow 13 resamples vertically first, and the device path must follow
+    its pass order -- with the border mode's mean-colour padding."""
+    rng = np.random.default_rng(3)
+    sizes = [(500, 375), (375, 500), (333, 500), (100, 100), (50, 80), (81, 47), (100, 400), (400, 100)]
+    imgs = [Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8)) for w, h in sizes]
+    tensors = [torch.from_numpy(np.array(img)).permute(2, 0, 1).contiguous() for img in imgs]
+    for res, pct in ((64, 0.875), (40, 0.95), (96, 1.0)):
+        for interpolation in ("bilinear", "bicubic"):
+            view = EvalTransform(res, pct, interpolation, crop_mode, (124, 116, 104))
+            axes = [eval_axes(img.height, img.width, res, pct, crop_mode) for img in imgs]
+            got = resample(tensors, [a[0] for a in axes], [a[1] for a in axes], res, interpolation,
+                           fill=view.fill if crop_mode == "border" else None)
+            ref = torch.stack([view(img) for img in imgs])
+            assert _diff(got, ref)[0] <= 1, (res, pct, interpolation)
+
+
 def _collect(iterable):
     batches = list(iterable)
     return (torch.cat([b.images for b in batches]), torch.cat([b.indices for b in batches]),

@@ -66,6 +66,22 @@ def test_test_transform_equals_torchvision_and_timm(photo, test_res, crop_pct, i
     assert torch.equal(x, timm_tf(img)), "pixel-for-pixel equal to timm's eval transform"
 
 
+@pytest.mark.parametrize("crop_mode", ["squash", "border"])
+@pytest.mark.parametrize("size", [(500, 333), (333, 500), (47, 81)])
+@pytest.mark.parametrize("test_res,crop_pct", [(224, 0.875), (96, 1.0), (131, 0.9)])
+def test_other_crop_modes_equal_timm(photo, crop_mode, size, test_res, crop_pct):
+    """timm's squash (both sides to floor(K / crop_pct)) and border (the longer side, padded with
+    the mean colour) modes of transforms_imagenet_eval, pixel for pixel."""
+    from timm.data import create_transform
+    img = load_rgb(photo).resize(size)
+    for interp in ("bilinear", "bicubic"):
+        ours = EvalTransform(test_res, crop_pct, interp, crop_mode, tuple(round(255 * m) for m in MEAN))
+        timm_tf = create_transform(test_res, is_training=False, crop_pct=crop_pct, crop_mode=crop_mode,
+                                   interpolation=interp, mean=MEAN, std=STD)
+        x = normalize(ours(img)[None], torch.tensor(MEAN), torch.tensor(STD))[0]
+        assert torch.equal(x, timm_tf(img))
+
+
 def test_tensor_resize_within_tolerance_of_pil(photo):
     """The PIL path and torchvision's tensor path (antialias=True) differ by rounding only."""
     img = load_rgb(photo)

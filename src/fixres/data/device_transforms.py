@@ -33,13 +33,14 @@ torchvision's rounding. A horizontal flip reverses the order of the output colum
 """
 from __future__ import annotations
 
+import functools
 from typing import NamedTuple, Sequence
 
 import numpy as np
 import torch
 
 from ..errors import FixresError
-from .transforms import TrainTransform, eval_geometry, sample_rrc_params
+from .transforms import TrainTransform, eval_plan, sample_rrc_params
 
 
 FILTERS = {"bilinear": (1.0,), "bicubic": (2.0,)}   # Pillow's filter support (triangle; Keys cubic, a = -0.5)
@@ -67,15 +68,12 @@ def crop_axes(top: int, left: int, height: int, width: int, size: int) -> tuple[
     return Axis(height, top, size, 0), Axis(width, left, size, 0)
 
 
-def eval_axes(height: int, width: int, test_res: int, crop_pct: float) -> tuple[Axis, Axis]:
-    """(y, x) axes of ``resize(img, [floor(test_res / crop_pct)])`` then ``center_crop(test_res)``
-    with torchvision's rounding (new long side truncated, crop offset rounded)."""
-    resize, crop = eval_geometry(test_res, crop_pct)
-    if width <= height:
-        new_w, new_h = resize, int(resize * height / width)
-    else:
-        new_h, new_w = resize, int(resize * width / height)
-    top, left = int(round((new_h - crop) / 2.0)), int(round((new_w - crop) / 2.0))
+def eval_axes(height: int, width: int, test_res: int, crop_pct: float, crop_mode: str = "center") -> tuple[Axis, Axis]:
+    """(y, x) axes of the test preprocessing (:func:`~fixres.data.transforms.eval_plan`: the
+    resize of ``crop_mode``, then the centre crop with torchvision's rounding). In ``border``
+    mode an axis shorter than ``test_res`` starts at a negative ``first``: those outputs are
+    padding (:func:`resample`'s ``fill``)."""
+    new_h, new_w, top, left = eval_plan(height, width, test_res, crop_pct, crop_mode)
     return Axis(height, 0, new_h, top), Axis(width, 0, new_w, left)
 
 
@@ -134,6 +132,8 @@ def axis_weights(axes: np.ndarray | torch.Tensor, lo: np.ndarray | torch.Tensor,
            + torch.arange(span, device=device, dtype=torch.float64))          # (N, span): in extent coordinates
     x = pos[:, None, :]
     inside = (x >= xmin[..., None]) & (x < xmax[..., None])
+    kept = first[:, None] + torch.arange(count, device=device, dtype=torch.float64)    # padding: no taps
+    inside &= ((kept >= 0) & (kept < out_len[:, None]))[..., None]
     w = _kernel_torch((x - center[..., None] + 0.5) / fscale[:, None, None], interpolation) * inside
     total = w.sum(-1, keepdim=True)
     return (w / torch.where(total == 0, torch.ones_like(total), total)).float()
@@ -220,7 +220,7 @@ def _gather(flat: FlatBatch, starts: torch.Tensor, width: torch.Tensor, sx: int)
 
 def resample(images: Sequence[torch.Tensor] | torch.Tensor | FlatBatch, ys: Sequence[Axis], xs: Sequence[Axis],
              size: int, interpolation: str = "bilinear", flips: Sequence[bool] | None = None,
-             chunk: int | None = None) -> torch.Tensor:
+             chunk: int | None = None, fill: Sequence[int] | None = None) -> torch.Tensor:
     """Resample every image (uint8 CHW, any sizes, on one device) to ``size x size`` uint8.
 
     Args:
@@ -228,6 +228,8 @@ def resample(images: Sequence[torch.Tensor] | torch.Tensor | FlatBatch, ys: Sequ
             :func:`flatten` (build it once to resample a batch at several geometries).
         ys, xs: each image's :class:`Axis` geometry.
         flips: flip image ``n`` horizontally (after resampling).
+        fill: the colour of outputs outside an axis' resized extent (a negative ``first``, or
+            ``first + size > out_len``: the ``border`` crop mode's padding); default black.
         chunk: images resampled together (bounds the temporary memory: the buffers are
             ``chunk x 3 x`` the chunk's largest window, the gather index one entry per
             buffer row). Default: 64 on CUDA (fewer, larger kernels), 8 elsewhere (on the
@@ -264,5 +266,48 @@ def resample(images: Sequence[torch.Tensor] | torch.Tensor | FlatBatch, ys: Sequ
         tmp = torch.matmul(buf, wx.transpose(1, 2).unsqueeze(1))         # horizontal pass: (n, 3, Sy, size)
         tmp.add_(0.5).floor_().clamp_(0, 255)                            # Pillow stores it as 8-bit
         res = torch.matmul(wy.unsqueeze(1), tmp)                         # vertical pass: (n, 3, size, size)
+        vertical = np.flatnonzero(vertical_first(ay[b:e], ax[b:e]))
+        if len(vertical):      # the images Pillow resamples vertically first: the passes in its order
+            sel = torch.as_tensor(vertical, device=device)
+            tmp = torch.matmul(wy[sel].unsqueeze(1), buf[sel]).add_(0.5).floor_().clamp_(0, 255)
+            res[sel] = torch.matmul(tmp, wx[sel].transpose(1, 2).unsqueeze(1))
         out[b:e] = res.add_(0.5).floor_().clamp_(0, 255).to(torch.uint8)
+        if fill is not None:
+            _pad(out[b:e], ay[b:e], ax[b:e], fill)
     return out
+
+
+@functools.cache
+def _pillow_may_start_vertically() -> bool:
+    """Whether the installed Pillow runs the vertical pass first when an image loses much more
+    height than width (Pillow 13 does: ``in_h - out_h > 2 (in_w - out_w)``; earlier versions
+    always start horizontally). Found once by resampling a small image both ways."""
+    from PIL import Image
+    rng = np.random.default_rng(0)
+    img = Image.fromarray(rng.integers(0, 256, (60, 20, 3), dtype=np.uint8))
+    ref = np.asarray(img.resize((18, 20), Image.Resampling.BICUBIC))
+    vertical = np.asarray(img.resize((20, 20), Image.Resampling.BICUBIC).resize((18, 20), Image.Resampling.BICUBIC))
+    return bool(np.array_equal(ref, vertical))
+
+
+def vertical_first(ay: np.ndarray, ax: np.ndarray) -> np.ndarray:
+    """Per image (rows of ``(length, offset, out_len, first)`` axes): does Pillow resample it
+    vertically first? The two orders round the intermediate image differently (up to ~25 grey
+    levels apart with bicubic on a squashed portrait image), so the device path follows Pillow."""
+    if not _pillow_may_start_vertically():
+        return np.zeros(len(ay), dtype=bool)
+    shrink_y, shrink_x = ay[:, 0] - ay[:, 2], ax[:, 0] - ax[:, 2]
+    return (shrink_y > 0) & (shrink_y > 2 * shrink_x)
+
+
+def _pad(out: torch.Tensor, ay: np.ndarray, ax: np.ndarray, fill: Sequence[int]) -> None:
+    """Paint ``fill`` where an output row or column lies outside its image's resized extent."""
+    k = out.shape[-1]
+    pos = np.arange(k)
+    outside_y = ((ay[:, 3:4] + pos) < 0) | ((ay[:, 3:4] + pos) >= ay[:, 2:3])     # (n, k)
+    outside_x = ((ax[:, 3:4] + pos) < 0) | ((ax[:, 3:4] + pos) >= ax[:, 2:3])
+    if not (outside_y.any() or outside_x.any()):
+        return
+    mask = torch.as_tensor(outside_y[:, :, None] | outside_x[:, None, :]).to(out.device)    # (n, k, k)
+    colour = torch.tensor(list(fill), dtype=torch.uint8, device=out.device)[None, :, None, None]
+    out.copy_(torch.where(mask[:, None], colour, out))

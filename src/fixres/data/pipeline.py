@@ -91,11 +91,14 @@ def resolve_decoder(decoder: str, device: torch.device, task: str = "train", *, 
 
 @dataclass(frozen=True)
 class Geometries:
-    """The test preprocessings of an evaluation (one) or a sweep (several), as the fast
-    pipeline reads them: ``(test_res, crop_pct)`` pairs sharing one interpolation."""
+    """The test preprocessings of an evaluation (one view) or a sweep (several), sharing one
+    interpolation (one resampling filter per pass)."""
 
-    pairs: tuple[tuple[int, float], ...]      # (test_res, crop_pct)
-    interpolation: str
+    views: tuple[EvalTransform, ...]
+
+    @property
+    def interpolation(self) -> str:
+        return self.views[0].interpolation
 
     @classmethod
     def of(cls, views: Sequence[EvalTransform]) -> "Geometries":
@@ -104,7 +107,7 @@ class Geometries:
         interpolations = {v.interpolation for v in views}
         if len(interpolations) > 1:
             raise FixresError(f"one pass evaluates one interpolation, got {', '.join(sorted(interpolations))}")
-        return cls(tuple((v.test_res, v.crop_pct) for v in views), views[0].interpolation)
+        return cls(tuple(views))
 
 
 class DeviceItem(NamedTuple):
@@ -171,18 +174,21 @@ class FastDataset(Dataset):
             if task.color_jitter > 0:
                 out = _color_jitter(out, task.color_jitter, generator)
             return F.pil_to_tensor(out)
-        axes = [eval_axes(height, width, r, c) for r, c in task.pairs]
+        if not self.draft or any(v.crop_mode != "center" for v in task.views):
+            img = decode_reduced(data)[0]            # full size: exactly the PIL path's pixels
+            return tuple(view(img) for view in task.views)
+        axes = [eval_axes(height, width, v.test_res, v.crop_pct) for v in task.views]
         need = max(max(y.out_len / y.length, x.out_len / x.length) for y, x in axes)
-        img, fx, fy = decode_reduced(data, need if self.draft else 1.0)
+        img, fx, fy = decode_reduced(data, need)
         outs = []
-        for (y, x), (res, _) in zip(axes, task.pairs):
-            if (fx, fy) == (1.0, 1.0):    # not reduced: exactly the PIL path (resize, then crop)
-                out = img.resize((x.out_len, y.out_len), RESAMPLE[task.interpolation])
-                out = out.crop((x.first, y.first, x.first + res, y.first + res))
-            else:
-                sy, sx = y.length / y.out_len * fy, x.length / x.out_len * fx
-                out = resize_box(img, (x.first * sx, y.first * sy, (x.first + res) * sx, (y.first + res) * sy), res,
-                                 task.interpolation)
+        for (y, x), view in zip(axes, task.views):
+            if (fx, fy) == (1.0, 1.0):    # not reduced
+                outs.append(view(img))
+                continue
+            res = view.test_res
+            sy, sx = y.length / y.out_len * fy, x.length / x.out_len * fx
+            out = resize_box(img, (x.first * sx, y.first * sy, (x.first + res) * sx, (y.first + res) * sy), res,
+                             task.interpolation)
             outs.append(F.pil_to_tensor(out))
         return tuple(outs)
 
@@ -271,11 +277,13 @@ class DeviceFinisher:
         if not keep:
             return None, labels, indices, skipped
         flat = flatten(imgs)           # once per batch, whatever the number of geometries
-        return tuple(self._eval(flat, res, pct) for res, pct in task.pairs), labels, indices, skipped
+        return tuple(self._eval(flat, view) for view in task.views), labels, indices, skipped
 
-    def _eval(self, flat: FlatBatch, res: int, pct: float) -> torch.Tensor:
-        axes = [eval_axes(h, w, res, pct) for h, w in zip(flat.heights.tolist(), flat.widths.tolist())]
-        return resample(flat, [a[0] for a in axes], [a[1] for a in axes], res, self.task.interpolation)
+    def _eval(self, flat: FlatBatch, view: EvalTransform) -> torch.Tensor:
+        axes = [eval_axes(h, w, view.test_res, view.crop_pct, view.crop_mode)
+                for h, w in zip(flat.heights.tolist(), flat.widths.tolist())]
+        return resample(flat, [a[0] for a in axes], [a[1] for a in axes], view.test_res, view.interpolation,
+                        fill=view.fill if view.crop_mode == "border" else None)
 
 
 def train_batches(split: SplitIndex, transform: TrainTransform, sampler: Sampler, rt: Runtime, *,

@@ -22,7 +22,7 @@ from typing import Any, Mapping
 
 from ..errors import FixresError
 from .transforms import (DEFAULT_CROP_PCT, DEFAULT_RATIO, DEFAULT_SCALE, EvalTransform, Normalizer, TrainTransform,
-                         check_crop_pct, check_resolution, interpolation_mode)
+                         check_crop_mode, check_crop_pct, check_resolution, interpolation_mode)
 
 TRAIN_CROP_FIELDS = ("scale", "ratio", "hflip", "color_jitter")
 
@@ -33,6 +33,7 @@ class Preprocessing:
     std: tuple[float, ...]
     interpolation: str = "bilinear"
     crop_pct: float = DEFAULT_CROP_PCT
+    crop_mode: str = "center"          # timm's: center, squash or border (see transforms.eval_plan)
     train_res: int = 224
     test_res: int = 224
     scale: tuple[float, float] = DEFAULT_SCALE
@@ -49,6 +50,7 @@ class Preprocessing:
         check_resolution(self.train_res, "train_res")
         check_resolution(self.test_res, "test_res")
         check_crop_pct(self.crop_pct)
+        check_crop_mode(self.crop_mode)
         interpolation_mode(self.interpolation)
         self.train_view()      # validates scale, ratio, flip and jitter
 
@@ -56,7 +58,13 @@ class Preprocessing:
     def test_view(self, test_res: int | None = None, crop_pct: float | None = None) -> EvalTransform:
         """The test preprocessing at ``test_res``/``crop_pct`` (default: this record's)."""
         return EvalTransform(self.test_res if test_res is None else test_res,
-                             self.crop_pct if crop_pct is None else crop_pct, self.interpolation)
+                             self.crop_pct if crop_pct is None else crop_pct, self.interpolation, self.crop_mode,
+                             self.fill)
+
+    @property
+    def fill(self) -> tuple[int, ...]:
+        """The padding colour of the ``border`` crop mode: the mean colour, as timm pads."""
+        return tuple(round(255 * m) for m in self.mean)
 
     def train_view(self, size: int | None = None) -> TrainTransform:
         """RandomResizedCrop + flip + jitter at ``size`` (default: the training resolution)."""

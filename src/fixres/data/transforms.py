@@ -197,20 +197,68 @@ def _color_jitter(img: Image.Image, strength: float, generator: torch.Generator 
     return img
 
 
+CROP_MODES = ("center", "squash", "border")
+
+
+def check_crop_mode(mode: str) -> str:
+    if mode not in CROP_MODES:
+        raise FixresError(f"crop_mode must be one of {', '.join(CROP_MODES)}, got {mode!r}")
+    return mode
+
+
+def eval_plan(height: int, width: int, test_res: int, crop_pct: float,
+              crop_mode: str = "center") -> tuple[int, int, int, int]:
+    """``(new_h, new_w, top, left)`` of the test preprocessing of one ``height x width`` image:
+    resize to ``new_h x new_w``, then keep ``test_res x test_res`` from ``(top, left)`` (a
+    negative offset pads), exactly as timm's ``transforms_imagenet_eval`` with ``crop_mode``:
+
+    * ``center``: the shorter side to ``S = floor(test_res / crop_pct)``, the longer one
+      truncated in proportion (torchvision's ``Resize(S)``), centre crop;
+    * ``squash``: both sides to ``S`` (aspect ratio not kept), centre crop;
+    * ``border``: the LONGER side to ``S`` (both divided by ``max(h, w) / S``, rounded),
+      centre crop, padding an axis shorter than ``test_res`` (``CenterCropOrPad``).
+
+    Crop offsets are torchvision's ``round((new - test_res) / 2)``; a padded axis starts at
+    ``-(test_res - new) // 2``. This is the one place the test geometry of an image is
+    computed (the PIL path and the device path both read it).
+    """
+    scale, crop = eval_geometry(test_res, crop_pct)
+    if crop_mode == "squash":
+        new_h = new_w = scale
+    elif crop_mode == "border":
+        ratio = max(height / scale, width / scale)
+        new_h, new_w = round(height / ratio), round(width / ratio)
+    elif width <= height:
+        new_w, new_h = scale, int(scale * height / width)
+    else:
+        new_h, new_w = scale, int(scale * width / height)
+
+    def offset(new: int) -> int:
+        return -((crop - new) // 2) if crop > new else int(round((new - crop) / 2.0))
+    return new_h, new_w, offset(new_h), offset(new_w)
+
+
 @dataclass(frozen=True)
 class EvalTransform:
-    """Resize the shorter side to ``floor(test_res / crop_pct)``, centre-crop ``test_res``."""
+    """The test preprocessing: resize by ``crop_mode`` (see :func:`eval_plan`; default: the
+    shorter side to ``floor(test_res / crop_pct)``), then centre-crop ``test_res``; ``fill``
+    is the colour of the ``border`` mode's padding (timm: ``round(255 * mean)``)."""
 
     test_res: int
     crop_pct: float = DEFAULT_CROP_PCT
     interpolation: str = "bilinear"
+    crop_mode: str = "center"
+    fill: tuple[int, int, int] = (0, 0, 0)
 
     def __post_init__(self):
         eval_geometry(self.test_res, self.crop_pct)
         interpolation_mode(self.interpolation)
+        check_crop_mode(self.crop_mode)
 
     @property
     def resize_size(self) -> int:
+        """``floor(test_res / crop_pct)``: the shorter side (center), both sides (squash) or the
+        longer side (border) after the resize."""
         return eval_geometry(self.test_res, self.crop_pct)[0]
 
     @property
@@ -219,9 +267,15 @@ class EvalTransform:
         return self.test_res
 
     def __call__(self, img: Image.Image, generator: torch.Generator | None = None) -> torch.Tensor:
-        img = F.resize(img, [self.resize_size], interpolation=interpolation_mode(self.interpolation), antialias=True)
-        img = F.center_crop(img, [self.test_res, self.test_res])
-        return F.pil_to_tensor(img)
+        new_h, new_w, top, left = eval_plan(img.height, img.width, self.test_res, self.crop_pct, self.crop_mode)
+        img = F.resize(img, [new_h, new_w], interpolation=interpolation_mode(self.interpolation), antialias=True)
+        k = self.test_res
+        if top < 0 or left < 0:          # border mode: pad the short axis with the fill colour, as timm does
+            pad_t, pad_l = max(0, -top), max(0, -left)
+            pad_b, pad_r = max(0, k - new_h - pad_t), max(0, k - new_w - pad_l)
+            img = F.pad(img, [pad_l, pad_t, pad_r, pad_b], fill=list(self.fill))
+            top, left = max(top, 0), max(left, 0)
+        return F.pil_to_tensor(F.crop(img, top, left, k, k))
 
 
 def normalize(images: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:

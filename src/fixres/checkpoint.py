@@ -52,6 +52,9 @@ class CheckpointMeta:
     holdout: dict | None = None        # {"fraction", "seed"}: training images held out (see data.index.split_holdout)
     model_kwargs: dict = field(default_factory=dict)
     adaptation: dict | None = None     # set by fixres adapt: method, source, accuracy before/after
+    label_descriptions: tuple[str, ...] = ()   # per class, human-readable (ImageNet: "goldfish, Carassius auratus")
+    label_source: str = ""             # where the class names come from ("" = the training folders)
+    weights_from: dict | None = None   # a model fixres did not train: where its weights came from (sources.py)
     weights_sha256: str = ""
     format: str = FORMAT
     versions: dict = field(default_factory=dict)
@@ -64,6 +67,7 @@ class CheckpointMeta:
     def to_json(self) -> str:
         d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
         d["class_names"] = list(self.class_names)
+        d["label_descriptions"] = list(self.label_descriptions)
         d["preprocessing"] = self.preprocessing.to_dict()
         d["num_classes"] = self.num_classes
         return json.dumps(d, indent=2)
@@ -78,7 +82,8 @@ class CheckpointMeta:
             prep = (Preprocessing.from_dict(d["preprocessing"]) if fmt == FORMAT
                     else legacy_preprocessing(d, source))
             d = {k: v for k, v in d.items() if k in names}
-            d.update(class_names=tuple(d["class_names"]), preprocessing=prep, format=FORMAT)
+            d.update(class_names=tuple(d["class_names"]), preprocessing=prep, format=FORMAT,
+                     label_descriptions=tuple(d.get("label_descriptions") or ()))
             return cls(**d)
         except (KeyError, TypeError) as e:
             raise FixresError(f"{source}: checkpoint metadata is incomplete ({e})") from None

@@ -6,9 +6,9 @@ apart and reported, never replaced by other images.
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Iterator, Literal, Optional
+from typing import Iterator, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -16,7 +16,7 @@ from torch import nn
 
 from .checkpoint import CheckpointMeta
 from .config import option, with_overrides
-from .data.folder import check_same_classes, list_classes, scan_split
+from .data.folder import list_classes, scan_split
 from .data.index import SplitIndex
 from .data.loader import Batch
 from .data.pipeline import eval_batches
@@ -24,7 +24,8 @@ from .data.preprocessing import Preprocessing
 from .data.transforms import Normalizer, check_crop_pct, check_resolution
 from .errors import FixresError
 from .runtime import Dist, Runtime, RuntimeOptions, all_reduce_sum, autocast, gather_lists
-from .sources import open_checkpoint
+from .labels import Binding, LabelSpace, bind, match_folders
+from .sources import ModelSource, open_for_data
 
 
 @dataclass(frozen=True)
@@ -37,6 +38,7 @@ class EvalResult:
     test_res: int
     crop_pct: float
     interpolation: str
+    crop_mode: str = "center"
 
     def row(self) -> dict:
         return asdict(self)
@@ -100,27 +102,38 @@ def evaluate(model: nn.Module, split: SplitIndex, prep: Preprocessing, rt: Runti
     for logits, batch in infer(model, batches, prep.normalizer(rt.channels_last), rt):
         tally.add(logits, batch.labels, len(batch.skipped))
         failed.extend(batch.skipped)
-    result = tally.result(rt.dist, test_res=view.test_res, crop_pct=view.crop_pct, interpolation=view.interpolation)
+    result = tally.result(rt.dist, test_res=view.test_res, crop_pct=view.crop_pct, interpolation=view.interpolation,
+                          crop_mode=view.crop_mode)
     return result, list(split.skipped) + gather_lists(failed, rt.dist)
 
 
-def load_split(data: str | Path, split: str, class_names: tuple[str, ...]) -> SplitIndex:
-    """Scan ``data/split`` and check that its classes are the checkpoint's."""
+def load_split(data: str | Path, split: str, labels: Binding | Sequence[str]) -> SplitIndex:
+    """Scan ``data/split``, its class folders bound to a model's labels (a :class:`Binding`
+    from :func:`fixres.sources.open_for_data`, or a checkpoint's class names: the folders must
+    then be some or all of them)."""
     root = Path(data)
     if not root.is_dir():
         raise FixresError(f"data directory {root} does not exist")
     if not (root / split).is_dir():
         raise FixresError(f"{root} has no {split}/ directory (expected {root}/{split}/<class>/<images>)")
-    check_same_classes(tuple(class_names), list_classes(root / split), "the checkpoint's classes", f"{root / split}")
-    return scan_split(root / split, tuple(class_names))
+    if not isinstance(labels, Binding):
+        labels = bind(LabelSpace(tuple(labels), source="the checkpoint's classes"), list_classes(root / split),
+                      str(root / split))
+    folders = list_classes(root / split)
+    unknown = [f for f in folders if f not in labels.folder_index]
+    if unknown:      # a split holding a class the others did not: bind it the same way, or say which
+        extra = match_folders(labels.space, unknown, str(root / split))
+        labels = replace(labels, folder_index={**labels.folder_index, **extra})
+    return scan_split(root / split, labels.space.names, labels=labels.folder_index)
 
 
 @dataclass(frozen=True, kw_only=True)
 class EvalOptions(RuntimeOptions):
     split: str = option("val", "sub-directory of the dataset to evaluate")
-    test_res: Optional[int] = option(None, "test resolution (default: the checkpoint's)")
-    crop_pct: Optional[float] = option(None, "centre-crop fraction (default: the checkpoint's)")
-    interpolation: Optional[Literal["bilinear", "bicubic"]] = option(None, "resize filter (default: the checkpoint's)")
+    test_res: Optional[int] = option(None, "test resolution (default: the checkpoint's, or the model's "
+                                           "test_input_size)")
+    crop_pct: Optional[float] = option(None, "centre-crop fraction (default: the checkpoint's, or the model's "
+                                             "test_crop_pct)")
 
     def __post_init__(self):
         super().__post_init__()
@@ -130,20 +143,21 @@ class EvalOptions(RuntimeOptions):
             check_crop_pct(self.crop_pct)
 
 
-def evaluate_checkpoint(checkpoint: str | Path, data: str | Path, opts: EvalOptions | None = None, *,
+def evaluate_checkpoint(checkpoint: "str | Path | ModelSource", data: str | Path, opts: EvalOptions | None = None, *,
                         quiet: bool = True, dist_env: Dist = Dist(),
                         **overrides) -> tuple[EvalResult, CheckpointMeta, list]:
-    """Evaluate a checkpoint; the geometry defaults to what the checkpoint records.
+    """Evaluate a model (a checkpoint path, or any :class:`~fixres.sources.ModelSource`); the
+    geometry defaults to what it records.
 
     ``opts`` (default :class:`EvalOptions`) with ``overrides`` applied (field names, ``None``
     = not given). Under torchrun every rank calls this with its ``dist_env``: each evaluates
-    a disjoint shard and all get the same totals."""
+    a disjoint shard and all get the same totals. Returns the result, the model's metadata
+    (its classes: the dataset's only, with ``restrict_labels``) and the skipped files."""
     opts = with_overrides(EvalOptions, opts, overrides)
-    model, meta = open_checkpoint(checkpoint)
-    prep = meta.preprocessing.override("flag", test_res=opts.test_res, crop_pct=opts.crop_pct,
-                                       interpolation=opts.interpolation)
-    index = load_split(data, opts.split, meta.class_names)
+    opened = open_for_data(checkpoint, data, [opts.split])
+    prep = opened.meta.preprocessing.override("flag", test_res=opts.test_res, crop_pct=opts.crop_pct)
+    index = load_split(data, opts.split, opened.binding)
     rt = opts.runtime(dist_env, quiet)
-    model.to(rt.device)
-    result, skipped = evaluate(model, index, prep, rt, batch_size=opts.batch_size)
-    return result, meta, skipped
+    opened.model.to(rt.device)
+    result, skipped = evaluate(opened.model, index, prep, rt, batch_size=opts.batch_size)
+    return result, opened.meta, skipped

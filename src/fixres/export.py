@@ -34,11 +34,13 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .checkpoint import WEIGHTS, CheckpointMeta, find_checkpoint, read_meta, versions
+from safetensors.torch import save_file
+
+from .checkpoint import WEIGHTS, CheckpointMeta, read_meta, state_dict_for_saving, versions
 from .data.preprocessing import Preprocessing
 from .errors import FixresError
 from .rundir import atomic_path, prepare_run_dir, sha256_file, write_json
-from .sources import open_checkpoint
+from .sources import ModelSource, as_source, open_model
 
 EXPORT_FORMAT = "fixres-export/1"
 CONFIG, ONNX_FILE = "config.json", "model.onnx"
@@ -54,12 +56,14 @@ NOT_EXPORTABLE = {"parametric": "it remaps the pooled features with a fitted dis
                                 "which a plain timm model of the same architecture cannot represent"}
 
 
-def export_checkpoint(checkpoint: str | Path, out: str | Path, *, onnx: bool = False, test_res: int | None = None,
-                      crop_pct: float | None = None) -> Path:
+def export_checkpoint(checkpoint: "str | Path | ModelSource", out: str | Path, *, onnx: bool = False,
+                      test_res: int | None = None, crop_pct: float | None = None) -> Path:
     """Write a timm-loadable folder (and optionally ``model.onnx``) for a checkpoint.
 
     Args:
-        checkpoint: run directory, checkpoint directory or ``model.safetensors`` file.
+        checkpoint: run directory, checkpoint directory or ``model.safetensors`` file, or any
+            :class:`~fixres.sources.ModelSource` (a model someone else trained, with the test
+            preprocessing and label names it declares).
         out: the folder to create; refused if it exists and is not empty. Written into a
             temporary sibling first and renamed into place, so it is whole or absent.
         onnx: also write ``model.onnx`` at the test resolution and check it against PyTorch
@@ -76,12 +80,14 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path, *, onnx: bool = F
     """
     if onnx:
         _require_onnx()
-    meta = read_meta(checkpoint)               # refuse before loading any weights
+    source = as_source(checkpoint)
+    if source.checkpoint is not None and not as_source(source.checkpoint).model:
+        refuse_unexportable(read_meta(source.checkpoint))       # refuse before loading any weights
+    out = prepare_run_dir(out, replaceable=False, keep=False)   # must not exist or be empty; checked before the work
+    opened = open_model(source)
+    model, meta = opened.model, opened.meta
     refuse_unexportable(meta)
     prep = meta.preprocessing.override("flag", test_res=test_res, crop_pct=crop_pct)
-    out = prepare_run_dir(out, replaceable=False, keep=False)   # must not exist or be empty; checked before the work
-    source = find_checkpoint(checkpoint)
-    model, meta = open_checkpoint(source)
     test_res, crop_pct = prep.test_res, prep.crop_pct
     resize = prep.test_view().resize_size
 
@@ -96,14 +102,17 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path, *, onnx: bool = F
     config = timm_config(meta, model, prep)
     record = config["fixres"]
     record["resize"] = resize
-    record["source"] = {"checkpoint": str(source), "weights_sha256": meta.weights_sha256, "epoch": meta.epoch,
-                        "created": meta.created, "versions": meta.versions}
+    record["source"] = {"checkpoint": opened.name, "weights_sha256": meta.weights_sha256, "epoch": meta.epoch,
+                        "created": meta.created, "versions": meta.versions, "weights_from": meta.weights_from}
 
     out.parent.mkdir(parents=True, exist_ok=True)
     # an empty `out` (checked above) is replaced; one that filled up since makes this fail, deleting nothing
     with atomic_path(out, existing="empty", fsync=True) as tmp:
         tmp.mkdir()
-        shutil.copyfile(source / WEIGHTS, tmp / WEIGHTS)
+        if opened.directory is not None:     # a byte copy of the checkpoint's weights
+            shutil.copyfile(opened.directory / WEIGHTS, tmp / WEIGHTS)
+        else:
+            save_file(state_dict_for_saving(model), str(tmp / WEIGHTS), metadata={"format": "pt"})
         record["weights_sha256"] = sha256_file(tmp / WEIGHTS)
         write_json(tmp / CONFIG, config)
         record["timm_max_abs_diff"] = check_timm_load(tmp, example, reference)
@@ -142,11 +151,11 @@ def timm_config(meta: CheckpointMeta, model: nn.Module, prep: Preprocessing) -> 
         "interpolation": prep.interpolation,
         "crop_pct": crop_pct,
         "test_crop_pct": crop_pct,
-        "crop_mode": "center",
         "mean": list(prep.mean),
         "std": list(prep.std),
         "num_classes": meta.num_classes,
         "label_names": list(meta.class_names),
+        "crop_mode": prep.crop_mode,
         "custom_load": False,
     }
     for key in ("first_conv", "classifier"):    # used by timm to adapt in_chans / num_classes
@@ -159,6 +168,8 @@ def timm_config(meta: CheckpointMeta, model: nn.Module, prep: Preprocessing) -> 
         "label_names": list(meta.class_names),
         "pretrained_cfg": pretrained_cfg,
     }
+    if meta.label_descriptions:         # timm's convention: label name -> description
+        config["label_descriptions"] = dict(zip(meta.class_names, meta.label_descriptions))
     if meta.model_kwargs:
         config["model_args"] = dict(meta.model_kwargs)
     config["fixres"] = {
@@ -256,12 +267,6 @@ def export_onnx(model: nn.Module, path: Path, test_res: int, chans: int, *, opse
     return {"file": path.name, "opset": opset, "input": "input", "output": "logits",
             "input_size": ["batch", chans, test_res, test_res], "max_abs_diff": diff, "tolerance": tolerance,
             "checked_batch": int(check.shape[0]), "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__}
-
-
-def is_export(path: str | Path) -> bool:
-    """Whether ``path`` is a folder with a timm ``config.json`` (and no fixres ``meta.json``)."""
-    path = Path(path)
-    return path.is_dir() and (path / CONFIG).is_file() and not (path / "meta.json").is_file()
 
 
 def read_export(path: str | Path) -> dict:

@@ -14,15 +14,13 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .checkpoint import find_checkpoint
 from .data.decode import UnreadableImage, load_rgb
 from .data.preprocessing import Preprocessing
 from .data.transforms import EvalTransform
 from .errors import FixresError
-from .export import CONFIG, is_export, load_timm_export, read_export
-from .rundir import sha256_file
+from .labels import LabelSpace
 from .runtime import resolve_device
-from .sources import open_checkpoint
+from .sources import ModelSource, open_model
 
 
 @dataclass(frozen=True)
@@ -31,10 +29,10 @@ class Classifier:
 
     model: nn.Module
     name: str                       # model (architecture) name
-    class_names: tuple[str, ...]
+    labels: LabelSpace              # what each output means
     prep: Preprocessing             # its test geometry and normalisation
-    source: str                     # the checkpoint or export folder it came from
-    kind: str                       # "checkpoint" or "export"
+    source: str                     # the checkpoint, export folder or model it came from
+    kind: str                       # "checkpoint" or "model"
 
     @property
     def transform(self) -> EvalTransform:
@@ -43,8 +41,9 @@ class Classifier:
     def describe(self) -> dict:
         p = self.prep
         return {"model": self.name, "source": self.source, "kind": self.kind, "test_res": p.test_res,
-                "resize": self.transform.resize_size, "crop_pct": p.crop_pct,
-                "interpolation": p.interpolation, "mean": list(p.mean), "std": list(p.std)}
+                "resize": self.transform.resize_size, "crop_pct": p.crop_pct, "crop_mode": p.crop_mode,
+                "interpolation": p.interpolation, "mean": list(p.mean), "std": list(p.std),
+                "classes": len(self.labels), "labels": self.labels.source}
 
 
 @dataclass(frozen=True)
@@ -52,56 +51,23 @@ class Prediction:
     """The top-k classes of one image, best first, or why it could not be read."""
 
     path: str
-    labels: tuple[str, ...] = ()
+    labels: tuple[str, ...] = ()            # as a person reads them (ImageNet: "goldfish", not n01443537)
     indices: tuple[int, ...] = ()
     probs: tuple[float, ...] = ()
     error: str | None = None
+    names: tuple[str, ...] = ()             # the label names (class folder names, wnids)
 
     def row(self) -> dict:
         return asdict(self)
 
 
-def load_classifier(path: str | Path) -> Classifier:
-    """Open a run directory, checkpoint directory, ``model.safetensors`` file or exported folder.
-
-    A fixres checkpoint brings its recorded test resolution, crop_pct, interpolation and
-    mean/std; an exported folder (any timm ``local-dir`` folder) brings what timm resolves
-    from its ``config.json`` with ``use_test_size=True``.
-    """
-    path = Path(path)
-    if path.is_file() and path.suffix == ".safetensors" and is_export(path.parent):
-        path = path.parent
-    if is_export(path):
-        return _load_export(path)
-    directory = find_checkpoint(path)
-    model, meta = open_checkpoint(directory)
-    return Classifier(model, meta.model, meta.class_names, meta.preprocessing, str(directory), "checkpoint")
-
-
-def _load_export(path: Path) -> Classifier:
-    from timm.data import resolve_data_config
-    config = read_export(path)
-    record = config.get("fixres") or {}
-    if record.get("weights_sha256") and (path / "model.safetensors").is_file():
-        if sha256_file(path / "model.safetensors") != record["weights_sha256"]:
-            raise FixresError(f"{path / 'model.safetensors'}: content does not match the hash recorded in {CONFIG}")
-    model = load_timm_export(path)
-    data = resolve_data_config(model=model, use_test_size=True)
-    _, height, width = data["input_size"]
-    if height != width or data.get("crop_mode", "center") != "center":
-        raise FixresError(f"{path}: fixres predicts with a square centre crop; this model asks for a "
-                          f"{height}x{width} input with crop_mode {data.get('crop_mode')!r}")
-    labels = model.pretrained_cfg.get("label_names") or config.get("label_names")
-    num_classes = int(model.num_classes)
-    if isinstance(labels, dict):
-        labels = [labels.get(str(i), labels.get(i, str(i))) for i in range(num_classes)]
-    names = tuple(str(v) for v in labels) if labels and len(labels) == num_classes else \
-        tuple(str(i) for i in range(num_classes))
-    train_res = int(record.get("train_res", height))
-    prep = Preprocessing.from_dict({"mean": data["mean"], "std": data["std"], "interpolation": str(data["interpolation"]),
-                                    "crop_pct": data["crop_pct"], "test_res": int(height), "train_res": train_res},
-                                   origin=f"{path / CONFIG} (timm resolve_data_config, test size)")
-    return Classifier(model, config["architecture"], names, prep, str(path), "export")
+def load_classifier(source: "str | Path | ModelSource") -> Classifier:
+    """Open a checkpoint (run directory, checkpoint directory, ``model.safetensors``), an exported
+    folder or any :class:`~fixres.sources.ModelSource`: the model, its recorded (or declared)
+    test preprocessing and its label space."""
+    opened = open_model(source)
+    return Classifier(opened.model, opened.meta.model, opened.labels, opened.meta.preprocessing, opened.name,
+                      "model" if opened.foreign else "checkpoint")
 
 
 @torch.no_grad()
@@ -112,7 +78,7 @@ def classify(classifier: Classifier, paths: list[str | Path], *, top_k: int = 5,
         raise FixresError(f"top-k must be a positive integer, got {top_k!r}")
     if batch_size < 1:
         raise FixresError(f"batch size must be positive, got {batch_size}")
-    k = min(top_k, len(classifier.class_names))
+    k = min(top_k, len(classifier.labels))
     dev = resolve_device(device)
     model = classifier.model.to(dev).eval()
     transform, normalize = classifier.transform, classifier.prep.normalizer()
@@ -123,7 +89,8 @@ def classify(classifier: Classifier, paths: list[str | Path], *, top_k: int = 5,
         logits = model(normalize(torch.stack([t for _, t in pending]), dev)).float()
         probs, top = logits.softmax(dim=1).topk(k, dim=1)
         for (i, _), p, t in zip(pending, probs.cpu().tolist(), top.cpu().tolist()):
-            results[i] = Prediction(str(paths[i]), tuple(classifier.class_names[j] for j in t), tuple(t), tuple(p))
+            results[i] = Prediction(str(paths[i]), tuple(classifier.labels.display(j) for j in t), tuple(t), tuple(p),
+                                    names=tuple(classifier.labels.names[j] for j in t))
         pending.clear()
 
     for i, path in enumerate(paths):
@@ -138,7 +105,7 @@ def classify(classifier: Classifier, paths: list[str | Path], *, top_k: int = 5,
     return [results[i] for i in range(len(paths))]
 
 
-def predict(checkpoint: str | Path, paths: list[str | Path], top_k: int = 5, *, device: str = "auto",
+def predict(checkpoint: "str | Path | ModelSource", paths: list[str | Path], top_k: int = 5, *, device: str = "auto",
             batch_size: int = 32) -> list[Prediction]:
     """Classify image files with a checkpoint or exported folder (see :func:`load_classifier`)."""
     return classify(load_classifier(checkpoint), paths, top_k=top_k, device=device, batch_size=batch_size)

@@ -36,7 +36,7 @@ from torch import nn
 
 from .adapt import find_classifier, pooled_features
 from .adapt.data import Sequential
-from .checkpoint import CheckpointMeta, find_checkpoint
+from .checkpoint import CheckpointMeta
 from .config import option, with_overrides
 from .data.index import SplitIndex, balanced_sample, split_holdout
 from .data.loader import ImageDataset, MultiView, make_loader
@@ -45,7 +45,8 @@ from .errors import FixresError
 from .evaluate import load_split
 from .models.equaliser import Equaliser
 from .runtime import Runtime, RuntimeOptions
-from .sources import open_checkpoint
+from .labels import Binding
+from .sources import ModelSource, Opened, open_for_data, open_model
 
 ZEROS = "fraction of values exactly 0.0 (float32; a channel that is zero at every position)"
 DISTANCES = ("w1: 1-D Wasserstein distance between all feature values and the train-time ones (feature units); "
@@ -98,7 +99,7 @@ class Probe:
     """One checkpoint opened for reading its pooled features."""
 
     label: str
-    directory: Path
+    directory: str             # the checkpoint directory, or the --model name
     model: nn.Module
     meta: CheckpointMeta
     classifier: str
@@ -117,14 +118,13 @@ class Probe:
         return ("pooled", "equalised") if self.equaliser else ("pooled",)
 
 
-def open_probe(path: str | Path) -> Probe:
-    directory = find_checkpoint(path)
-    model, meta = open_checkpoint(directory)
+def open_probe(opened: Opened) -> Probe:
+    model, meta = opened.model, opened.meta
     record = (meta.adaptation or {}).get("equaliser")
     classifier = record["module"] if record else find_classifier(model)
     adaptation = meta.adaptation or {}
     label = f"{adaptation['method']}@{adaptation.get('test_res')}" if adaptation else "as trained"
-    return Probe(label, directory, model, meta, classifier, Equaliser.from_record(record) if record else None)
+    return Probe(label, opened.name, model, meta, classifier, Equaliser.from_record(record) if record else None)
 
 
 def feature_map(model: nn.Module, res: int) -> str | None:
@@ -259,21 +259,22 @@ class StatsOptions(RuntimeOptions):
             raise FixresError(f"images must be at least 1, got {self.images}")
 
 
-def feature_stats(checkpoint: str | Path, data: str | Path, opts: StatsOptions | None = None, *,
+def feature_stats(checkpoint: "str | Path | ModelSource", data: str | Path, opts: StatsOptions | None = None, *,
                   compare: Sequence[str | Path] = (), quiet: bool = True, **overrides) -> StatsResult:
     """Distribution of the pooled features at each test resolution against the train-time one.
 
     Args:
-        checkpoint: run directory, checkpoint directory or model.safetensors (its train-time
-            distribution is the reference: RandomResizedCrop with the crop settings its
-            preprocessing record holds).
+        checkpoint: a checkpoint path or any :class:`~fixres.sources.ModelSource` (its
+            train-time distribution is the reference: RandomResizedCrop with the crop settings
+            its preprocessing record holds; for a model fixres did not train, the defaults).
         data: dataset directory holding ``opts.split`` (and ``opts.reference_split``).
         opts: :class:`StatsOptions`, with ``overrides`` applied (``test_res`` is required).
         compare: further checkpoints (e.g. ``fixres adapt`` outputs) measured on the same images.
     """
     opts = with_overrides(StatsOptions, opts, overrides)
     test_res = sorted(set(opts.test_res))
-    probes = [open_probe(c) for c in (checkpoint, *compare)]
+    first = open_for_data(checkpoint, data, [opts.split, opts.reference_split or opts.split])
+    probes = [open_probe(first), *(open_probe(open_model(c)) for c in compare)]
     for i, probe in enumerate(probes):     # labels name the series: make them unique
         if any(p.label == probe.label for p in probes[:i]):
             probe.label = f"{probe.label} #{i + 1}"
@@ -281,7 +282,7 @@ def feature_stats(checkpoint: str | Path, data: str | Path, opts: StatsOptions |
     for probe in probes[1:]:
         if probe.meta.class_names != base.class_names:
             raise FixresError(f"--compare {probe.directory}: its classes differ from {probes[0].directory}'s")
-    index = balanced_sample(load_split(data, opts.split, base.class_names), opts.images, opts.seed)
+    index = balanced_sample(load_split(data, opts.split, first.binding), opts.images, opts.seed)
     prep = base.preprocessing
     rrc = prep.train_view()
     ref_split = opts.reference_split or opts.split
@@ -296,7 +297,7 @@ def feature_stats(checkpoint: str | Path, data: str | Path, opts: StatsOptions |
         feats = [f[1:] for f in feats]
         ref_index = index
     else:
-        ref_index = _reference_images(data, ref_split, base, opts.images, opts.seed)
+        ref_index = _reference_images(data, ref_split, base, first.binding, opts.images, opts.seed)
         reference = collect(probes[:1], ref_index, [rrc], rt, label="reference features", **common)[0][0][0].numpy()
         feats, skipped = collect(probes, index, views, rt, label=f"features x{len(views)}", **common)
     rows, values, notes = _rows(probes, views, feats, reference, opts.split, ref_split)
@@ -345,8 +346,8 @@ def _rows(probes: Sequence[Probe], views: Sequence[EvalTransform], feats, refere
     return rows, values, notes
 
 
-def _reference_images(data, split: str, meta: CheckpointMeta, images: int, seed: int) -> SplitIndex:
-    index = load_split(data, split, meta.class_names)
+def _reference_images(data, split: str, meta: CheckpointMeta, labels: Binding, images: int, seed: int) -> SplitIndex:
+    index = load_split(data, split, labels)
     if split == "train" and meta.holdout:    # only what the classifier was trained on
         index = split_holdout(index, float(meta.holdout["fraction"]), int(meta.holdout["seed"]))[0]
     return balanced_sample(index, images, seed)

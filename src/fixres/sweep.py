@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from .analyze import predict_test_res
-from .checkpoint import CheckpointMeta, find_checkpoint
+from .checkpoint import CheckpointMeta
 from .config import option, with_overrides
 from .data.index import SplitIndex, sample_per_class, split_holdout
 from .data.loader import Batch
@@ -39,7 +39,8 @@ from .data.transforms import check_geometries
 from .errors import FixresError
 from .evaluate import EvalResult, Tally, infer, load_split
 from .runtime import Dist, Runtime, RuntimeOptions
-from .sources import open_checkpoint
+from .labels import Binding
+from .sources import ModelSource, open_for_data
 
 SELECT_ON = ("holdout", "train", "val", "none")
 
@@ -86,8 +87,8 @@ def sweep_model(model: nn.Module, split_index: SplitIndex, prep: Preprocessing,
         tallies[g].add(logits, batch.labels, len(batch.skipped))
         if g == 0 and skipped is not None:
             skipped.extend(batch.skipped)
-    return [tally.result(rt.dist, test_res=v.test_res, crop_pct=v.crop_pct, interpolation=v.interpolation)
-            for tally, v in zip(tallies, views)]
+    return [tally.result(rt.dist, test_res=v.test_res, crop_pct=v.crop_pct, interpolation=v.interpolation,
+                         crop_mode=v.crop_mode) for tally, v in zip(tallies, views)]
 
 
 # ----------------------------------------------------------------------------- selection
@@ -102,8 +103,10 @@ class Selection:
 
 
 def select_split(meta: CheckpointMeta, data: str | Path, select_on: str | None, *, split: str = "val",
-                 select_images: int = 50) -> Selection:
-    """Which images choose the best resolution (default: the held-out ones, else a train sample)."""
+                 select_images: int = 50, labels: Binding | None = None) -> Selection:
+    """Which images choose the best resolution (default: the held-out ones, else a train sample).
+
+    ``labels``: how the dataset's folders map onto the model's classes (default: by name)."""
     if select_on is None:
         select_on = "holdout" if meta.holdout else "train"
     if select_on not in SELECT_ON:
@@ -113,7 +116,10 @@ def select_split(meta: CheckpointMeta, data: str | Path, select_on: str | None, 
     if select_on == split or select_on == "val":
         return Selection(split, None, False, f"chosen on {split}, the split it is reported on: the {split} accuracy "
                                              "at the chosen resolution is optimistic")
-    train = load_split(data, "train", meta.class_names)
+    if not (Path(data) / "train").is_dir():
+        raise FixresError(f"{data} has no train/ directory to choose the test resolution on without touching "
+                          f"{split}: add one, or use --select-on val (optimistic) or none")
+    train = load_split(data, "train", labels if labels is not None else meta.class_names)
     if select_on == "holdout":
         if not meta.holdout:
             raise FixresError("the checkpoint records no held-out training images (train with --holdout); "
@@ -131,6 +137,9 @@ def select_split(meta: CheckpointMeta, data: str | Path, select_on: str | None, 
     if meta.holdout:     # sample only what was trained on, so "seen in training" is true of every image
         train = split_holdout(train, meta.holdout["fraction"], meta.holdout["seed"])[0]
     sample = sample_per_class(train, select_images)
+    if meta.weights_from is not None:    # a model fixres did not train: its training set is not this train/
+        return Selection("train", sample, False, f"chosen on {len(sample)} images of {Path(data) / 'train'} (at most "
+                                                 f"{select_images} per class), not on {split}")
     why = ("the held-out images were not used (--select-on train)" if meta.holdout
            else "no held-out images recorded (train with --holdout to avoid this)")
     return Selection("train", sample, True, f"chosen on {len(sample)} TRAINING images (at most {select_images} per "
@@ -209,7 +218,6 @@ class SweepOptions(RuntimeOptions):
               "itself: optimistic) or none (default: holdout if the checkpoint records one, else train)")
     select_images: int = option(50, "--select-on train: images per class of the training sample")
     split: str = option("val", "sub-directory the accuracy is reported on")
-    interpolation: Optional[Literal["bilinear", "bicubic"]] = option(None, "resize filter (default: the checkpoint's)")
 
     def __post_init__(self):
         super().__post_init__()
@@ -218,21 +226,23 @@ class SweepOptions(RuntimeOptions):
             raise FixresError(f"select_images must be at least 1, got {self.select_images}")
 
 
-def sweep_checkpoint(checkpoint: str | Path, data: str | Path, opts: SweepOptions | None = None, *,
+def sweep_checkpoint(checkpoint: "str | Path | ModelSource", data: str | Path, opts: SweepOptions | None = None, *,
                      quiet: bool = True, dist_env: Dist = Dist(), **overrides) -> SweepResult:
-    """Sweep a checkpoint over test geometries on ``data/<split>``, choosing the best elsewhere.
+    """Sweep a model (a checkpoint path, or any :class:`~fixres.sources.ModelSource`) over test
+    geometries on ``data/<split>``, choosing the best elsewhere.
 
     ``opts`` with ``overrides`` applied (field names of :class:`SweepOptions`; ``test_res``
     is required). Under torchrun every rank calls this with its ``dist_env``: each sweeps a
     shard and the sums are all-reduced.
     """
     opts = with_overrides(SweepOptions, opts, overrides)
-    directory = find_checkpoint(checkpoint)
-    model, meta = open_checkpoint(directory)
-    prep = meta.preprocessing.override("flag", interpolation=opts.interpolation)
+    opened = open_for_data(checkpoint, data, [opts.split, "train"])
+    model, meta, directory = opened.model, opened.meta, opened.name
+    prep = meta.preprocessing
     geometries = check_geometries(opts.test_res, opts.crop_pct or [prep.crop_pct])
-    report = load_split(data, opts.split, meta.class_names)
-    selection = select_split(meta, data, opts.select_on, split=opts.split, select_images=opts.select_images)
+    report = load_split(data, opts.split, opened.binding)
+    selection = select_split(meta, data, opts.select_on, split=opts.split, select_images=opts.select_images,
+                             labels=opened.binding)
     rt = opts.runtime(dist_env, quiet)
     model.to(rt.device)
     skipped: list = []

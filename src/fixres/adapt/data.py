@@ -23,6 +23,7 @@ from ..data.preprocessing import Preprocessing
 from ..data.transforms import eval_geometry, flip_and_jitter, interpolation_mode
 from ..errors import FixresError
 from ..evaluate import load_split
+from ..labels import Binding
 from ..runtime import Dist
 
 
@@ -86,11 +87,14 @@ class Images:
     available: int          # training images the adaptation could use
 
 
-def adaptation_images(data: str | Path, meta: CheckpointMeta, images: int | None, seed: int) -> Images:
+def adaptation_images(data: str | Path, meta: CheckpointMeta, images: int | None, seed: int,
+                      labels: Binding | None = None) -> Images:
     """Training images (minus the checkpoint's held-out ones; ``images`` of them at random
-    if given: a fixed subset for a seed) and the val split, classes checked."""
-    train = load_split(data, "train", meta.class_names)
-    val = load_split(data, "val", meta.class_names)
+    if given: a fixed subset for a seed) and the val split, their folders bound to the
+    model's classes (``labels``; default: by name)."""
+    labels = meta.class_names if labels is None else labels
+    train = load_split(data, "train", labels)
+    val = load_split(data, "val", labels)
     held = 0
     if meta.holdout:
         train, out = split_holdout(train, float(meta.holdout["fraction"]), int(meta.holdout["seed"]))

@@ -23,7 +23,7 @@ from ..evaluate import EvalResult, evaluate
 from ..models.equaliser import attach, has_equaliser
 from ..rundir import prepare_run_dir, write_json
 from ..runtime import Dist, Runtime, barrier, gather_lists
-from ..sources import open_checkpoint
+from ..sources import ModelSource, Opened, as_source, open_for_data
 from .data import Images, adapt_transform, adaptation_images, ordered_loader
 from .features import build_cache, collect_pooled
 from .graph import Split, check_split, split_graph
@@ -47,23 +47,38 @@ class AdaptResult:
     out: Path | None
 
 
-def check_adapt_out(out: str | Path, source: Path, overwrite: bool) -> Path:
+def check_label_coverage(opts: AdaptOptions, imgs: Images, opened: Opened) -> None:
+    """Training the classifier on images of SOME of its classes would teach it never to predict
+    the others: the training methods need every class of the label space among the training
+    images, or ``restrict_labels`` (the classifier then keeps the dataset's classes only)."""
+    present = sum(1 for n in imgs.train.class_counts() if n)
+    if opts.trains and present < opened.meta.num_classes:
+        raise FixresError(f"--method {opts.method} trains the classifier: {Path(imgs.train.root)} holds "
+                          f"{present} of the model's {opened.meta.num_classes} classes; add --restrict-labels (the "
+                          "adapted checkpoint then predicts those classes only), or use --method bn or parametric "
+                          "(label-free)")
+
+
+def check_adapt_out(out: str | Path, source: Path | None, overwrite: bool) -> Path:
     """Validate (and create) the output checkpoint directory before any work; an existing one
     is replaced atomically only when the adapted checkpoint is saved."""
     out = Path(out)
-    if out.exists() and out.resolve() == source.resolve():
+    if source is not None and out.exists() and out.resolve() == source.resolve():
         raise FixresError(f"--out {out} is the checkpoint being adapted; choose another directory")
     return prepare_run_dir(out, overwrite=overwrite, marker=META, what="checkpoint directory", clear=False,
                            keep=False)
 
 
-def adapt_checkpoint(checkpoint: str | Path, data: str | Path, opts: AdaptOptions | None = None, *,
+def adapt_checkpoint(checkpoint: "str | Path | ModelSource", data: str | Path, opts: AdaptOptions | None = None, *,
                      out: str | Path | None = None, overwrite: bool = False, quiet: bool = False,
                      before: EvalResult | None = None, dist_env: Dist = Dist(), **overrides) -> AdaptResult:
     """Adapt a checkpoint to a test resolution (``opts.test_res``).
 
     Args:
-        checkpoint: run directory, checkpoint directory or model.safetensors file.
+        checkpoint: a checkpoint path (run directory, checkpoint directory, model.safetensors)
+            or any :class:`~fixres.sources.ModelSource` (a model someone else trained: its
+            classes are bound to the dataset's folders; with ``restrict_labels`` the adapted
+            checkpoint keeps the dataset's classes only).
         data: dataset directory with train/ (adaptation images) and val/ (before/after).
         opts: :class:`AdaptOptions` (default: its defaults: method fixres, 30 epochs, batch 64,
             lr 1e-3 x batch/64, v1), with ``overrides`` applied (field names; ``None`` = not given).
@@ -78,13 +93,16 @@ def adapt_checkpoint(checkpoint: str | Path, data: str | Path, opts: AdaptOption
     opts = with_overrides(AdaptOptions, opts, overrides)
     t_start = time.perf_counter()
     rt = opts.runtime(dist_env, quiet)
-    source = find_checkpoint(checkpoint)
+    model_source = as_source(checkpoint)
+    source = find_checkpoint(model_source.checkpoint) if model_source.checkpoint else None
     if out is not None and dist_env.is_main:
         out = check_adapt_out(out, source, overwrite)
-    model, meta = open_checkpoint(source)
+    opened = open_for_data(model_source, data, ["train", "val"])
+    model, meta, source = opened.model, opened.meta, opened.name
     if opts.method == "parametric" and has_equaliser(model):
         raise FixresError(f"{source} is already equalised (method parametric); adapt its source checkpoint instead")
-    imgs = adaptation_images(data, meta, opts.images, opts.seed)
+    imgs = adaptation_images(data, meta, opts.images, opts.seed, opened.binding)
+    check_label_coverage(opts, imgs, opened)
     if opts.trains and len(imgs.train) < opts.batch_size:
         raise FixresError(f"{len(imgs.train)} adaptation images are fewer than one batch of {opts.batch_size}; "
                           "lower --batch-size")
@@ -254,7 +272,7 @@ def _parametric_method(ctx: _Context) -> dict:
             "seconds_features": round(time.perf_counter() - t0, 3), "seconds_train": 0.0}
 
 
-def _report(ctx: _Context, source: Path, before: EvalResult, after: EvalResult, info: dict, seconds: float,
+def _report(ctx: _Context, source: str, before: EvalResult, after: EvalResult, info: dict, seconds: float,
             eval_seconds: float) -> dict:
     meta, opts, prep = ctx.meta, ctx.opts, ctx.prep
     keep = ("top1", "top5", "loss", "n", "n_skipped")

@@ -21,6 +21,7 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from ..errors import FixresError
+from ..models.heads import architecture, find_classifier
 from .graph import final_batchnorms, trace
 
 METHODS = ("fixres", "bn", "parametric", "head", "full")
@@ -31,33 +32,6 @@ PAPER_EXCEPTIONS: dict[str, tuple[str, ...]] = {
 }
 
 NO_BN_NOTE = "no batch-norm: fixres adapts the classifier only; LayerNorm/GroupNorm need no re-estimation"
-
-
-def architecture(model: nn.Module) -> str:
-    cfg = getattr(model, "pretrained_cfg", None) or {}
-    return cfg.get("architecture") or type(model).__name__
-
-
-def find_classifier(model: nn.Module, override: str | None = None) -> str:
-    """Name of the classifier module (the last linear layer that produces the logits)."""
-    modules = dict(model.named_modules())
-    if override is not None:
-        names = [override]
-    else:
-        declared = (getattr(model, "pretrained_cfg", None) or {}).get("classifier")
-        names = [declared] if isinstance(declared, str) else list(declared or [])
-        if not names and hasattr(model, "get_classifier"):
-            head = model.get_classifier()
-            names = [n for n, m in modules.items() if m is head]
-    for name in names:
-        module = modules.get(name)
-        if module is not None and any(True for _ in module.parameters()):
-            return name
-    if override is not None:
-        hint = "no such module" if override not in modules else "it has no parameters"
-        raise FixresError(f"--classifier-module {override!r}: {hint} in {architecture(model)}")
-    raise FixresError(f"cannot find the classifier of {architecture(model)} (no timm pretrained_cfg['classifier'] "
-                      "or get_classifier()); name it with --classifier-module")
 
 
 def _probe_input(model: nn.Module) -> torch.Tensor:

@@ -4,7 +4,7 @@ from __future__ import annotations
 from ..adapt import AdaptOptions, adapt_checkpoint
 from ..config import add_arguments, build, from_namespace
 from ..runtime import init_distributed
-from .common import print_json
+from .common import add_model_source, model_source, print_json
 
 
 def register(sub) -> None:
@@ -13,8 +13,7 @@ def register(sub) -> None:
                                    "preprocessing (never its held-out or val images), measure val accuracy at "
                                    "--test-res before and after, and write a checkpoint directory whose default test "
                                    "resolution is --test-res. See docs/adapt.md.")
-    p.add_argument("--checkpoint", required=True, help="run directory (its best checkpoint), checkpoint directory or "
-                                                       "model.safetensors file")
+    add_model_source(p)
     p.add_argument("--data", required=True, help="dataset directory with train/ and val/")
     p.add_argument("--out", required=True, help="checkpoint directory to write (must not exist or be empty)")
     add_arguments(p, AdaptOptions)
@@ -25,9 +24,10 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
+    source = model_source(args)
     opts = build(AdaptOptions, from_namespace(args, AdaptOptions))
     dist_env = init_distributed(opts.device)  # under torchrun: the passes over the images are shared
-    result = adapt_checkpoint(args.checkpoint, args.data, opts, out=args.out, overwrite=args.overwrite,
+    result = adapt_checkpoint(source, args.data, opts, out=args.out, overwrite=args.overwrite,
                               quiet=args.quiet, dist_env=dist_env)
     if not dist_env.is_main:
         return 0

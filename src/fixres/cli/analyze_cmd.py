@@ -5,8 +5,11 @@ from ..analyze import (GEOMETRIC_NOTE, STATISTICS, compare_statistics, parse_siz
                        sensitivity)
 from ..analyze.geometry import check_statistic
 from ..analyze.sizes import split_dir
+from ..data.preprocessing import Preprocessing
+from ..data.transforms import check_resolution
 from ..errors import FixresError
 from ..rundir import prepare_output_file
+from ..sources import ModelSource, declared_preprocessing
 from .common import print_json, table
 
 
@@ -20,13 +23,19 @@ def register(sub) -> None:
                                    "(square images), or by simulating torchvision's exact sampler over the "
                                    "dataset's image sizes (--data) or given sizes (--sizes). Geometric prediction "
                                    "only: `fixres sweep` measures the real optimum.")
-    p.add_argument("--train-res", type=int, required=True, metavar="K", help="training resolution (pixels)")
-    p.add_argument("--scale", type=float, nargs=2, default=(0.08, 1.0), metavar=("A", "B"),
-                   help="RandomResizedCrop area-fraction range (default: 0.08 1)")
-    p.add_argument("--ratio", type=float, nargs=2, default=(3 / 4, 4 / 3), metavar=("A", "B"),
-                   help="RandomResizedCrop aspect-ratio range (default: 0.75 1.333)")
-    p.add_argument("--crop-pct", type=float, default=0.875,
-                   help="test centre-crop fraction: resize to floor(K_test / crop_pct) (default: 0.875)")
+    model = p.add_mutually_exclusive_group()
+    model.add_argument("--checkpoint", metavar="PATH", help="read the training settings a fixres checkpoint records")
+    model.add_argument("--model", metavar="NAME", help="read the settings a timm model declares (its pretrained "
+                                                       "config: input_size is its training resolution; its training "
+                                                       "crops are not recorded, the defaults are assumed)")
+    p.add_argument("--train-res", type=int, metavar="K", help="training resolution (pixels; default: the model's)")
+    p.add_argument("--scale", type=float, nargs=2, metavar=("A", "B"),
+                   help="RandomResizedCrop area-fraction range (default: the checkpoint's, else 0.08 1)")
+    p.add_argument("--ratio", type=float, nargs=2, metavar=("A", "B"),
+                   help="RandomResizedCrop aspect-ratio range (default: the checkpoint's, else 0.75 1.333)")
+    p.add_argument("--crop-pct", type=float,
+                   help="test centre-crop fraction: resize to floor(K_test / crop_pct) (default: the model's, "
+                        "else 0.875)")
     src = p.add_mutually_exclusive_group()
     src.add_argument("--data", metavar="DIR", help="dataset directory (reads DIR/train) or a split / image folder")
     src.add_argument("--sizes", nargs="+", metavar="WxH", help="image sizes, e.g. 500x375 500x333")
@@ -40,10 +49,28 @@ def register(sub) -> None:
     p.set_defaults(handler=run)
 
 
+def settings(args) -> Preprocessing:
+    """The training crops and test crop fraction: the model's (its record or declaration), each
+    overridden by a flag; without a model, the flags (``--train-res`` required) and defaults."""
+    if args.train_res is not None:
+        check_resolution(args.train_res, "train resolution")
+    if args.checkpoint or args.model:
+        prep = declared_preprocessing(ModelSource(checkpoint=args.checkpoint, model=args.model))
+    elif args.train_res is None:
+        raise FixresError("give --train-res K, or the model: --checkpoint PATH or --model NAME")
+    else:
+        prep = Preprocessing(mean=(0.5,) * 3, std=(0.5,) * 3, train_res=args.train_res)   # mean/std unused here
+    return prep.override("flag", train_res=args.train_res, scale=args.scale and tuple(args.scale),
+                         ratio=args.ratio and tuple(args.ratio), crop_pct=args.crop_pct)
+
+
 def run(args) -> int:
     check_statistic(args.statistic)
     if args.plot:
         prepare_output_file(args.plot)
+    prep = settings(args)
+    args.train_res, args.scale, args.ratio, args.crop_pct = prep.train_res, prep.scale, prep.ratio, prep.crop_pct
+    origin = {k: prep.source_of(k) for k in ("train_res", "scale", "ratio", "crop_pct")}
     sizes, source, scan = None, None, None
     if args.sizes:
         sizes = [parse_size(s) for s in args.sizes]
@@ -65,9 +92,11 @@ def run(args) -> int:
         "skipped": len(scan.skipped), "seconds": round(scan.seconds, 3), "files_per_s": round(scan.files_per_s)}
     if args.json:
         print_json({"note": GEOMETRIC_NOTE, "prediction": chosen.row(), "statistics": [p.row() for p in predictions],
-                    "sensitivity": rows, "scan": scan_info, "plot": args.plot})
+                    "sensitivity": rows, "scan": scan_info, "plot": args.plot, "settings_from": origin})
         return 0
     print(report(chosen, predictions, rows, scan_info, sizes, args.plot))
+    if args.checkpoint or args.model:
+        print("  Settings: " + "; ".join(f"{k} from {v}" for k, v in origin.items()))
     return 0
 
 

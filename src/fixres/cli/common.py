@@ -4,7 +4,19 @@ from __future__ import annotations
 import json
 import sys
 
+from ..config import add_arguments, build, from_namespace
+from ..sources import ModelSource
 from ..tables import table  # noqa: F401  (re-exported for command modules)
+
+
+def add_model_source(p, exclude: tuple[str, ...] = ()) -> None:
+    """The model flags every command that takes a model shares (see :class:`~fixres.sources.ModelSource`)."""
+    add_arguments(p, ModelSource, exclude=exclude)
+
+
+def model_source(args) -> ModelSource:
+    """The validated :class:`ModelSource` of the command line (one clear line when it is not)."""
+    return build(ModelSource, from_namespace(args, ModelSource))
 
 
 def print_json(obj) -> None:

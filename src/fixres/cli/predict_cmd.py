@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from ..errors import FixresError
 from ..predict import classify, load_classifier
-from .common import print_json
+from .common import add_model_source, model_source, print_json
 
 
 def register(sub) -> None:
@@ -13,8 +13,7 @@ def register(sub) -> None:
                                    "its interpolation and mean/std). An unreadable image is reported on its line; "
                                    "the exit code is 2 only if no image could be read.")
     p.add_argument("images", nargs="+", metavar="IMG", help="image files")
-    p.add_argument("--checkpoint", required=True, help="run directory, checkpoint directory, model.safetensors file "
-                                                       "or a folder written by fixres export")
+    add_model_source(p, exclude=("restrict_labels", "train_res", "scale", "ratio"))
     p.add_argument("--top-k", type=int, default=5, help="classes to show per image (default: 5)")
     p.add_argument("--batch-size", type=int, default=32, help="images per batch (default: 32)")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default: auto)")
@@ -25,14 +24,15 @@ def register(sub) -> None:
 def run(args) -> int:
     if args.top_k < 1:   # before loading the model
         raise FixresError(f"--top-k must be at least 1, got {args.top_k}")
-    clf = load_classifier(args.checkpoint)
+    clf = load_classifier(model_source(args))
     rows = classify(clf, args.images, top_k=args.top_k, device=args.device, batch_size=args.batch_size)
     if args.json:
         print_json({**clf.describe(), "predictions": [r.row() for r in rows]})
     else:
         d = clf.describe()
         print(f"{d['model']} at {d['test_res']}px (resize {d['resize']}, crop_pct {d['crop_pct']:g}, "
-              f"{d['interpolation']}) from {d['source']}")
+              f"{d['interpolation']}{', ' + d['crop_mode'] if d['crop_mode'] != 'center' else ''}) from {d['source']}, "
+              f"{d['classes']} classes ({d['labels']})")
         for r in rows:
             text = f"unreadable ({r.error})" if r.error else \
                 "  ".join(f"{label} {100 * p:.1f}%" for label, p in zip(r.labels, r.probs))

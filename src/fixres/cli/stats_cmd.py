@@ -7,7 +7,8 @@ from ..data.transforms import parse_resolutions
 from ..rundir import prepare_output_files
 from ..stats import STATS_FILES, StatsOptions, feature_stats
 from ..stats_report import stats_json, stats_table, write_stats
-from .common import print_json
+from ..sources import open_model
+from .common import add_model_source, model_source, print_json
 
 
 def register(sub) -> None:
@@ -17,8 +18,7 @@ def register(sub) -> None:
                                    "one (RandomResizedCrop at the checkpoint's train resolution, with its recorded "
                                    "crop settings), as in figure 3 of the FixRes paper. --compare adds adapted "
                                    "checkpoints, measured on the same images.")
-    p.add_argument("--checkpoint", required=True, help="run directory, checkpoint directory or model.safetensors; "
-                                                       "its train-time distribution is the reference")
+    add_model_source(p)
     p.add_argument("--data", required=True, help="dataset directory holding --split")
     add_arguments(p, StatsOptions)
     p.add_argument("--compare", nargs="+", default=[], metavar="CKPT",
@@ -34,15 +34,17 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
+    source = model_source(args)
     resolutions = list(args.test_res)
     if args.train_res_reference:
-        resolutions.append(read_meta(args.checkpoint).preprocessing.train_res)
+        resolutions.append(source.train_res or (read_meta(source.checkpoint).preprocessing.train_res
+                                                if source.checkpoint else open_model(source).meta.preprocessing.train_res))
     values = from_namespace(args, StatsOptions)
     values["test_res"] = parse_resolutions(resolutions)
     opts = build(StatsOptions, values)
     if args.out:
         prepare_output_files(args.out, STATS_FILES, overwrite=args.overwrite, keep=False)
-    result = feature_stats(args.checkpoint, args.data, opts, compare=args.compare, quiet=args.quiet)
+    result = feature_stats(source, args.data, opts, compare=args.compare, quiet=args.quiet)
     written = write_stats(result, args.out, overwrite=args.overwrite) if args.out else []
     if args.json:
         print_json(stats_json(result))

@@ -7,7 +7,7 @@ from ..rundir import prepare_output_files
 from ..runtime import init_distributed
 from ..sweep import SweepOptions, sweep_checkpoint
 from ..sweep_report import SWEEP_FILES, sweep_json, sweep_table, write_sweep
-from .common import print_json
+from .common import add_model_source, model_source, print_json
 
 
 def register(sub) -> None:
@@ -17,8 +17,7 @@ def register(sub) -> None:
                                    "`fixres eval` does. The best resolution is chosen on held-out training images "
                                    "(or a training sample), then reported on --split. Under torchrun every process "
                                    "takes a shard; rank 0 prints and writes.")
-    p.add_argument("--checkpoint", required=True, help="run directory (its best checkpoint), checkpoint directory or "
-                                                       "model.safetensors file")
+    add_model_source(p)
     p.add_argument("--data", required=True, help="dataset directory holding train/ and the reported split")
     add_arguments(p, SweepOptions)
     p.add_argument("--out", default=None, help="directory to write sweep.csv, sweep.json and sweep.png into")
@@ -29,13 +28,14 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
+    source = model_source(args)
     values = from_namespace(args, SweepOptions)
     values["test_res"] = parse_resolutions(args.test_res)
     opts = build(SweepOptions, values)                   # validated before loading anything
     dist_env = init_distributed(opts.device)
     if args.out and dist_env.is_main:
         prepare_output_files(args.out, SWEEP_FILES, overwrite=args.overwrite, keep=False)
-    result = sweep_checkpoint(args.checkpoint, args.data, opts, quiet=args.quiet, dist_env=dist_env)
+    result = sweep_checkpoint(source, args.data, opts, quiet=args.quiet, dist_env=dist_env)
     if not dist_env.is_main:
         return 0
     written = write_sweep(result, args.out, overwrite=args.overwrite) if args.out else []

@@ -11,6 +11,7 @@ import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Mapping
 
 from ..errors import FixresError
 from .decode import IMAGE_EXTENSIONS, UnreadableImage, read_header
@@ -59,24 +60,28 @@ def _probe(path: Path) -> tuple[int, int, int] | str:
     return header.width, header.height, nbytes
 
 
-def scan_split(root: str | Path, classes: tuple[str, ...] | None = None, workers: int = 16) -> SplitIndex:
+def scan_split(root: str | Path, classes: tuple[str, ...] | None = None, workers: int = 16,
+               labels: Mapping[str, int] | None = None) -> SplitIndex:
     """Index one split directory.
 
     Args:
         root: directory holding one sub-directory per class.
-        classes: the expected class names (e.g. those of the training split); ``None``
-            takes the sub-directories found.
+        classes: the label names (e.g. those of the training split, or of a model's label
+            space); ``None`` takes the sub-directories found.
         workers: threads reading headers (I/O bound).
+        labels: folder name -> label index, when folders are not named as ``classes`` (a
+            model's label space: :func:`fixres.labels.bind`); default: a folder's position in
+            ``classes``. Folders not in it are not scanned.
 
     Raises:
         FixresError: missing directory, no classes, or a class with no readable image.
     """
     root = Path(root)
     if is_store(root):     # a packed store: same samples, order, sizes and digest as the folder it came from
-        return store_split(root, classes)
+        return store_split(root, classes, labels)
     found = list_classes(root)
     classes = found if classes is None else tuple(classes)
-    label_of = {c: i for i, c in enumerate(classes)}
+    label_of = dict(labels) if labels is not None else {c: i for i, c in enumerate(classes)}
     paths = [(p, label_of[c]) for c in found if c in label_of for p in walk_files(root / c)]
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
         probes = list(pool.map(lambda pl: _probe(pl[0]), paths))
@@ -88,7 +93,8 @@ def scan_split(root: str | Path, classes: tuple[str, ...] | None = None, workers
         else:
             samples.append(Sample(rel, label, *probe))
     index = SplitIndex(root, classes, samples, skipped)
-    empty = [c for c, n in zip(classes, index.class_counts()) if n == 0 and c in found]
+    counts = index.class_counts()
+    empty = [c for c in found if c in label_of and counts[label_of[c]] == 0]
     if empty:
         raise FixresError(f"{root}: no readable image in class director{'y' if len(empty) == 1 else 'ies'} "
                           f"{', '.join(empty)}")

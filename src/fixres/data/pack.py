@@ -32,6 +32,7 @@ import os
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Mapping
 
 import numpy as np
 
@@ -150,11 +151,13 @@ class PackedStore:
     def codec(self, record: int) -> int:
         return int(self.records[record]["codec"])
 
-    def split_index(self, classes: tuple[str, ...] | None = None) -> SplitIndex:
-        """The store as a :class:`SplitIndex` (labels remapped onto ``classes`` when given)."""
+    def split_index(self, classes: tuple[str, ...] | None = None,
+                    labels: Mapping[str, int] | None = None) -> SplitIndex:
+        """The store as a :class:`SplitIndex` (labels remapped onto ``classes``, or by the
+        folder -> index ``labels``, when given: see :func:`~fixres.data.folder.scan_split`)."""
         own = self.classes
         classes = own if classes is None else tuple(classes)
-        label_of = {c: i for i, c in enumerate(classes)}
+        label_of = dict(labels) if labels is not None else {c: i for i, c in enumerate(classes)}
         remap = [label_of.get(c, -1) for c in own]
         recs = self.records
         labels, widths, heights, nbytes = (recs[k].tolist() for k in ("label", "width", "height", "nbytes"))
@@ -199,10 +202,14 @@ def store_classes(root: str | Path) -> tuple[str, ...]:
     return open_store(root).classes
 
 
-def store_split(root: str | Path, classes: tuple[str, ...] | None = None) -> SplitIndex:
+def store_split(root: str | Path, classes: tuple[str, ...] | None = None,
+                labels: Mapping[str, int] | None = None) -> SplitIndex:
     """Index a store like :func:`~fixres.data.folder.scan_split` indexes a folder."""
-    index = open_store(root).split_index(classes)
-    empty = [c for c, n in zip(index.classes, index.class_counts()) if n == 0 and c in open_store(root).classes]
+    store = open_store(root)
+    index = store.split_index(classes, labels)
+    label_of = dict(labels) if labels is not None else {c: i for i, c in enumerate(index.classes)}
+    counts = index.class_counts()
+    empty = [c for c in store.classes if c in label_of and counts[label_of[c]] == 0]
     if empty:
         raise FixresError(f"{root}: no image in class{'es' if len(empty) > 1 else ''} {', '.join(empty)}")
     return index

@@ -5,7 +5,7 @@ import torch
 
 from fixres.adapt import find_adaptable_layers, make_plan, pooled_features
 from fixres.adapt.graph import check_split, split_graph
-from fixres.adapt.surgery import NO_BN_NOTE, freeze_for, set_modes
+from fixres.adapt.surgery import freeze_for, set_modes
 from fixres.errors import FixresError
 
 PNAS_FINAL = ("cell_11.conv_1x1.bn", "cell_11.comb_iter_0_left.bn_sep_2", "cell_11.comb_iter_1_left.bn_sep_2",
@@ -42,10 +42,11 @@ def test_paper_exception_and_no_batch_norm_notes():
     plan = make_plan(meta_model("pnasnet5large"), "fixres")
     assert plan.trainable == ("last_linear", "cell_9", "cell_10", "cell_11")
     assert {"cell_9", "cell_10", "cell_11"} <= set(plan.train_mode) and "cell_9" in plan.notes[0]
-    convnext = meta_model("test_convnext")
+    convnext = meta_model("test_convnext")     # no batch-norm: the LayerNorm before the head is its analogue
     plan = make_plan(convnext, "fixres")
-    assert plan.trainable == ("head.fc",) and plan.train_mode == () and plan.notes == (NO_BN_NOTE,)
-    with pytest.raises(FixresError, match="no batch-norm"):
+    assert plan.trainable == ("head.fc", "head.norm") and plan.norms == ("head.norm",) and plan.train_mode == ()
+    assert "no batch-norm" in plan.notes[0] and "head.norm" in plan.notes[0]
+    with pytest.raises(FixresError, match="no batch-norm.*--method fixres"):
         make_plan(convnext, "bn")
 
 

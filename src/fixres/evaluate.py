@@ -25,6 +25,7 @@ from .data.transforms import Normalizer, check_crop_pct, check_resolution
 from .errors import FixresError
 from .runtime import Dist, Runtime, RuntimeOptions, all_reduce_sum, autocast, gather_lists
 from .labels import Binding, LabelSpace, bind, match_folders
+from .models.sizes import check_input_size
 from .sources import ModelSource, open_for_data
 
 
@@ -156,6 +157,7 @@ def evaluate_checkpoint(checkpoint: "str | Path | ModelSource", data: str | Path
     opts = with_overrides(EvalOptions, opts, overrides)
     opened = open_for_data(checkpoint, data, [opts.split])
     prep = opened.meta.preprocessing.override("flag", test_res=opts.test_res, crop_pct=opts.crop_pct)
+    check_input_size(opened.model, [prep.test_res])
     index = load_split(data, opts.split, opened.binding)
     rt = opts.runtime(dist_env, quiet)
     opened.model.to(rt.device)

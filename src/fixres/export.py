@@ -39,6 +39,7 @@ from safetensors.torch import save_file
 from .checkpoint import WEIGHTS, CheckpointMeta, read_meta, state_dict_for_saving, versions
 from .data.preprocessing import Preprocessing
 from .errors import FixresError
+from .models.sizes import check_input_size, rebuild_kwargs
 from .rundir import atomic_path, prepare_run_dir, sha256_file, write_json
 from .sources import ModelSource, as_source, open_model
 
@@ -89,6 +90,7 @@ def export_checkpoint(checkpoint: "str | Path | ModelSource", out: str | Path, *
     refuse_unexportable(meta)
     prep = meta.preprocessing.override("flag", test_res=test_res, crop_pct=crop_pct)
     test_res, crop_pct = prep.test_res, prep.crop_pct
+    check_input_size(model, [test_res])
     resize = prep.test_view().resize_size
 
     example = example_inputs(3, len(prep.mean), test_res)
@@ -170,8 +172,9 @@ def timm_config(meta: CheckpointMeta, model: nn.Module, prep: Preprocessing) -> 
     }
     if meta.label_descriptions:         # timm's convention: label name -> description
         config["label_descriptions"] = dict(zip(meta.class_names, meta.label_descriptions))
-    if meta.model_kwargs:
-        config["model_args"] = dict(meta.model_kwargs)
+    model_args = {**rebuild_kwargs(model, architecture), **meta.model_kwargs}    # timm rebuilds the same model
+    if model_args:
+        config["model_args"] = model_args
     config["fixres"] = {
         "format": EXPORT_FORMAT,
         "fixres_version": __version__,

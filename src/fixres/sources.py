@@ -43,6 +43,7 @@ from .models import create_model
 from .models.equaliser import reapply_adaptation
 from .models.factory import check_model_name, read_state_dict
 from .models.heads import declared_classifiers, restrict_outputs
+from .models.sizes import size_kwargs
 from .rundir import sha256_file
 
 DEFAULT_CROPS_NOTE = ("the weights' training crops are not recorded: RandomResizedCrop defaults (scale 0.08-1, "
@@ -192,15 +193,15 @@ def _open_foreign(source: ModelSource) -> Opened:
     if local:
         config, where = _local_config(Path(name.split(":", 1)[1]))
         _check_recorded_hash(Path(name.split(":", 1)[1]), config)
-        model = _timm_create(name, pretrained=True)
+        model = _timm_create(name, pretrained=True, **size_kwargs(config.get("architecture", "")))
     elif hub:
-        model = _timm_create(name, pretrained=True)
         config = _hub_config(name)
+        model = _timm_create(name, pretrained=True, **size_kwargs(config.get("architecture", "")))
     elif source.weights:
         model = _with_weights(name, Path(source.weights))
         where = f"{name} + {source.weights}"
     else:
-        model = _timm_create(name, pretrained=True)
+        model = _timm_create(name, pretrained=True, **size_kwargs(name))
     model.eval()
     cfg = getattr(model, "pretrained_cfg", {}) or {}
     num_classes = int(getattr(model, "num_classes", 0) or cfg.get("num_classes") or 0)
@@ -284,7 +285,7 @@ def _with_weights(name: str, path: Path) -> nn.Module:
                           f"({', '.join(h + '.weight' for h in heads) or 'classifier'} missing)")
     num_classes = int(weight.shape[0])
     try:
-        model = __import__("timm").create_model(name, pretrained=True, num_classes=num_classes,
+        model = __import__("timm").create_model(name, pretrained=True, num_classes=num_classes, **size_kwargs(name),
                                                 pretrained_cfg_overlay={"state_dict": state, "num_classes": num_classes})
     except RuntimeError as e:
         lines = [line.strip() for line in str(e).strip().splitlines() if line.strip()]

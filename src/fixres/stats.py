@@ -44,6 +44,7 @@ from .data.transforms import EvalTransform, check_geometries
 from .errors import FixresError
 from .evaluate import load_split
 from .models.equaliser import Equaliser
+from .models.sizes import check_input_size
 from .runtime import Runtime, RuntimeOptions
 from .labels import Binding
 from .sources import ModelSource, Opened, open_for_data, open_model
@@ -282,6 +283,7 @@ def feature_stats(checkpoint: "str | Path | ModelSource", data: str | Path, opts
     for probe in probes[1:]:
         if probe.meta.class_names != base.class_names:
             raise FixresError(f"--compare {probe.directory}: its classes differ from {probes[0].directory}'s")
+    check_input_size(first.model, [*test_res, first.meta.preprocessing.train_res])
     index = balanced_sample(load_split(data, opts.split, first.binding), opts.images, opts.seed)
     prep = base.preprocessing
     rrc = prep.train_view()

@@ -40,6 +40,7 @@ from .errors import FixresError
 from .evaluate import EvalResult, Tally, infer, load_split
 from .runtime import Dist, Runtime, RuntimeOptions
 from .labels import Binding
+from .models.sizes import check_input_size
 from .sources import ModelSource, open_for_data
 
 SELECT_ON = ("holdout", "train", "val", "none")
@@ -240,6 +241,7 @@ def sweep_checkpoint(checkpoint: "str | Path | ModelSource", data: str | Path, o
     model, meta, directory = opened.model, opened.meta, opened.name
     prep = meta.preprocessing
     geometries = check_geometries(opts.test_res, opts.crop_pct or [prep.crop_pct])
+    check_input_size(model, [r for r, _ in geometries])
     report = load_split(data, opts.split, opened.binding)
     selection = select_split(meta, data, opts.select_on, split=opts.split, select_images=opts.select_images,
                              labels=opened.binding)

@@ -33,6 +33,7 @@ from .data.preprocessing import Preprocessing
 from .errors import FixresError
 from .evaluate import evaluate
 from .models import create_model, model_preprocessing
+from .models.sizes import check_input_size
 from .optim import make_optimizer, schedule_for
 from .progress import Progress, peak_memory_mb
 from .rundir import append_jsonl, prepare_run_dir, read_jsonl, write_json, write_text
@@ -100,6 +101,7 @@ class Trainer:
         self.model = create_model(cfg.model, len(self.classes), pretrained=cfg.pretrained, weights=cfg.weights,
                                   new_classifier=cfg.new_classifier, **self.model_kwargs)
         self.prep = train_preprocessing(cfg, model_preprocessing(self.model))
+        check_input_size(self.model, [cfg.train_res, cfg.eval_res], "training or evaluation resolution")
         self.normalizer = self.prep.normalizer(cfg.channels_last)
         self.model.to(self.device)
         if cfg.channels_last:

@@ -21,6 +21,7 @@ from ..data.transforms import Normalizer
 from ..errors import FixresError
 from ..evaluate import EvalResult, evaluate
 from ..models.equaliser import attach, has_equaliser
+from ..models.sizes import check_input_size
 from ..rundir import prepare_run_dir, write_json
 from ..runtime import Dist, Runtime, barrier, gather_lists
 from ..sources import ModelSource, Opened, as_source, open_for_data
@@ -101,6 +102,7 @@ def adapt_checkpoint(checkpoint: "str | Path | ModelSource", data: str | Path, o
     model, meta, source = opened.model, opened.meta, opened.name
     if opts.method == "parametric" and has_equaliser(model):
         raise FixresError(f"{source} is already equalised (method parametric); adapt its source checkpoint instead")
+    check_input_size(model, [opts.test_res, *([meta.preprocessing.train_res] if opts.method == "parametric" else [])])
     imgs = adaptation_images(data, meta, opts.images, opts.seed, opened.binding)
     check_label_coverage(opts, imgs, opened)
     if opts.trains and len(imgs.train) < opts.batch_size:

@@ -7,7 +7,13 @@ Discovery is generic (STYLE #6: one function per idea, not per architecture):
 * the batch-norm before the global pooling is the *last batch-norm called before the
   classifier*, read from forward hooks on a tiny input (execution order, not names), plus
   the batch-norms whose outputs merge with it before the pooling (see
-  :func:`fixres.adapt.graph.final_batchnorms`: a projection shortcut in the last block).
+  :func:`fixres.adapt.graph.final_batchnorms`: a projection shortcut in the last block);
+* in a model without batch-norm (ViT, DeiT, Swin, ConvNeXt...), its analogue is the *last
+  normalisation layer with affine parameters called before the classifier* (timm's
+  ``norm`` / ``fc_norm`` / ``head.norm``), whose gamma and beta ``fixres`` trains with the
+  classifier (a LayerNorm has no running statistics to re-estimate);
+* a model that declares several classifiers (a distilled DeiT: ``head``, ``head_dist``)
+  trains all of them; its evaluation is timm's own combination of the heads.
 
 The only per-architecture knowledge is :data:`PAPER_EXCEPTIONS`, the paper's explicit
 recipe for PNASNet (its last three cells are fine-tuned with the classifier).
@@ -21,7 +27,7 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from ..errors import FixresError
-from ..models.heads import architecture, find_classifier
+from ..models.heads import architecture, declared_classifiers, find_classifier
 from .graph import final_batchnorms, trace
 
 METHODS = ("fixres", "bn", "parametric", "head", "full")
@@ -31,7 +37,18 @@ PAPER_EXCEPTIONS: dict[str, tuple[str, ...]] = {
     "pnasnet5large": ("cell_9", "cell_10", "cell_11"),
 }
 
-NO_BN_NOTE = "no batch-norm: fixres adapts the classifier only; LayerNorm/GroupNorm need no re-estimation"
+NO_NORM_NOTE = "no normalisation layer before the classifier: fixres adapts the classifier only"
+
+
+def is_batchnorm(module: nn.Module) -> bool:
+    return isinstance(module, _BatchNorm)
+
+
+def is_affine_norm(module: nn.Module) -> bool:
+    """A normalisation layer other than batch-norm with learnt gamma/beta (LayerNorm, its 2-D
+    variants, GroupNorm, RMSNorm, timm's own)."""
+    return ("Norm" in type(module).__name__ and not isinstance(module, _BatchNorm)
+            and isinstance(getattr(module, "weight", None), nn.Parameter))
 
 
 def _probe_input(model: nn.Module) -> torch.Tensor:
@@ -40,8 +57,9 @@ def _probe_input(model: nn.Module) -> torch.Tensor:
     return torch.zeros(1, 3, 64, 64, device=device)
 
 
-def execution_order(model: nn.Module, classifier: str) -> list[str]:
-    """Batch-norms in the order they are called before the classifier's first call.
+def execution_order(model: nn.Module, classifier: str, kind=is_batchnorm) -> list[str]:
+    """Modules of ``kind`` (batch-norms by default) in the order they are called before the
+    classifier's first call.
 
     Runs the model once in eval mode on a 64-pixel input (any device, ``meta`` included);
     models that refuse 64 pixels are probed at their configured input size.
@@ -58,7 +76,7 @@ def execution_order(model: nn.Module, classifier: str) -> list[str]:
         return record
 
     handles = [m.register_forward_hook(hook(n, n == classifier)) for n, m in model.named_modules()
-               if isinstance(m, _BatchNorm) or n == classifier]
+               if kind(m) or n == classifier]
     was_training = model.training
     model.eval()
     try:
@@ -66,7 +84,7 @@ def execution_order(model: nn.Module, classifier: str) -> list[str]:
         with torch.no_grad():
             try:
                 model(x)
-            except RuntimeError:
+            except (RuntimeError, AssertionError):     # a fixed-size model at another size
                 size = (getattr(model, "pretrained_cfg", None) or {}).get("input_size", (3, 224, 224))
                 order.clear()
                 done.clear()
@@ -125,6 +143,8 @@ class Plan:
     train_mode: tuple[str, ...]
     bn_affine: bool = False
     notes: tuple[str, ...] = ()
+    classifiers: tuple[str, ...] = ()    # every head that trains (a distilled DeiT: head, head_dist)
+    norms: tuple[str, ...] = ()          # no batch-norm: the final normalisation whose gamma/beta train
 
     @property
     def adapted(self) -> frozenset[str]:
@@ -132,39 +152,60 @@ class Plan:
         return frozenset(self.trainable) | frozenset(self.train_mode)
 
     def row(self) -> dict:
-        return {"classifier": self.classifier, "batch_norms": list(self.batch_norms),
-                "trainable": list(self.trainable), "train_mode": list(self.train_mode), "bn_affine": self.bn_affine}
+        return {"classifier": self.classifier, "classifiers": list(self.classifiers or (self.classifier,)),
+                "batch_norms": list(self.batch_norms), "norms": list(self.norms), "trainable": list(self.trainable),
+                "train_mode": list(self.train_mode), "bn_affine": self.bn_affine}
+
+
+def final_norm(model: nn.Module, classifier: str) -> str | None:
+    """The last normalisation layer with affine parameters called before the classifier (the
+    LayerNorm analogue of the paper's last batch-norm), or None."""
+    order = execution_order(model, classifier, kind=is_affine_norm)
+    return order[-1] if order else None
 
 
 def make_plan(model: nn.Module, method: str, *, train_bn_affine: bool = False, all_bn: bool = False,
               bn_module: tuple[str, ...] | None = None, classifier_module: str | None = None) -> Plan:
-    """Decide the layers for ``method`` (see docs/adapt.md for the table)."""
+    """Decide the layers for ``method`` (see docs/adapt.md for the table, per model family)."""
     if method not in METHODS:
         raise FixresError(f"unknown adaptation method {method!r}; choose one of {', '.join(METHODS)}")
     classifier, bns = find_adaptable_layers(model, classifier_module=classifier_module, bn_module=bn_module)
-    notes: list[str] = []
+    heads = (classifier,) if classifier_module else tuple(declared_classifiers(model)) or (classifier,)
+    name = architecture(model)
     if method == "bn":
         if all_bn:
             bns = tuple(n for n, m in model.named_modules() if isinstance(m, _BatchNorm))
         if not bns:
-            raise FixresError(f"{architecture(model)} has no batch-norm to re-estimate (method bn); "
-                              "name one with --bn-module, or use --method fixres or head")
-        return Plan(method, classifier, bns, (), (), notes=tuple(notes))
+            raise FixresError(f"{name} has no batch-norm to re-estimate (method bn); use --method fixres (the "
+                              "classifier and the final normalisation's gamma/beta) or parametric (label-free), or "
+                              "name a batch-norm with --bn-module")
+        return Plan(method, classifier, bns, (), (), classifiers=heads)
     if method == "parametric":
-        return Plan(method, classifier, (), (), ())
+        if len(heads) > 1:
+            raise FixresError(f"the parametric method equalises one classifier's input; {name} has {len(heads)} "
+                              f"({', '.join(heads)}): use --method fixres or head")
+        return Plan(method, classifier, (), (), (), classifiers=heads)
     if method == "head":
-        return Plan(method, classifier, (), (classifier,), ())
+        return Plan(method, classifier, (), heads, (), classifiers=heads)
     if method == "full":
-        return Plan(method, classifier, (), ("",), ("",), notes=("full: every layer trains; all batch-norms "
-                                                                  "re-estimate their statistics",))
-    cells = PAPER_EXCEPTIONS.get(architecture(model), ())
+        return Plan(method, classifier, (), ("",), ("",), classifiers=heads,
+                    notes=("full: every layer trains; all batch-norms re-estimate their statistics",))
+    cells = PAPER_EXCEPTIONS.get(name, ())
     if cells and not bn_module:
-        notes.append(f"{architecture(model)}: the paper's recipe fine-tunes {', '.join(cells)} and the classifier")
-    elif not bns:
-        notes.append(NO_BN_NOTE)
-    affine = tuple(bns) if train_bn_affine else ()
-    return Plan(method, classifier, tuple(bns), (classifier, *cells, *affine), (*bns, *cells),
-                bn_affine=train_bn_affine, notes=tuple(notes))
+        return Plan(method, classifier, tuple(bns), (*heads, *cells), (*bns, *cells), classifiers=heads,
+                    notes=(f"{name}: the paper's recipe fine-tunes {', '.join(cells)} and the classifier",))
+    if bns:
+        affine = tuple(bns) if train_bn_affine else ()
+        return Plan(method, classifier, tuple(bns), (*heads, *affine), tuple(bns), bn_affine=train_bn_affine,
+                    classifiers=heads)
+    norm = final_norm(model, classifier)
+    if norm is None:
+        return Plan(method, classifier, (), heads, (), classifiers=heads, notes=(NO_NORM_NOTE,))
+    kind = type(model.get_submodule(norm)).__name__
+    return Plan(method, classifier, (), (*heads, norm), (), classifiers=heads, norms=(norm,),
+                notes=(f"no batch-norm: fixres trains the classifier{'s' if len(heads) > 1 else ''} and the gamma/beta "
+                       f"of {norm} ({kind}, the last normalisation before the pooling: the paper's last batch-norm "
+                       "has no running statistics to re-estimate here)",))
 
 
 def _module(model: nn.Module, name: str) -> nn.Module:

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from ..errors import FixresError
+from .sizes import size_kwargs
 
 
 def check_model_name(name: str) -> None:
@@ -37,10 +38,11 @@ def create_model(name: str, num_classes: int, *, pretrained: bool = False, weigh
         weights: a local weights file to start from (same classifier rule).
         new_classifier: re-initialise the classifier of ``weights`` even when its size fits
             (a target with other classes that happen to be as many).
-        **kwargs: passed to ``timm.create_model`` when not None (e.g. drop_rate).
+        **kwargs: passed to ``timm.create_model`` when not None (e.g. drop_rate). A fixed-size
+            architecture is built resolution-free (:func:`~fixres.models.sizes.size_kwargs`).
     """
     check_model_name(name)
-    kwargs = {k: v for k, v in kwargs.items() if v is not None}
+    kwargs = {**size_kwargs(name), **{k: v for k, v in kwargs.items() if v is not None}}
     try:
         model = timm.create_model(name, pretrained=pretrained, num_classes=num_classes, **kwargs)
     except (OSError, ConnectionError, RuntimeError) as e:

@@ -1,0 +1,124 @@
+"""Beyond batch-norm CNNs: one small model per family -- ResNet, EfficientNet (batch-norm),
+ConvNeXt (LayerNorm), ViT (fixed size, made dynamic), distilled DeiT (two heads), Swin
+(windowed) -- swept at three resolutions and adapted with every method that applies; the others
+refuse in one line, never a traceback."""
+import pytest
+import timm
+import torch
+from PIL import Image
+from timm.data import create_transform, resolve_data_config
+
+from fixres.adapt import adapt_checkpoint
+from fixres.checkpoint import CheckpointMeta, save_checkpoint
+from fixres.data.preprocessing import Preprocessing
+from fixres.errors import FixresError
+from fixres.export import export_checkpoint
+from fixres.models import create_model
+from fixres.sources import open_checkpoint
+from fixres.sweep import sweep_checkpoint
+from helpers import one_line_error, run_cli
+
+TINY_VIT = dict(embed_dim=32, depth=1, num_heads=1)
+FAMILIES = {   # name -> (timm kwargs, label-free methods that apply, what fixres trains besides the heads)
+    "test_resnet": ({}, ("bn", "parametric"), "batch-norm"),
+    "test_efficientnet": ({}, ("bn", "parametric"), "batch-norm"),
+    "test_convnext": ({}, ("parametric",), "head.norm"),
+    "test_vit": ({}, ("parametric",), "norm"),
+    "deit_tiny_distilled_patch16_224": (TINY_VIT, (), "norm"),
+    "swin_tiny_patch4_window7_224": (dict(embed_dim=24, depths=(1, 1, 1, 1), num_heads=(1, 1, 1, 1)), ("parametric",),
+                                     "norm"),
+}
+RES = [32, 48, 64]
+FAST = dict(workers=0, batch_size=12, device="cpu")
+
+
+@pytest.fixture(scope="module")
+def checkpoints(colour_data, tmp_path_factory):
+    """A fixres checkpoint per family (random weights, 3 classes), as if trained at 32 px."""
+    root, out = tmp_path_factory.mktemp("families"), {}
+    for name, (kwargs, _, _) in FAMILIES.items():
+        torch.manual_seed(0)
+        model = create_model(name, 3, **kwargs)
+        cfg = model.pretrained_cfg
+        meta = CheckpointMeta(model=name, class_names=("blue", "green", "red"), model_kwargs=kwargs,
+                              preprocessing=Preprocessing(tuple(cfg["mean"]), tuple(cfg["std"]), train_res=32,
+                                                          test_res=32))
+        save_checkpoint(root / name, model, meta)
+        out[name] = root / name
+    return out
+
+
+@pytest.mark.parametrize("name", sorted(FAMILIES))
+def test_every_family_sweeps_and_adapts(name, checkpoints, colour_data):
+    _, label_free, trained = FAMILIES[name]
+    swept = sweep_checkpoint(checkpoints[name], colour_data, test_res=RES, select_on="val", **FAST)
+    assert [r.test_res for r in swept.rows] == RES and all(r.n == 24 for r in swept.rows)
+    result = adapt_checkpoint(checkpoints[name], colour_data, test_res=48, epochs=1, quiet=True, **FAST)
+    layers = result.report["layers"]
+    if trained == "batch-norm":
+        assert layers["batch_norms"] and not layers["norms"]
+    else:       # the LayerNorm analogue of the paper's last batch-norm: its gamma/beta train
+        assert layers["norms"] == [trained] and trained in layers["trainable"]
+        before, _ = open_checkpoint(checkpoints[name])
+        norm_before = before.get_submodule(trained).weight
+        assert not torch.equal(result.model.get_submodule(trained).weight.cpu(), norm_before)
+    for method in label_free:
+        adapted = adapt_checkpoint(checkpoints[name], colour_data, test_res=48, method=method, quiet=True, **FAST)
+        assert adapted.after.n == 24
+    if "bn" not in label_free:
+        with pytest.raises(FixresError, match="no batch-norm to re-estimate"):
+            adapt_checkpoint(checkpoints[name], colour_data, test_res=48, method="bn", quiet=True, **FAST)
+
+
+def test_distilled_deit_adapts_both_heads_and_evaluates_as_timm_combines_them(checkpoints, colour_data):
+    name = "deit_tiny_distilled_patch16_224"
+    model, _ = open_checkpoint(checkpoints[name])
+    x = torch.randn(2, 3, 48, 48)
+    with torch.no_grad():
+        feats = model.forward_features(x)
+        expected = (model.head(feats[:, 0]) + model.head_dist(feats[:, 1])) / 2     # timm's inference combination
+        assert torch.allclose(model(x), expected, atol=1e-6)
+    result = adapt_checkpoint(checkpoints[name], colour_data, test_res=48, epochs=2, lr=0.05, quiet=True, **FAST)
+    assert result.report["layers"]["classifiers"] == ["head", "head_dist"]
+    for head in ("head", "head_dist"):
+        assert not torch.equal(result.model.get_submodule(head).weight.cpu(), model.get_submodule(head).weight)
+    with pytest.raises(FixresError, match="has 2 .*head, head_dist"):
+        adapt_checkpoint(checkpoints[name], colour_data, test_res=48, method="parametric", quiet=True, **FAST)
+
+
+def test_a_vit_sweep_equals_timms_own_path_at_a_non_native_resolution(checkpoints, colour_data):
+    """test_vit declares a fixed 160 px input; swept at 48 px it must give what timm gives with its
+    own mechanism (dynamic_img_size) and its own transforms."""
+    swept = sweep_checkpoint(checkpoints["test_vit"], colour_data, test_res=[48], crop_pct=[0.9], select_on="none",
+                             **FAST)
+    model, meta = open_checkpoint(checkpoints["test_vit"])
+    reference = timm.create_model("test_vit", num_classes=3, dynamic_img_size=True).eval()
+    reference.load_state_dict(model.state_dict())
+    cfg = resolve_data_config({"input_size": (3, 48, 48), "crop_pct": 0.9, "mean": meta.preprocessing.mean,
+                               "std": meta.preprocessing.std, "interpolation": "bilinear"})
+    tf = create_transform(**cfg)
+    correct, n = 0, 0
+    for label, cls in enumerate(("blue", "green", "red")):
+        for f in sorted((colour_data / "val" / cls).iterdir()):
+            with torch.no_grad():
+                correct += int(reference(tf(Image.open(f).convert("RGB"))[None]).argmax()) == label
+            n += 1
+    assert swept.rows[0].n == n and swept.rows[0].top1 == 100 * correct / n
+
+
+def test_an_exported_vit_reloads_in_timm_with_the_same_logits_at_its_resolution(checkpoints, tmp_path):
+    out = export_checkpoint(checkpoints["test_vit"], tmp_path / "vit", test_res=64)
+    model, _ = open_checkpoint(checkpoints["test_vit"])
+    timm_model = timm.create_model(f"local-dir:{out}", pretrained=True).eval()
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.equal(timm_model(x), model(x))
+
+
+def test_a_resolution_off_the_patch_grid_is_one_line(checkpoints, colour_data, capsys):
+    code, _, err = run_cli(capsys, "sweep", "--checkpoint", checkpoints["test_vit"], "--data", colour_data,
+                           "--test-res", 40, "--workers", 0, "--device", "cpu")
+    one_line_error(code, err, "40px is not a multiple of the patch size 16", "use 32 or 48")
+    code, _, err = run_cli(capsys, "adapt", "--checkpoint", checkpoints["test_vit"], "--data", colour_data,
+                           "--test-res", 50, "--workers", 0, "--device", "cpu", "--out", "/tmp/never-written")
+    one_line_error(code, err, "50px is not a multiple of the patch size 16")

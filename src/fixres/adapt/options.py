@@ -5,7 +5,7 @@ from dataclasses import dataclass
 from typing import Literal, Optional
 
 from ..config import option
-from ..data.transforms import check_resolution
+from ..data.transforms import check_crop_pct, check_resolution
 from ..errors import FixresError
 from ..runtime import RuntimeOptions
 from .surgery import METHODS
@@ -17,6 +17,7 @@ MOMENTUM, WEIGHT_DECAY, LR_PER_64, STEP_GAMMA, BN_MOMENTUM = 0.9, 1e-4, 1e-3, 0.
 @dataclass(frozen=True, kw_only=True)
 class AdaptOptions(RuntimeOptions):
     test_res: int = option(help="test resolution K_test to adapt the model to (pixels)")
+    crop_pct: Optional[float] = option(None, "test centre-crop fraction at K_test (default: the model's)")
     method: Literal["fixres", "bn", "parametric", "head", "full"] = option(
         "fixres", "fixres: classifier + statistics of the last batch-norm (the paper's); bn: statistics only, "
                   "label-free; parametric: GEV equalisation of the pooled features, label-free; head: classifier "
@@ -44,6 +45,8 @@ class AdaptOptions(RuntimeOptions):
     def __post_init__(self):
         super().__post_init__()
         check_resolution(self.test_res, "test_res")
+        if self.crop_pct is not None:
+            check_crop_pct(self.crop_pct)
         if self.method not in METHODS:
             raise FixresError(f"unknown adaptation method {self.method!r}; choose one of {', '.join(METHODS)}")
         for name in ("epochs", "step_epochs"):

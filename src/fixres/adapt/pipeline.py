@@ -114,7 +114,7 @@ def adapt_checkpoint(checkpoint: "str | Path | ModelSource", data: str | Path, o
                      bn_module=opts.bn_module, classifier_module=opts.classifier_module)
     for note in plan.notes:
         rt.log(note)
-    prep = meta.preprocessing.override("adaptation", test_res=opts.test_res)
+    prep = meta.preprocessing.override("adaptation", test_res=opts.test_res, crop_pct=opts.crop_pct)
     ctx = _Context(model, meta, prep, plan, imgs, opts, rt)
 
     t0 = time.perf_counter()

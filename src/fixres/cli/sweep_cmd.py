@@ -5,8 +5,9 @@ from ..config import add_arguments, build, from_namespace
 from ..data.transforms import parse_resolutions
 from ..rundir import prepare_output_files
 from ..runtime import init_distributed
-from ..sweep import SweepOptions, sweep_checkpoint
-from ..sweep_report import SWEEP_FILES, sweep_json, sweep_table, write_sweep
+from ..sweep import SweepOptions, sweep_checkpoint, sweep_checkpoints
+from ..sweep_report import (SWEEP_FILES, comparison_json, comparison_table, sweep_json, sweep_table, write_comparison,
+                            write_sweep)
 from .common import print_json
 
 
@@ -15,13 +16,18 @@ def register(sub) -> None:
                        description="Evaluate a checkpoint at several test resolutions (and crop_pcts) in one pass: "
                                    "each image is decoded once and resized to every geometry exactly as "
                                    "`fixres eval` does. The best resolution is chosen on held-out training images "
-                                   "(or a training sample), then reported on --split. Under torchrun every process "
-                                   "takes a shard; rank 0 prints and writes.")
-    p.add_argument("--checkpoint", required=True, help="run directory (its best checkpoint), checkpoint directory or "
-                                                       "model.safetensors file")
+                                   "(or a training sample), then reported on --split. Every row also gives the "
+                                   "resolution's cost (GFLOPs, parameters, measured img/s and latency); --within and "
+                                   "--budget-* choose a resolution to deploy, on the same images as the best. Several "
+                                   "checkpoints (a run and its `fixres adapt` outputs) share the table and the plots. "
+                                   "Under torchrun every process takes a shard; rank 0 prints and writes.")
+    p.add_argument("--checkpoint", required=True, nargs="+", metavar="CKPT",
+                   help="run directory (its best checkpoint), checkpoint directory or model.safetensors file; several: "
+                        "compared side by side (same classes)")
     p.add_argument("--data", required=True, help="dataset directory holding train/ and the reported split")
     add_arguments(p, SweepOptions)
-    p.add_argument("--out", default=None, help="directory to write sweep.csv, sweep.json and sweep.png into")
+    p.add_argument("--out", default=None, help="directory to write sweep.csv, sweep.json, sweep.png and sweep-cost.png "
+                                               "into")
     p.add_argument("--overwrite", action="store_true", help="replace sweep files already in --out")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
@@ -35,14 +41,19 @@ def run(args) -> int:
     dist_env = init_distributed(opts.device)
     if args.out and dist_env.is_main:
         prepare_output_files(args.out, SWEEP_FILES, overwrite=args.overwrite, keep=False)
-    result = sweep_checkpoint(args.checkpoint, args.data, opts, quiet=args.quiet, dist_env=dist_env)
+    if len(args.checkpoint) == 1:
+        result = sweep_checkpoint(args.checkpoint[0], args.data, opts, quiet=args.quiet, dist_env=dist_env)
+        write, as_json, as_table = write_sweep, sweep_json, sweep_table
+    else:
+        result = sweep_checkpoints(args.checkpoint, args.data, opts, quiet=args.quiet, dist_env=dist_env)
+        write, as_json, as_table = write_comparison, comparison_json, comparison_table
     if not dist_env.is_main:
         return 0
-    written = write_sweep(result, args.out, overwrite=args.overwrite) if args.out else []
+    written = write(result, args.out, overwrite=args.overwrite) if args.out else []
     if args.json:
-        print_json(sweep_json(result))
+        print_json(as_json(result))
     else:
-        print(sweep_table(result))
+        print(as_table(result))
         if written:
             print("wrote " + ", ".join(str(p) for p in written))
     return 0

@@ -153,14 +153,16 @@ def cost_figure(curves: Mapping[str, Sequence], *, train_res: int | None = None,
         raise ValueError("cost_figure: rows without gflops")
     pcts = sorted({float(r["crop_pct"]) for rs in rows.values() for r in rs}, reverse=True)
     with styled():
-        fig = Figure(figsize=(5.2 * len(panels), 4.0), layout="constrained")
+        fig = Figure(figsize=(5.2 * len(panels), 4.6), layout="constrained")
         FigureCanvasAgg(fig)
         for p, cost in enumerate(panels):
             ax = fig.add_subplot(1, len(panels), p + 1)
             _cost_panel(ax, rows, cost, pcts, metric, train_res, best or {}, deploy or {})
             ax.set_xlabel(COST_AXES[cost])
             ax.set_ylabel({"top1": "top-1 accuracy (%)", "top5": "top-5 accuracy (%)"}.get(metric, metric))
-            ax.legend(loc="lower right", frameon=False)
+        # One legend for the panels (they draw the same series), below them.
+        fig.legend(*fig.axes[0].get_legend_handles_labels(), loc="outside lower center", frameon=False,
+                   ncols=len(panels))
         if title:
             fig.suptitle(title)
         return fig
@@ -188,12 +190,13 @@ def _cost_panel(ax, rows: dict[str, list[dict]], cost: str, pcts: list[float], m
             everything += [(x, y) for x, y, _ in points]
         at = {(r["test_res"], float(r["crop_pct"])): r for r in rs}
 
-        def mark(kind: str, keys, text: str) -> None:
+        def mark(kind: str, keys, text: str, colour: str = colour) -> None:
             hits = [at[k] for k in keys if k in at]
-            if hits:
+            if hits:     # the edge in the curve's colour tells whose point it is
                 shape, size, face = POINTS[kind]
                 ax.plot([h[cost] for h in hits], [h[metric] for h in hits], marker=shape, markersize=size,
-                        markerfacecolor=face, markeredgecolor="#111111", linestyle="none", label=text, zorder=4)
+                        markerfacecolor=face, markeredgecolor=colour if len(named) > 1 else "#111111",
+                        markeredgewidth=1.5, linestyle="none", label=text, zorder=4)
 
         if train_res is not None:
             mark("train", [(train_res, pct) for pct in pcts], f"train {train_res}px{suffix(label)}")

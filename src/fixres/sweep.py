@@ -264,8 +264,8 @@ class SweepOptions(RuntimeOptions):
         asked = [flag for flag, v in (("--within", self.within), ("--budget-ms", self.budget_ms),
                                       ("--budget-gflops", self.budget_gflops)) if v is not None]
         if asked and self.select_on == "none":
-            raise FixresError(f"{' and '.join(asked)} choose on the selection split, which --select-on none "
-                              "turns off")
+            raise FixresError(f"{' and '.join(asked)} {'choose' if len(asked) > 1 else 'chooses'} on the selection "
+                              "split, which --select-on none turns off")
         if self.budget_ms is not None and not self.timing:
             raise FixresError("--budget-ms needs the measured latency, which --no-timing turns off")
 
@@ -338,7 +338,7 @@ class SweepComparison:
         return zip(self.labels, self.results)
 
 
-def checkpoint_label(checkpoint: str | Path, meta: CheckpointMeta) -> str:
+def checkpoint_label(meta: CheckpointMeta) -> str:
     """``fixres at 96px`` for an adapted checkpoint, else ``not adapted``."""
     adaptation = meta.adaptation or {}
     if adaptation.get("method"):
@@ -348,7 +348,7 @@ def checkpoint_label(checkpoint: str | Path, meta: CheckpointMeta) -> str:
 
 def _labels(checkpoints: Sequence[str | Path], metas: Sequence[CheckpointMeta]) -> tuple[str, ...]:
     """:func:`checkpoint_label` of each, or the names given on the command line where those collide."""
-    labels = [checkpoint_label(c, m) for c, m in zip(checkpoints, metas)]
+    labels = [checkpoint_label(m) for m in metas]
     if len(set(labels)) == len(labels):
         return tuple(labels)
     names = [Path(c).name if Path(c).name not in ("best", "last") else Path(c).parent.name for c in checkpoints]

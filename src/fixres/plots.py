@@ -139,7 +139,7 @@ def cost_figure(curves: Mapping[str, Sequence], *, train_res: int | None = None,
         curves: label -> sweep rows (``SweepRow`` or dicts with test_res, crop_pct, ``metric``,
             gflops and latency_ms); e.g. ``{"not adapted": rows0, "fixres at 96px": rows1}``.
             A label "" is a single, unnamed curve (named by its split).
-        train_res: the training resolution (an open square on every curve's point there).
+        train_res: the training resolution (an open square on the first curve's point there).
         best: label -> ``(test_res, crop_pct)`` of that curve's best (a star).
         deploy: label -> ``(test_res, crop_pct, rule)`` deployment choices (diamonds).
         title: figure title.
@@ -198,8 +198,8 @@ def _cost_panel(ax, rows: dict[str, list[dict]], cost: str, pcts: list[float], m
                         markerfacecolor=face, markeredgecolor=colour if len(named) > 1 else "#111111",
                         markeredgewidth=1.5, linestyle="none", label=text, zorder=4)
 
-        if train_res is not None:
-            mark("train", [(train_res, pct) for pct in pcts], f"train {train_res}px{suffix(label)}")
+        if train_res is not None and c == 0:      # once: the first curve is the reference (e.g. not adapted)
+            mark("train", [(train_res, pct) for pct in pcts], f"train {train_res}px")
         if label in best and best[label] is not None:
             mark("best", [tuple(best[label][:2])], f"best {best[label][0]}px{suffix(label)}")
         for i, d in enumerate(deploy.get(label, ())):

@@ -88,9 +88,8 @@ def story_lines(summary: dict) -> list[str]:
                      f"{h['fixres_res']}px{at}.")
     deploy = deploy_choice(summary)
     if deploy is not None:
-        lines.append(f"Under a cost constraint, {deployment_sentence(deploy)}; the resolution is the smallest whose "
-                     f"{deploy['chosen_on']} top-1 is {deploy['rule']} ({deploy['best_test_res']}px), "
-                     f"without adaptation.")
+        lines.append(f"To deploy (the smallest resolution {deploy['rule']}, {deploy['best_test_res']}px, on the "
+                     f"{deploy['chosen_on']} images; no adaptation): {deployment_sentence(deploy)}.")
     return lines
 
 

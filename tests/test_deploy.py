@@ -12,7 +12,8 @@ from fixres.errors import FixresError
 from fixres.plots import cost_figure
 from fixres.runtime import Runtime
 from fixres.sweep_report import deployment_sentence
-from fixres.timing import BATCH_MIN_REPEATS, MIN_REPEATS, WARMUP, median_iqr, repeat_timed, time_model
+from fixres.timing import (BATCH_MIN_REPEATS, BATCH_WARMUP, MIN_REPEATS, WARMUP, median_iqr, repeat_timed,
+                           time_model)
 
 
 @dataclass(frozen=True)
@@ -118,8 +119,9 @@ def test_time_model_runs_in_eval_mode_without_gradients_on_synthetic_input():
     t = time_model(model, 20, Runtime(), batch_size=4, budget_s=0)
     assert model.training                                         # left as it was
     assert {s[2:] for s in model.seen} == {(False, False, "cpu")}     # eval, no autograd, on the device
-    assert sum(s[0] == 4 for s in model.seen) == WARMUP + BATCH_MIN_REPEATS == WARMUP + t.batch_repeats
+    assert sum(s[0] == 4 for s in model.seen) == BATCH_WARMUP + BATCH_MIN_REPEATS == BATCH_WARMUP + t.batch_repeats
     assert sum(s[0] == 1 for s in model.seen) == WARMUP + MIN_REPEATS == WARMUP + t.latency_repeats
+    assert [s[0] for s in model.seen][:WARMUP + MIN_REPEATS] == [1] * (WARMUP + MIN_REPEATS)   # single images first
     assert {s[1] for s in model.seen} == {20}
     assert t.batch_size == 4 and t.images_per_s > 0 and t.latency_ms > 0 and t.images_per_s_iqr >= 0
     assert t.device == f"cpu ({torch.get_num_threads()} thread{'s' if torch.get_num_threads() > 1 else ''})"

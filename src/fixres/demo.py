@@ -89,8 +89,9 @@ def run_demo(cfg: DemoConfig, *, overwrite: bool = False, quiet: bool = False) -
     sizes = image_sizes(scan_split(data / "train"))
     prediction = plot_apparent_size(out / "apparent_size.png", cfg.train_res, sizes=sizes, seed=cfg.seed,
                                     source=f"{len(sizes)} training images")
+    # At the demo's batch size: the sweep also times the model on a few batches per resolution.
     swept = sweep_checkpoint(trained.run_dir, data, test_res=cfg.test_res, select_on="holdout", device=cfg.device,
-                             workers=cfg.workers, within=cfg.deploy_within, quiet=quiet)
+                             workers=cfg.workers, batch_size=cfg.batch_size, within=cfg.deploy_within, quiet=quiet)
     done("analyze_sweep")
 
     stage("adapt", f"adapting at {', '.join(map(str, cfg.adapt_res))}px: FixRes (classifier + last batch-norm, "

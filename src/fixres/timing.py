@@ -7,10 +7,10 @@ resizing, host-to-device copies and normalisation are excluded). On CUDA the dev
 synchronised before and after every timed call, so a time covers the kernels and not only
 their launch.
 
-Each measure runs a few warm-up calls (allocator, cuDNN algorithm choice, first-call
-overheads), then repeats the call until both a minimum number of repeats and a time budget
-are reached (or a repeat cap), and reports the median and the interquartile range of the
-repeats. The budget keeps the default cheap on a CPU; the minimum makes the spread known.
+Each measure runs warm-up calls (allocator, cuDNN algorithm choice, first-call overheads;
+single images first, so that only one untimed call of a whole batch is needed), then
+repeats the call until both a minimum number of repeats and a time budget are reached (or
+a repeat cap), and reports the median and the interquartile range of the repeats. The budget keeps the default cheap on a CPU; the minimum makes the spread known.
 Nothing here asserts a speed: the numbers are measurements of this machine, under its load
 at the time, and the record says which machine, dtype, batch size and thread count.
 """
@@ -29,7 +29,9 @@ from .runtime import Runtime, autocast
 
 WARMUP = 2               # calls before the clock starts
 MIN_REPEATS = 5          # timed calls at least, whatever the budget (the spread needs a few)
-BATCH_MIN_REPEATS = 3    # fewer for a whole batch: on a CPU one batch of a large model takes seconds
+# Fewer for a whole batch: on a CPU one batch of 100 at a high resolution takes seconds, and
+# the single-image calls before it have already warmed the model up.
+BATCH_WARMUP, BATCH_MIN_REPEATS = 1, 3
 MAX_REPEATS = 200        # timed calls at most, whatever the budget
 
 
@@ -104,8 +106,9 @@ def median_iqr(values) -> tuple[float, float]:
 
 def time_model(model: nn.Module, resolution: int, rt: Runtime, *, batch_size: int, budget_s: float = 0.5) -> Timing:
     """Measure ``model`` at ``resolution`` on ``rt``'s device: throughput at ``batch_size``
-    (at least :data:`BATCH_MIN_REPEATS` timed batches) and single-image latency (at least
-    :data:`MIN_REPEATS`), each given half of ``budget_s`` (all of it when ``batch_size`` is 1).
+    (at least :data:`BATCH_MIN_REPEATS` timed batches after :data:`BATCH_WARMUP`) and
+    single-image latency (at least :data:`MIN_REPEATS` after :data:`WARMUP`), each given half
+    of ``budget_s`` (all of it when ``batch_size`` is 1).
 
     The model is put in eval mode for the measurement and left in the mode it was in.
     """
@@ -123,7 +126,7 @@ def time_model(model: nn.Module, resolution: int, rt: Runtime, *, batch_size: in
     try:
         with torch.inference_mode():
             seconds = {}
-            sizes = sorted({batch_size, 1}, reverse=True)
+            sizes = sorted({batch_size, 1})          # single images first: they warm up the batch run too
             for n in sizes:
                 # Created once, before timing: the data pipeline is not what is measured.
                 x = torch.randn(n, 3, resolution, resolution, device=device).contiguous(memory_format=fmt)
@@ -133,7 +136,8 @@ def time_model(model: nn.Module, resolution: int, rt: Runtime, *, batch_size: in
                         return model(x)
 
                 seconds[n] = repeat_timed(forward, sync, budget_s=budget_s / len(sizes),
-                                          min_repeats=MIN_REPEATS if n == 1 else BATCH_MIN_REPEATS)
+                                          min_repeats=MIN_REPEATS if n == 1 else BATCH_MIN_REPEATS,
+                                          warmup=WARMUP if n == 1 else BATCH_WARMUP)
                 del x
     finally:
         model.train(was_training)

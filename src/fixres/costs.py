@@ -188,7 +188,7 @@ def resolution_costs(model: nn.Module, meta: "CheckpointMeta", resolutions: Sequ
 
 
 def with_timings(costs: dict[int, ResolutionCost], model: nn.Module, rt: Runtime, *, batch_size: int,
-                 budget_s: float = 0.5) -> dict[int, ResolutionCost]:
+                 budget_s: float = 0.3) -> dict[int, ResolutionCost]:
     """``costs`` with the measured speed of ``model`` at each resolution (:func:`fixres.timing.time_model`).
 
     Timed on the main process only (under torchrun the others wait, so they do not compete

@@ -239,7 +239,7 @@ class SweepOptions(RuntimeOptions):
     interpolation: Optional[Literal["bilinear", "bicubic"]] = option(None, "resize filter (default: the checkpoint's)")
     timing: bool = option(True, "measure throughput (at --batch-size) and single-image latency at every resolution "
                                 "on the device in use; --no-timing skips it (FLOPs are still counted)")
-    timing_budget: float = option(0.5, "seconds of timed forward passes per resolution (after warm-up; at least 3 "
+    timing_budget: float = option(0.3, "seconds of timed forward passes per resolution (after warm-up; at least 3 "
                                        "batches and 5 single images whatever the budget)", metavar="S")
     within: Optional[float] = option(None, "deploy: the smallest resolution whose top-1 on the selection split is "
                                            "within P points of the best", metavar="P")

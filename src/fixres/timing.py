@@ -104,7 +104,7 @@ def median_iqr(values) -> tuple[float, float]:
     return float(q50), float(q75 - q25)
 
 
-def time_model(model: nn.Module, resolution: int, rt: Runtime, *, batch_size: int, budget_s: float = 0.5) -> Timing:
+def time_model(model: nn.Module, resolution: int, rt: Runtime, *, batch_size: int, budget_s: float = 0.3) -> Timing:
     """Measure ``model`` at ``resolution`` on ``rt``'s device: throughput at ``batch_size``
     (at least :data:`BATCH_MIN_REPEATS` timed batches after :data:`BATCH_WARMUP`) and
     single-image latency (at least :data:`MIN_REPEATS` after :data:`WARMUP`), each given half

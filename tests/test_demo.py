@@ -24,11 +24,16 @@ def test_every_stage_ran_and_the_report_is_written(demo):
     for key in ("html", "markdown", "plot"):
         assert json.loads(json.dumps(out))[key]
     html = open(out["html"]).read()
-    assert html.count("data:image/png;base64,") == 2      # self-contained: both figures embedded
+    assert html.count("data:image/png;base64,") == 3      # self-contained: every figure embedded
     stored = json.loads(open(f"{cfg.out}/demo.json").read())
     assert stored["status"] == "done" and set(stored["timings"]) == {"synthesise", "train", "analyze_sweep", "adapt"}
     assert stored["sweep"]["chosen"]["split"] == "holdout"   # never chosen on val
     assert [r["test_res"] for r in stored["adapted"]["fixres"]] == [48, 64]
+    deploy = stored["sweep"]["deployments"][0]           # the resolution to deploy, chosen like the best
+    assert deploy["chosen_on"] == "holdout" and deploy["rule"] == "within 1 pt of the best"
+    sentence = f"deploy at {deploy['test_res']}px: "
+    assert sentence in html and sentence in open(out["markdown"]).read()
+    assert "of the best accuracy at" in html and "% of its cost" in html
 
 
 def test_table_rows_match_the_measurements(demo):

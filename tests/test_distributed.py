@@ -101,13 +101,15 @@ def test_eval_and_sweep_count_every_image_once_over_ranks(runs, odd_data, capsys
     assert one["top1"] == two["top1"] and one["top5"] == two["top5"]
     assert one["loss"] == pytest.approx(two["loss"], abs=1e-6)
     args = ["sweep", "--checkpoint", runs / "two", "--data", odd_data, "--test-res", 32, 48, "--json", "--workers", 0,
-            "--device", "cpu", "--batch-size", 5]
+            "--device", "cpu", "--batch-size", 5, "--within", 100, "--timing-budget", 0]
     s1, s2 = json.loads(in_process(capsys, *args)), json.loads(fixres(*args, nproc=2).stdout)
     rows1, rows2 = s1["rows"], s2["rows"]
     assert [r["n"] for r in rows2] == [27, 27]
     for r1, r2 in zip(rows1, rows2):
         assert (r1["top1"], r1["top5"], r1["n"]) == (r2["top1"], r2["top5"], r2["n"])
+        assert r1["gflops"] == r2["gflops"] and r2["latency_ms"] > 0     # timed on rank 0, shared with rank 1
     assert s1["chosen"] == s2["chosen"]
+    assert s1["deployments"][0]["test_res"] == s2["deployments"][0]["test_res"] == 32
 
 
 @pytest.mark.parametrize("method,extra", [("fixres", ["--epochs", "3"]), ("bn", []),

@@ -20,6 +20,7 @@ from fixres.sweep_report import sweep_json, sweep_table
 from helpers import one_line_error, run_cli
 
 FAST = dict(batch_size=12, workers=0)
+UNTIMED = dict(timing=False)      # the tests of cost columns time; the others need not (the CPU is scarce)
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -79,7 +80,7 @@ def test_parse_resolutions_refuses(bad):
 
 def test_sweep_equals_evaluate_at_every_geometry(run, data_with_corrupt_image):
     result = sweep_checkpoint(run, data_with_corrupt_image, test_res=[24, 40], crop_pct=[0.875, 1.0],
-                              select_on="none", **FAST)
+                              select_on="none", **FAST, **UNTIMED)
     assert [(r.test_res, r.crop_pct) for r in result.rows] == [(24, .875), (40, .875), (24, 1.0), (40, 1.0)]
     assert result.best is None and result.selection_rows == ()
     assert [p for p, _ in result.skipped] == ["red/truncated.jpg"]
@@ -95,7 +96,7 @@ def test_sweep_equals_evaluate_at_every_geometry(run, data_with_corrupt_image):
 
 def test_selection_uses_the_recorded_holdout_and_never_val(run, colour_data):
     meta = read_meta(run)
-    result = sweep_checkpoint(run, colour_data, test_res=[24, 32, 48], **FAST)
+    result = sweep_checkpoint(run, colour_data, test_res=[24, 32, 48], **FAST, **UNTIMED)
     assert result.chosen_on == "holdout" and result.selection.split == "holdout"
     held = split_holdout(scan_split(colour_data / "train", meta.class_names), meta.holdout["fraction"],
                          meta.holdout["seed"])
@@ -107,38 +108,43 @@ def test_selection_uses_the_recorded_holdout_and_never_val(run, colour_data):
     assert result.best == (best.test_res, best.crop_pct)
     assert result.best_row().split == "val" and result.best_row().test_res == best.test_res
     assert "held out of training" in sweep_table(result) and "best on holdout" in sweep_table(result)
-    on_train = sweep_checkpoint(run, colour_data, test_res=[32], select_on="train", select_images=3, **FAST)
+    on_train = sweep_checkpoint(run, colour_data, test_res=[32], select_on="train", select_images=3, **FAST, **UNTIMED)
     sample = {s.path for s in on_train.selection.index.samples}
     assert len(sample) == 9 and sample <= {s.path for s in held[0].samples}   # only images trained on
     assert on_train.chosen_on == "train" and "were not used" in on_train.selection.note
 
 
 def test_without_holdout_selection_is_a_train_sample_and_says_so(no_holdout, colour_data):
-    result = sweep_checkpoint(no_holdout, colour_data, test_res=[32, 40], select_images=5, **FAST)
+    result = sweep_checkpoint(no_holdout, colour_data, test_res=[32, 40], select_images=5, **FAST, **UNTIMED)
     assert result.chosen_on == "train" and result.selection.seen_in_training
     assert all(r.split == "train" and r.n == 15 for r in result.selection_rows)
     assert "trained on" in sweep_table(result) and sweep_json(result)["selection"]["seen_in_training"] is True
     with pytest.raises(FixresError, match="held-out"):
-        sweep_checkpoint(no_holdout, colour_data, test_res=[32], select_on="holdout", **FAST)
-    on_val = sweep_checkpoint(no_holdout, colour_data, test_res=[32, 40], select_on="val", **FAST)
+        sweep_checkpoint(no_holdout, colour_data, test_res=[32], select_on="holdout", **FAST, **UNTIMED)
+    on_val = sweep_checkpoint(no_holdout, colour_data, test_res=[32, 40], select_on="val", **FAST, **UNTIMED)
     assert on_val.chosen_on == "val" and on_val.selected_on_report and "optimistic" in sweep_table(on_val)
 
 
 def test_cli_writes_csv_json_png_and_refuses_to_overwrite(run, colour_data, tmp_path, capsys):
     out = tmp_path / "sweep"
     args = ["sweep", "--checkpoint", run, "--data", colour_data, "--test-res", "24:40:16", "--crop-pct", "0.875", "1",
-            "--batch-size", 10, "--workers", 0, "--quiet", "--out", out]
+            "--batch-size", 10, "--workers", 0, "--quiet", "--out", out, "--timing-budget", 0]
     code, stdout, _ = run_cli(capsys, *args)
     assert code == 0 and "<- best" in stdout and "held out of training" in stdout
+    assert "GFLOPs" in stdout and "timing: cpu (1 thread), float32" in stdout
     rows = list(csv.DictReader((out / "sweep.csv").open()))
     assert len(rows) == 8 and {r["split"] for r in rows} == {"holdout", "val"}
     assert set(rows[0]) == {"checkpoint", "model", "train_res", "test_res", "crop_pct", "resize_size", "interpolation",
-                            "split", "top1", "top5", "loss", "n", "n_skipped", "adapted"}
+                            "split", "top1", "top5", "loss", "n", "n_skipped", "adapted", "gflops", "params",
+                            "images_per_s", "images_per_s_iqr", "latency_ms", "latency_ms_iqr", "timing_device",
+                            "timing_dtype", "timing_batch_size"}
+    assert all(float(r["latency_ms"]) > 0 and r["timing_batch_size"] == "10" for r in rows)
     data = json.loads((out / "sweep.json").read_text())
     assert data["chosen"]["split"] == "holdout" and len(data["rows"]) == 4 and len(data["selection_rows"]) == 4
     assert data["chosen"]["test_res"] in (24, 40) and "torch" in data["versions"]
     assert [r["top1"] for r in data["rows"]] == [float(r["top1"]) for r in rows if r["split"] == "val"]
     assert (out / "sweep.png").stat().st_size > 0   # its series: test_plot_draws_every_row_and_marker
+    assert (out / "sweep-cost.png").stat().st_size > 0   # its series: test_deploy.py
     code, _, err = run_cli(capsys, *args)
     one_line_error(code, err, "--overwrite")
     code, stdout, _ = run_cli(capsys, *args, "--overwrite", "--json")
@@ -153,6 +159,14 @@ def test_cli_writes_csv_json_png_and_refuses_to_overwrite(run, colour_data, tmp_
     (["--test-res", "32", "--crop-pct", "1.5"], "crop_pct"),
     (["--test-res", "32", "--crop-pct", "0.05"], "crop_pct"),
     (["--test-res", "32", "--batch-size", "0"], "batch_size must be at least 1"),
+    (["--test-res", "32", "--within", "-1"], "--within must not be negative"),
+    (["--test-res", "32", "--budget-ms", "5", "--select-on", "none"], "--select-on none"),
+    (["--test-res", "32", "--budget-gflops", "1", "--select-on", "none"], "--select-on none"),
+    (["--test-res", "32", "--budget-ms", "5", "--no-timing"], "--no-timing"),
+    (["--test-res", "24", "32", "--budget-gflops", "0.0001", "--no-timing"],
+     "--budget-gflops 0.0001 is below the cheapest resolution: 24px at 0.00"),
+    (["--test-res", "24", "32", "--budget-ms", "0.00001", "--timing-budget", "0"],
+     "--budget-ms 1e-05 is below the cheapest resolution: 24px at "),
 ])
 def test_cli_bad_input_is_one_line(run, colour_data, capsys, flags, needle):
     code, _, err = run_cli(capsys, "sweep", "--checkpoint", run, "--data", colour_data, "--workers", 0, *flags)
@@ -175,17 +189,17 @@ def test_predicted_marker_gets_the_runs_rrc_settings(run, colour_data, monkeypat
         return types.SimpleNamespace(test_res=41, statistic=statistic, source=source)
 
     monkeypatch.setattr("fixres.sweep.predict_test_res", predict_test_res)
-    result = sweep_checkpoint(run, colour_data, test_res=[32], crop_pct=[1.0], select_on="val", **FAST)
+    result = sweep_checkpoint(run, colour_data, test_res=[32], crop_pct=[1.0], select_on="val", **FAST, **UNTIMED)
     assert calls == [(32, (0.25, 1.0), (0.75, 4 / 3), 1.0, 24)]        # the run's --scale 0.25 1.0, val's sizes
     assert result.predicted["test_res"] == 41 and "41px" in sweep_table(result)
     assert result.predicted["rrc_settings_from"] == "fixres train"     # read from the checkpoint's own record
-    result = sweep_checkpoint(run, colour_data, test_res=[32], crop_pct=[1.0], **FAST)
+    result = sweep_checkpoint(run, colour_data, test_res=[32], crop_pct=[1.0], **FAST, **UNTIMED)
     assert calls[-1][-1] == 18 and "18 holdout" in result.predicted["sizes"]  # the held-out images' sizes
 
 
 def test_real_prediction_is_reported(run, colour_data):
     from fixres.analyze import predict_test_res
-    result = sweep_checkpoint(run, colour_data, test_res=[32], select_on="val", **FAST)
+    result = sweep_checkpoint(run, colour_data, test_res=[32], select_on="val", **FAST, **UNTIMED)
     sizes = [(s.width, s.height) for s in scan_split(colour_data / "val").samples]
     expected = predict_test_res(32, scale=(0.25, 1.0), ratio=(0.75, 4 / 3), crop_pct=0.875, sizes=sizes)
     assert result.predicted["test_res"] == expected.test_res and sweep_json(result)["predicted"]["statistic"]
@@ -206,3 +220,78 @@ def test_plot_draws_every_row_and_marker(tmp_path):
     assert path.stat().st_size > 0 and [p.name for p in tmp_path.iterdir()] == ["f.png"]   # no temporary left
     with pytest.raises(ValueError):
         sweep_figure({"empty": []})
+
+
+# ----------------------------------------------------------------------------- cost and deployment
+def test_rows_carry_the_cost_and_the_choices_are_made_on_the_selection_split(run, colour_data):
+    from fixres.costs import model_flops
+    from fixres.deploy import choose_best, deployment, under_budget, within_best
+    flops = model_flops("test_resnet", 3, [24, 32, 48])
+    budget = flops[32] / 1e9
+    result = sweep_checkpoint(run, colour_data, test_res=[24, 32, 48], within=100, budget_gflops=budget,
+                              timing_budget=0, **FAST)
+    params = sum(p.numel() for p in open_checkpoint(run)[0].parameters())
+    for r in (*result.rows, *result.selection_rows):      # the geometry's cost, the same on every split
+        assert (r.gflops, r.params) == (flops[r.test_res] / 1e9, params)
+        assert r.latency_ms > 0 and r.images_per_s > 0 and r.latency_ms_iqr >= 0 and r.images_per_s_iqr >= 0
+        assert (r.timing_device, r.timing_dtype, r.timing_batch_size) == ("cpu (1 thread)", "float32", 12)
+    sel, best = result.selection_rows, choose_best(result.selection_rows)
+    assert result.deployments == (deployment("within 100 pt of the best", within_best(sel, 100), best, result.rows),
+                                  deployment(f"most accurate under {budget:g} GFLOPs",
+                                             under_budget(sel, gflops=budget), best, result.rows))
+    near, cheap = result.deployments
+    assert near.test_res == 24 and near.chosen_on == "holdout" and cheap.test_res in (24, 32)
+    assert near.top1 == next(r.top1 for r in result.rows if r.test_res == 24)        # reported on val
+    assert near.gflops_ratio == pytest.approx(flops[24] / flops[result.best[0]])
+    text = sweep_table(result)
+    assert "deploy at 24px" in text and "<- deploy" in text and "0.373M parameters" in text
+    assert [d["test_res"] for d in sweep_json(result)["deployments"]] == [24, cheap.test_res]
+
+
+def test_no_timing_keeps_the_flops_and_says_so(run, colour_data):
+    result = sweep_checkpoint(run, colour_data, test_res=[24, 32], within=0, timing=False, **FAST)
+    assert not result.timed and all(r.gflops > 0 and r.latency_ms is None and r.timing_device is None
+                                    for r in result.rows)
+    assert result.deployments[0].latency_ratio is None and "not measured (--no-timing)" in sweep_table(result)
+
+
+@pytest.fixture(scope="module")
+def adapted(run, tmp_path_factory):
+    """The run's weights recorded as adapted (the comparison needs only the metadata to differ)."""
+    model, meta = open_checkpoint(run)
+    path = tmp_path_factory.mktemp("adapted") / "ckpt"
+    save_checkpoint(path, model, meta.replace(adaptation={"method": "fixres"}))
+    return path
+
+
+def test_several_checkpoints_share_the_table_and_the_plots(run, adapted, colour_data, tmp_path, capsys):
+    out = tmp_path / "cmp"
+    code, stdout, _ = run_cli(capsys, "sweep", "--checkpoint", run, adapted, "--data", colour_data,
+                              "--test-res", 24, 40, "--within", 1, "--batch-size", 12, "--workers", 0, "--timing-budget", 0, "--quiet",
+                              "--out", out)
+    assert code == 0 and "not adapted" in stdout and "fixres at 40px" in stdout and "deploy at" in stdout
+    header = next(line for line in stdout.splitlines() if line.startswith("test_res"))
+    assert header.split()[:4] == ["test_res", "crop_pct", "GFLOPs", "ms"]       # one cost column: same architecture
+    data = json.loads((out / "sweep.json").read_text())
+    assert data["labels"] == ["not adapted", "fixres at 40px"] and len(data["checkpoints"]) == 2
+    a, b = ([r["latency_ms"] for r in c["rows"]] for c in data["checkpoints"])
+    assert a == b                                    # timed once for the architecture, not once per checkpoint
+    rows = list(csv.DictReader((out / "sweep.csv").open()))
+    assert len(rows) == 8 and len({r["checkpoint"] for r in rows}) == 2
+    assert all((out / name).stat().st_size > 0 for name in ("sweep.png", "sweep-cost.png"))
+
+
+def test_checkpoints_with_other_classes_are_refused_before_any_work(run, colour_data, tmp_path, capsys):
+    model, meta = open_checkpoint(run)
+    other = tmp_path / "other"
+    save_checkpoint(other, model, meta.replace(class_names=tuple(reversed(meta.class_names))))
+    code, _, err = run_cli(capsys, "sweep", "--checkpoint", run, other, "--data", colour_data, "--test-res", 32,
+                           "--workers", 0)
+    one_line_error(code, err, "different classes")
+
+
+def test_an_existing_cost_figure_is_refused(run, colour_data, tmp_path, capsys):
+    (tmp_path / "sweep-cost.png").write_bytes(b"")
+    code, _, err = run_cli(capsys, "sweep", "--checkpoint", run, "--data", colour_data, "--test-res", 32,
+                           "--workers", 0, "--out", tmp_path)
+    one_line_error(code, err, "sweep-cost.png", "--overwrite")

@@ -1,4 +1,5 @@
-"""What a run costs: FLOPs per image, peak memory, and the arithmetic of expected GPU time.
+"""What a run costs: FLOPs per image, peak memory, the arithmetic of expected GPU time, and
+the cost of a model at each test resolution (FLOPs, parameters, measured speed).
 
 FLOPs are counted by :class:`torch.utils.flop_counter.FlopCounterMode` on a model built on
 the ``meta`` device (no memory, no arithmetic: an 829M-parameter ResNeXt is counted in a
@@ -15,16 +16,23 @@ Data-loading worker processes are not included.
 """
 from __future__ import annotations
 
+import json
 import resource
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Iterable
+from typing import TYPE_CHECKING, Iterable, Sequence
 
 import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from .errors import FixresError
+from .models.sizes import size_kwargs
+from .runtime import Runtime, barrier, gather_lists
+from .timing import Timing, time_model
+
+if TYPE_CHECKING:
+    from .checkpoint import CheckpointMeta
 
 STATUS, CLEAR_REFS = Path("/proc/self/status"), Path("/proc/self/clear_refs")
 
@@ -48,9 +56,10 @@ def count_flops(model: nn.Module, resolution: int, *, channels: int = 3) -> int:
 
 
 def model_flops(name: str, num_classes: int, resolutions: Iterable[int], **model_kwargs) -> dict[int, int]:
-    """``{resolution: FLOPs per image}`` of the timm model ``name``, counted on the meta device."""
+    """``{resolution: FLOPs per image}`` of the timm model ``name``, counted on the meta device
+    (built as fixres builds it: a fixed-size architecture resolution-free)."""
     import timm
-    kwargs = {k: v for k, v in model_kwargs.items() if v is not None}
+    kwargs = {**size_kwargs(name), **{k: v for k, v in model_kwargs.items() if v is not None}}
     try:
         with torch.device("meta"):
             model = timm.create_model(name, pretrained=False, num_classes=num_classes, **kwargs)
@@ -137,3 +146,67 @@ class ExpectedCost:
 def expected_hours(images: int, images_per_s: float) -> float:
     """Hours to process ``images`` at ``images_per_s``."""
     return images / images_per_s / 3600
+
+
+# ----------------------------------------------------------------------------- per test resolution
+@dataclass(frozen=True)
+class ResolutionCost:
+    """What one forward pass costs at ``test_res`` (the crop_pct does not change it)."""
+
+    test_res: int
+    gflops: float
+    params: int
+    timing: Timing | None       # None: not measured (--no-timing)
+
+    @property
+    def latency_ms(self) -> float | None:
+        return self.timing and self.timing.latency_ms
+
+    def fields(self) -> dict:
+        """The :class:`SweepRow` cost fields."""
+        t = self.timing
+        return {"gflops": self.gflops, "params": self.params,
+                "images_per_s": t and t.images_per_s, "images_per_s_iqr": t and t.images_per_s_iqr,
+                "latency_ms": t and t.latency_ms, "latency_ms_iqr": t and t.latency_ms_iqr,
+                "timing_device": t and t.device, "timing_dtype": t and t.dtype, "timing_batch_size": t and t.batch_size}
+
+
+def _flops(model: nn.Module, meta: "CheckpointMeta", resolutions: Sequence[int]) -> dict[int, int]:
+    """FLOPs per image, counted on a ``meta``-device copy of the architecture (free); on the
+    model itself (one real forward per resolution) if the architecture cannot run on ``meta``."""
+    try:
+        return model_flops(meta.model, meta.num_classes, resolutions, **meta.model_kwargs)
+    except (FixresError, RuntimeError, NotImplementedError):
+        return {int(r): count_flops(model, int(r)) for r in resolutions}
+
+
+def resolution_costs(model: nn.Module, meta: "CheckpointMeta", resolutions: Sequence[int]) -> dict[int, ResolutionCost]:
+    """FLOPs per image and parameters of ``model`` at every resolution (not timed: see
+    :func:`with_timings`)."""
+    resolutions = sorted(set(int(r) for r in resolutions))
+    flops = _flops(model, meta, resolutions)
+    params = sum(p.numel() for p in model.parameters())
+    return {r: ResolutionCost(r, flops[r] / 1e9, params, None) for r in resolutions}
+
+
+def with_timings(costs: dict[int, ResolutionCost], model: nn.Module, rt: Runtime, *, batch_size: int,
+                 budget_s: float = 0.3) -> dict[int, ResolutionCost]:
+    """``costs`` with the measured speed of ``model`` at each resolution (:func:`fixres.timing.time_model`).
+
+    Timed on the main process only (under torchrun the others wait, so they do not compete
+    for the machine), and shared with every rank so that all make the same choices.
+    """
+    timings: dict[int, Timing] = {}
+    if rt.dist.is_main:
+        for r in rt.progress(list(costs), "timing", unit="res"):
+            timings[r] = time_model(model, r, rt, batch_size=batch_size, budget_s=budget_s)
+    barrier(rt.dist)
+    timings = gather_lists([timings] if rt.dist.is_main else [], rt.dist)[0]
+    return {r: replace(c, timing=timings[r]) for r, c in costs.items()}
+
+
+def cost_key(meta: "CheckpointMeta") -> str:
+    """Checkpoints with the same key cost the same (same architecture; a parametric
+    equaliser adds a step)."""
+    return json.dumps([meta.model, meta.model_kwargs, (meta.adaptation or {}).get("method") == "parametric"],
+                      sort_keys=True, default=str)

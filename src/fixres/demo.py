@@ -3,7 +3,9 @@
 synthesise -> train at a LOW resolution (holding out a few training images) -> predict
 the test resolution from the augmentation geometry -> sweep test resolutions (choosing
 on the held-out images) -> adapt at several test resolutions (``fixres`` and ``bn``)
--> report (HTML + Markdown + PNGs, and a table on the terminal).
+-> report (HTML + Markdown + PNGs, and a table on the terminal). The sweep also measures
+what each resolution costs and picks the one to deploy (the smallest within
+``deploy_within`` points of the best on the held-out images).
 """
 from __future__ import annotations
 
@@ -38,6 +40,7 @@ class DemoConfig:
     holdout: float = 0.05            # training images kept out of training, to choose the test resolution
     test_res: tuple[int, ...] = (32, 40, 48, 56, 64, 72, 80, 88, 96, 112, 128)
     adapt_res: tuple[int, ...] = (64, 80, 96, 112, 128)
+    deploy_within: float = 1.0       # deploy the smallest resolution this many points below the best (held-out)
     epochs: int = 7
     batch_size: int = 64
     lr: float = 0.1
@@ -86,8 +89,9 @@ def run_demo(cfg: DemoConfig, *, overwrite: bool = False, quiet: bool = False) -
     sizes = image_sizes(scan_split(data / "train"))
     prediction = plot_apparent_size(out / "apparent_size.png", cfg.train_res, sizes=sizes, seed=cfg.seed,
                                     source=f"{len(sizes)} training images")
+    # At the demo's batch size: the sweep also times the model on a few batches per resolution.
     swept = sweep_checkpoint(trained.run_dir, data, test_res=cfg.test_res, select_on="holdout", device=cfg.device,
-                             workers=cfg.workers, quiet=quiet)
+                             workers=cfg.workers, batch_size=cfg.batch_size, within=cfg.deploy_within, quiet=quiet)
     done("analyze_sweep")
 
     stage("adapt", f"adapting at {', '.join(map(str, cfg.adapt_res))}px: FixRes (classifier + last batch-norm, "

@@ -15,6 +15,7 @@ import matplotlib
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from .deploy import pareto_front
 from .rundir import atomic_path
 
 STYLE = {
@@ -114,3 +115,95 @@ def sweep_figure(curves: Mapping[str, Sequence], *, train_res: int | None = None
             ax.set_title(title)
         ax.legend(loc="best", frameon=False)
         return fig
+
+
+# Point markers of the cost figure: (matplotlib marker, size, face colour) per meaning.
+POINTS = {"train": ("s", 9, "none"), "best": ("*", 14, MARKERS["chosen"][0]), "deploy": ("D", 8, "#2ca02c"),
+          "deploy2": ("P", 10, "#ff7f0e")}
+COST_AXES = {"gflops": "GFLOPs per image (1 multiply-add = 2 FLOPs)", "latency_ms": "measured latency, one image (ms)"}
+
+
+def plot_costs(curves: Mapping[str, Sequence], path: str | Path, **kw) -> Path:
+    """Write :func:`cost_figure` to ``path``."""
+    return save(cost_figure(curves, **kw), path)
+
+
+def cost_figure(curves: Mapping[str, Sequence], *, train_res: int | None = None,
+                best: Mapping[str, tuple] | None = None, deploy: Mapping[str, Sequence[tuple]] | None = None,
+                title: str | None = None, metric: str = "top1") -> Figure:
+    """Top-1 against cost, one point per geometry: FLOPs in the first panel, measured latency
+    in the second (left out when the rows were not timed), the Pareto front of all the points
+    drawn in each, the train resolution, the best and the deployment choices marked.
+
+    Args:
+        curves: label -> sweep rows (``SweepRow`` or dicts with test_res, crop_pct, ``metric``,
+            gflops and latency_ms); e.g. ``{"not adapted": rows0, "fixres at 96px": rows1}``.
+            A label "" is a single, unnamed curve (named by its split).
+        train_res: the training resolution (an open square on the first curve's point there).
+        best: label -> ``(test_res, crop_pct)`` of that curve's best (a star).
+        deploy: label -> ``(test_res, crop_pct, rule)`` deployment choices (diamonds).
+        title: figure title.
+        metric: the row field on the y axis.
+    """
+    rows = {label: [_as_dict(r) for r in rs] for label, rs in curves.items()}
+    if not any(rows.values()):
+        raise ValueError("cost_figure: no rows to plot")
+    panels = [k for k in COST_AXES if all(r.get(k) is not None for rs in rows.values() for r in rs)]
+    if "gflops" not in panels:
+        raise ValueError("cost_figure: rows without gflops")
+    pcts = sorted({float(r["crop_pct"]) for rs in rows.values() for r in rs}, reverse=True)
+    with styled():
+        fig = Figure(figsize=(5.2 * len(panels), 4.6), layout="constrained")
+        FigureCanvasAgg(fig)
+        for p, cost in enumerate(panels):
+            ax = fig.add_subplot(1, len(panels), p + 1)
+            _cost_panel(ax, rows, cost, pcts, metric, train_res, best or {}, deploy or {})
+            ax.set_xlabel(COST_AXES[cost])
+            ax.set_ylabel({"top1": "top-1 accuracy (%)", "top5": "top-5 accuracy (%)"}.get(metric, metric))
+        # One legend for the panels (they draw the same series), below them.
+        fig.legend(*fig.axes[0].get_legend_handles_labels(), loc="outside lower center", frameon=False,
+                   ncols=len(panels))
+        if title:
+            fig.suptitle(title)
+        return fig
+
+
+def _cost_panel(ax, rows: dict[str, list[dict]], cost: str, pcts: list[float], metric: str, train_res,
+                best: Mapping[str, tuple], deploy: Mapping[str, Sequence[tuple]]) -> None:
+    named = [label for label in rows if label]
+
+    def suffix(label: str) -> str:
+        return f" ({label})" if label and len(named) > 1 else ""
+
+    everything = []
+    for c, (label, rs) in enumerate(rows.items()):
+        colour = PALETTE[c % len(PALETTE)]
+        for pct in pcts:
+            points = sorted((r[cost], r[metric], r["test_res"]) for r in rs if float(r["crop_pct"]) == pct)
+            if not points:
+                continue
+            name = ", ".join(x for x in (label or rs[0]["split"], f"crop {pct:g}" if len(pcts) > 1 else "") if x)
+            ax.plot([x for x, _, _ in points], [y for _, y, _ in points], marker="o", color=colour,
+                    linestyle=LINESTYLES[pcts.index(pct) % len(LINESTYLES)], label=name, zorder=2)
+            for x, y, res in points:
+                ax.annotate(f"{res}", (x, y), textcoords="offset points", xytext=(3, -9), fontsize=6, color=colour)
+            everything += [(x, y) for x, y, _ in points]
+        at = {(r["test_res"], float(r["crop_pct"])): r for r in rs}
+
+        def mark(kind: str, keys, text: str, colour: str = colour) -> None:
+            hits = [at[k] for k in keys if k in at]
+            if hits:     # the edge in the curve's colour tells whose point it is
+                shape, size, face = POINTS[kind]
+                ax.plot([h[cost] for h in hits], [h[metric] for h in hits], marker=shape, markersize=size,
+                        markerfacecolor=face, markeredgecolor=colour if len(named) > 1 else "#111111",
+                        markeredgewidth=1.5, linestyle="none", label=text, zorder=4)
+
+        if train_res is not None and c == 0:      # once: the first curve is the reference (e.g. not adapted)
+            mark("train", [(train_res, pct) for pct in pcts], f"train {train_res}px")
+        if label in best and best[label] is not None:
+            mark("best", [tuple(best[label][:2])], f"best {best[label][0]}px{suffix(label)}")
+        for i, d in enumerate(deploy.get(label, ())):
+            mark("deploy2" if i % 2 else "deploy", [(d[0], float(d[1]))], f"deploy {d[0]}px: {d[2]}{suffix(label)}")
+    front = [everything[i] for i in pareto_front(everything)]
+    ax.plot([x for x, _ in front], [y for _, y in front], color="#999999", linewidth=4, alpha=0.35,
+            drawstyle="steps-post", label="Pareto front", zorder=1)

@@ -11,8 +11,9 @@ import platform
 import subprocess
 from pathlib import Path
 
-from .plots import plot_sweep
+from .plots import plot_costs, plot_sweep
 from .rundir import write_text
+from .sweep_report import deployment_sentence
 from .tables import table
 
 METHOD_LABELS = {"fixres": "FixRes adaptation (classifier + last BN)", "bn": "BN statistics only (label-free)"}
@@ -26,9 +27,14 @@ def demo_rows(summary: dict) -> list[dict]:
     rows = []
     for r in sweep["rows"]:
         k = r["test_res"]
-        rows.append({"test_res": k, "val": r["top1"], "held_out": held.get(k),
-                     **{m: adapted[m].get(k) for m in adapted}})
+        rows.append({"test_res": k, "gflops": r.get("gflops"), "ms": r.get("latency_ms"), "val": r["top1"],
+                     "held_out": held.get(k), **{m: adapted[m].get(k) for m in adapted}})
     return rows
+
+
+def deploy_choice(summary: dict) -> dict | None:
+    """The sweep's first deployment choice (``DemoConfig.deploy_within``), if any."""
+    return next(iter(summary["sweep"].get("deployments") or ()), None)
 
 
 def headline(summary: dict) -> dict:
@@ -47,14 +53,18 @@ def headline(summary: dict) -> dict:
 def demo_table(summary: dict) -> str:
     h = headline(summary)
     rows = demo_rows(summary)
+    deploy = deploy_choice(summary)
     for r in rows:
         notes = []
         if r["test_res"] == h["train_res"]:
             notes.append("train")
         if r["test_res"] == h["chosen"]:
             notes.append(f"chosen on {h['chosen_on']}")
+        if deploy and r["test_res"] == deploy["test_res"]:
+            notes.append("deploy")
         r["note"] = ", ".join(notes)
-    columns = [("test_res", "test res", "d"), ("val", "no adapt", ".2f"), ("held_out", "(held-out)", ".2f")]
+    columns = [("test_res", "test res", "d"), ("gflops", "GFLOPs", ".3g"), ("ms", "ms", ".3g"),
+               ("val", "no adapt", ".2f"), ("held_out", "(held-out)", ".2f")]
     columns += [(m, {"fixres": "FixRes", "bn": "BN stats"}.get(m, m), ".2f") for m in summary["adapted"]]
     columns.append(("note", "", "s"))
     return table(rows, columns)
@@ -76,7 +86,24 @@ def story_lines(summary: dict) -> list[str]:
         lines.append(f"After the FixRes adaptation (classifier + last batch-norm at the test resolution, on "
                      f"{summary['config']['adapt_images']} training images): best {h['fixres_top1']:.1f}% at "
                      f"{h['fixres_res']}px{at}.")
+    deploy = deploy_choice(summary)
+    if deploy is not None:
+        lines.append(f"To deploy (the smallest resolution {deploy['rule']}, {deploy['best_test_res']}px, on the "
+                     f"{deploy['chosen_on']} images; no adaptation): {deployment_sentence(deploy)}.")
     return lines
+
+
+def _cost_curves(summary: dict) -> dict[str, list[dict]]:
+    """The sweep's val rows, and each adaptation's rows with the cost of the same resolution
+    (same architecture: the adaptation changes weights, not the computation)."""
+    sweep = summary["sweep"]
+    cost = {r["test_res"]: r for r in sweep["rows"]}
+    curves = {"no adaptation": sweep["rows"]}
+    for method, rows in summary["adapted"].items():
+        curves[METHOD_LABELS.get(method, method)] = [
+            {**r, "gflops": cost[r["test_res"]].get("gflops"), "latency_ms": cost[r["test_res"]].get("latency_ms")}
+            for r in rows if r["test_res"] in cost]
+    return curves
 
 
 def _evidence(summary: dict) -> dict:
@@ -95,7 +122,7 @@ def _git_revision() -> str:
 
 
 def write_demo_report(out: Path, summary: dict) -> dict[str, Path]:
-    """Write accuracy.png, report.md and report.html into ``out``; return their paths."""
+    """Write accuracy.png, cost.png, report.md and report.html into ``out``; return their paths."""
     out = Path(out)
     h = headline(summary)
     sweep = summary["sweep"]
@@ -104,8 +131,14 @@ def write_demo_report(out: Path, summary: dict) -> dict[str, Path]:
         curves[METHOD_LABELS.get(method, method)] = rows
     plot = plot_sweep(curves, out / "accuracy.png", train_res=h["train_res"], predicted=h["predicted"],
                       chosen=h["chosen"], title="Top-1 against test resolution, before and after adaptation")
+    deploy = deploy_choice(summary)
+    chosen = {"no adaptation": (sweep["chosen"]["test_res"], sweep["chosen"]["crop_pct"])} if sweep.get("chosen") else {}
+    plot_costs(_cost_curves(summary), out / "cost.png", train_res=h["train_res"], best=chosen,
+               deploy={"no adaptation": [(deploy["test_res"], deploy["crop_pct"], deploy["rule"])]} if deploy else {},
+               title="Val top-1 against cost (best and deploy chosen on the held-out images)")
     figures = [("accuracy.png", "Top-1 against test resolution"),
-               ("apparent_size.png", "Apparent object size, train vs test (the geometric prediction)")]
+               ("apparent_size.png", "Apparent object size, train vs test (the geometric prediction)"),
+               ("cost.png", "Top-1 against cost: FLOPs and measured latency per resolution, the Pareto front")]
     story, evidence = story_lines(summary), _evidence(summary)
     cost = [{"train_res": summary["train"]["train_res"], "epochs": summary["train"]["epochs"],
              "seconds": summary["train"]["train_seconds"], "img/s": summary["train"]["train_images_per_s"],
@@ -115,14 +148,17 @@ def write_demo_report(out: Path, summary: dict) -> dict[str, Path]:
     md = ["# FixRes on the embedded dataset", "", *[f"- {line}" for line in story], "",
           "## Accuracy against test resolution", "", "![accuracy](accuracy.png)", "", "```", demo_table(summary), "```",
           "", "## Apparent object size", "", "![apparent size](apparent_size.png)", "",
+          "## Accuracy against cost", "", *([f"- {deployment_sentence(deploy)}", ""] if deploy else []),
+          "![cost](cost.png)", "",
           "## Training cost", "", "```", cost_table, "```", "", "## Evidence", "",
           *[f"- {k}: {v}" for k, v in evidence.items()], ""]
     write_text(out / "report.md", "\n".join(md))
-    write_text(out / "report.html", _html(story, figures, out, demo_table(summary), cost_table, evidence))
-    return {"html": out / "report.html", "markdown": out / "report.md", "plot": plot}
+    write_text(out / "report.html", _html(story, figures, out, demo_table(summary), cost_table, evidence,
+                                          deployment_sentence(deploy) if deploy else ""))
+    return {"html": out / "report.html", "markdown": out / "report.md", "plot": plot, "cost_plot": out / "cost.png"}
 
 
-def _html(story, figures, out: Path, accuracy_table: str, cost_table: str, evidence: dict) -> str:
+def _html(story, figures, out: Path, accuracy_table: str, cost_table: str, evidence: dict, deploy: str) -> str:
     def img(name, caption):
         path = out / name
         if not path.is_file():
@@ -150,6 +186,9 @@ table.evidence th {{ text-align: left; padding-right: 1em; color: #555; font-wei
 <pre>{html.escape(accuracy_table)}</pre>
 <h2>Apparent object size</h2>
 {img(*figures[1])}
+<h2>Accuracy against cost</h2>
+{f"<p>{html.escape(deploy)}</p>" if deploy else ""}
+{img(*figures[2])}
 <h2>Training cost</h2>
 <pre>{html.escape(cost_table)}</pre>
 <h2>Evidence</h2>

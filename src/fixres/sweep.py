@@ -16,6 +16,18 @@ Memory: the model runs on one geometry at a time, so device memory is that of
 holds ``batch_size * 3 * sum(test_res**2)`` bytes; the loader keeps fewer batches in
 flight when that exceeds ``fixres.data.loader.HOST_BUDGET_MB`` (see :func:`~fixres.data.pipeline.multi_view_loader`).
 
+Cost beside accuracy: every row also records the geometry's FLOPs per image (counted on
+the ``meta`` device, :mod:`fixres.costs`), the model's parameters, and its measured
+throughput and single-image latency at that resolution on the device in use
+(:mod:`fixres.timing`; ``timing=False`` skips it). The deployment choices of
+:mod:`fixres.deploy` (``within``, ``budget_ms``, ``budget_gflops``) are made on the
+selection split, like the best. Costs are measured before the data pass, so an impossible
+budget fails before the expensive part.
+
+Several checkpoints (:func:`sweep_checkpoints`, e.g. a run and its ``fixres adapt``
+outputs) are swept one after the other, each decoding the data itself; their costs are
+measured once per architecture.
+
 The text table, JSON record and output files of a :class:`SweepResult` are made by
 :mod:`fixres.sweep_report` (measurement here, reporting there: data flows one way).
 """
@@ -29,19 +41,21 @@ import torch
 from torch import nn
 
 from .analyze import predict_test_res
-from .checkpoint import CheckpointMeta
+from .checkpoint import CheckpointMeta, read_meta
 from .config import option, with_overrides
+from .costs import ResolutionCost, cost_key, resolution_costs, with_timings
 from .data.index import SplitIndex, sample_per_class, split_holdout
 from .data.loader import Batch
 from .data.pipeline import sweep_batches
 from .data.preprocessing import Preprocessing
 from .data.transforms import check_geometries
+from .deploy import BUDGETS, Deployment, choose_best, deployments, fits_budget
 from .errors import FixresError
 from .evaluate import EvalResult, Tally, infer, load_split
 from .runtime import Dist, Runtime, RuntimeOptions
 from .labels import Binding
 from .models.sizes import check_input_size
-from .sources import ModelSource, open_for_data
+from .sources import ModelSource, as_source, open_for_data, open_model
 
 SELECT_ON = ("holdout", "train", "val", "none")
 
@@ -147,11 +161,6 @@ def select_split(meta: CheckpointMeta, data: str | Path, select_on: str | None, 
                                             f"class) that the model was trained on: {why}")
 
 
-def choose_best(rows: Sequence["SweepRow"]) -> "SweepRow":
-    """Highest top-1; ties go to the lower loss, then the lower (cheaper) resolution."""
-    return max(rows, key=lambda r: (r.top1, -r.loss, -r.test_res))
-
-
 # ----------------------------------------------------------------------------- results
 @dataclass(frozen=True)
 class SweepRow:
@@ -169,6 +178,16 @@ class SweepRow:
     n: int
     n_skipped: int
     adapted: str | None
+    # What the geometry costs (the same on every split): see ResolutionCost.
+    gflops: float | None = None               # per image, 1 multiply-add = 2 FLOPs
+    params: int | None = None
+    images_per_s: float | None = None         # at timing_batch_size, median; None: not timed
+    images_per_s_iqr: float | None = None
+    latency_ms: float | None = None           # one image alone, median
+    latency_ms_iqr: float | None = None
+    timing_device: str | None = None
+    timing_dtype: str | None = None
+    timing_batch_size: int | None = None
 
     def row(self) -> dict:
         return asdict(self)
@@ -184,10 +203,15 @@ class SweepResult:
     predicted: dict = field(default_factory=dict)   # {"test_res", ...} or {"note"} when unavailable
     skipped: tuple = ()
     device: str = ""
+    deployments: tuple[Deployment, ...] = ()   # --within / --budget-* choices, made like best
 
     @property
     def train_res(self) -> int:
         return self.rows[0].train_res
+
+    @property
+    def timed(self) -> bool:
+        return self.rows[0].latency_ms is not None
 
     @property
     def selected_on_report(self) -> bool:
@@ -199,12 +223,15 @@ class SweepResult:
         return next((r for r in self.rows if (r.test_res, r.crop_pct) == self.best), None)
 
 
-def to_rows(results: Sequence[EvalResult], *, checkpoint: str, meta: CheckpointMeta, split: str) -> tuple[SweepRow, ...]:
+def to_rows(results: Sequence[EvalResult], *, checkpoint: str, meta: CheckpointMeta, split: str,
+            costs: dict[int, ResolutionCost] | None = None) -> tuple[SweepRow, ...]:
     adapted = (meta.adaptation or {}).get("method")
     prep = meta.preprocessing
+    costs = costs or {}
     return tuple(SweepRow(checkpoint, meta.model, prep.train_res, r.test_res, r.crop_pct,
                           prep.test_view(r.test_res, r.crop_pct).resize_size, r.interpolation, split, r.top1, r.top5,
-                          r.loss, r.n, r.n_skipped, adapted) for r in results)
+                          r.loss, r.n, r.n_skipped, adapted,
+                          **(costs[r.test_res].fields() if r.test_res in costs else {})) for r in results)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -219,22 +246,49 @@ class SweepOptions(RuntimeOptions):
               "itself: optimistic) or none (default: holdout if the checkpoint records one, else train)")
     select_images: int = option(50, "--select-on train: images per class of the training sample")
     split: str = option("val", "sub-directory the accuracy is reported on")
+    timing: bool = option(True, "measure throughput (at --batch-size) and single-image latency at every resolution "
+                                "on the device in use; --no-timing skips it (FLOPs are still counted)")
+    timing_budget: float = option(0.3, "seconds of timed forward passes per resolution (after warm-up; at least 3 "
+                                       "batches and 5 single images whatever the budget)", metavar="S")
+    within: Optional[float] = option(None, "deploy: the smallest resolution whose top-1 on the selection split is "
+                                           "within P points of the best", metavar="P")
+    budget_ms: Optional[float] = option(None, "deploy: the most accurate resolution whose measured single-image "
+                                              "latency is at most X ms", metavar="X")
+    budget_gflops: Optional[float] = option(None, "deploy: the most accurate resolution that costs at most Y GFLOPs "
+                                                  "per image", metavar="Y")
 
     def __post_init__(self):
         super().__post_init__()
         check_geometries(self.test_res, self.crop_pct or [0.875])
         if self.select_images < 1:
             raise FixresError(f"select_images must be at least 1, got {self.select_images}")
+        if self.timing_budget < 0:
+            raise FixresError(f"timing_budget must not be negative, got {self.timing_budget:g}")
+        if self.within is not None and self.within < 0:
+            raise FixresError(f"--within must not be negative, got {self.within:g} (points of top-1 below the best)")
+        for name, (flag, _) in {"budget_ms": BUDGETS["latency_ms"], "budget_gflops": BUDGETS["gflops"]}.items():
+            value = getattr(self, name)
+            if value is not None and value <= 0:
+                raise FixresError(f"{flag} must be positive, got {value:g}")
+        asked = [flag for flag, v in (("--within", self.within), ("--budget-ms", self.budget_ms),
+                                      ("--budget-gflops", self.budget_gflops)) if v is not None]
+        if asked and self.select_on == "none":
+            raise FixresError(f"{' and '.join(asked)} {'choose' if len(asked) > 1 else 'chooses'} on the selection "
+                              "split, which --select-on none turns off")
+        if self.budget_ms is not None and not self.timing:
+            raise FixresError("--budget-ms needs the measured latency, which --no-timing turns off")
 
 
 def sweep_checkpoint(checkpoint: "str | Path | ModelSource", data: str | Path, opts: SweepOptions | None = None, *,
-                     quiet: bool = True, dist_env: Dist = Dist(), **overrides) -> SweepResult:
+                     quiet: bool = True, dist_env: Dist = Dist(), cost_cache: dict | None = None,
+                     **overrides) -> SweepResult:
     """Sweep a model (a checkpoint path, or any :class:`~fixres.sources.ModelSource`) over test
     geometries on ``data/<split>``, choosing the best elsewhere.
 
     ``opts`` with ``overrides`` applied (field names of :class:`SweepOptions`; ``test_res``
     is required). Under torchrun every rank calls this with its ``dist_env``: each sweeps a
-    shard and the sums are all-reduced.
+    shard and the sums are all-reduced. ``cost_cache``: a dict shared by calls whose
+    checkpoints may have the same architecture, so that its costs are measured once.
     """
     opts = with_overrides(SweepOptions, opts, overrides)
     opened = open_for_data(checkpoint, data, [opts.split, "train"])
@@ -247,12 +301,24 @@ def sweep_checkpoint(checkpoint: "str | Path | ModelSource", data: str | Path, o
                              labels=opened.binding)
     rt = opts.runtime(dist_env, quiet)
     model.to(rt.device)
+    cache = {} if cost_cache is None else cost_cache
+    key = cost_key(meta)
+    if key not in cache:       # before the data pass: an impossible budget fails before the expensive part
+        costs = resolution_costs(model, meta, [r for r, _ in geometries])
+        if opts.budget_gflops is not None:
+            fits_budget(list(costs.values()), gflops=opts.budget_gflops)
+        if opts.timing:
+            costs = with_timings(costs, model, rt, batch_size=opts.batch_size, budget_s=opts.timing_budget)
+        cache[key] = costs
+    costs = cache[key]
+    if opts.budget_ms is not None or opts.budget_gflops is not None:
+        fits_budget(list(costs.values()), ms=opts.budget_ms, gflops=opts.budget_gflops)
     skipped: list = []
 
     def run(index: SplitIndex, name: str, keep_skipped: bool) -> tuple[SweepRow, ...]:
         results = sweep_model(model, index, prep, geometries, rt, batch_size=opts.batch_size, label=f"sweep {name}",
                               skipped=skipped if keep_skipped else None)
-        return to_rows(results, checkpoint=str(directory), meta=meta, split=name)
+        return to_rows(results, checkpoint=str(directory), meta=meta, split=name, costs=costs)
 
     rows = run(report, opts.split, True)
     if selection.split is None:
@@ -267,8 +333,70 @@ def sweep_checkpoint(checkpoint: "str | Path | ModelSource", data: str | Path, o
     best = (best_row.test_res, best_row.crop_pct) if best_row else None
     pct = best[1] if best else geometries[0][1]
     sized = (selection.index, selection.split) if selection.index is not None else (report, opts.split)
+    choices = deployments(chosen, rows, within=opts.within, budget_ms=opts.budget_ms, budget_gflops=opts.budget_gflops)
     return SweepResult(rows, chosen, best, selection.split, selection, predicted_test_res(prep, pct, *sized),
-                       tuple(skipped), str(rt.device))
+                       tuple(skipped), str(rt.device), choices)
+
+
+@dataclass(frozen=True)
+class SweepComparison:
+    """Several checkpoints swept over the same geometries and data (e.g. a run and its
+    adapted versions): one :class:`SweepResult` per checkpoint, in the order given."""
+
+    results: tuple[SweepResult, ...]
+    labels: tuple[str, ...]            # short names for tables and legends, one per result
+
+    def items(self):
+        return zip(self.labels, self.results)
+
+
+def checkpoint_label(meta: CheckpointMeta) -> str:
+    """``fixres at 96px`` for an adapted checkpoint, else ``not adapted``."""
+    adaptation = meta.adaptation or {}
+    if adaptation.get("method"):
+        return f"{adaptation['method']} at {meta.preprocessing.test_res}px"
+    return "not adapted"
+
+
+def _labels(checkpoints: Sequence[str | Path], metas: Sequence[CheckpointMeta]) -> tuple[str, ...]:
+    """:func:`checkpoint_label` of each, or the names given on the command line where those collide."""
+    labels = [checkpoint_label(m) for m in metas]
+    if len(set(labels)) == len(labels):
+        return tuple(labels)
+    paths = [Path(as_source(c).checkpoint or as_source(c).model) for c in checkpoints]
+    names = [p.name if p.name not in ("best", "last") else p.parent.name for p in paths]
+    return tuple(names if len(set(names)) == len(names) else [f"{i + 1}: {n}" for i, n in enumerate(names)])
+
+
+def sweep_checkpoints(checkpoints: Sequence["str | Path | ModelSource"], data: str | Path,
+                      opts: SweepOptions | None = None, *, quiet: bool = True, dist_env: Dist = Dist(),
+                      **overrides) -> SweepComparison:
+    """:func:`sweep_checkpoint` for each model (checkpoint paths or sources), one after the other
+    (each decodes the data itself), with the same options; costs are measured once per
+    architecture.
+
+    The models must have the same classes (checked before any work for checkpoints; a
+    ``--model`` is opened to read its classes).
+    """
+    if not checkpoints:
+        raise FixresError("no checkpoint to sweep")
+    opts = with_overrides(SweepOptions, opts, overrides)
+    metas = [_meta_of(as_source(c)) for c in checkpoints]
+    for c, m in zip(checkpoints[1:], metas[1:]):
+        if m.class_names != metas[0].class_names:
+            raise FixresError(f"checkpoints {checkpoints[0]} and {c} have different classes "
+                              f"({len(metas[0].class_names)} vs {len(m.class_names)}, or another order): "
+                              "they cannot be compared on the same data")
+    cache: dict = {}
+    results = tuple(sweep_checkpoint(c, data, opts, quiet=quiet, dist_env=dist_env, cost_cache=cache)
+                    for c in checkpoints)
+    return SweepComparison(results, _labels(checkpoints, metas))
+
+
+def _meta_of(source: ModelSource) -> CheckpointMeta:
+    if source.checkpoint is not None and not as_source(source.checkpoint).model:
+        return read_meta(source.checkpoint)
+    return open_model(source).meta
 
 
 def predicted_test_res(prep: Preprocessing, crop_pct: float, index: SplitIndex, index_name: str) -> dict:

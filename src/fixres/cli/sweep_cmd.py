@@ -2,12 +2,15 @@
 from __future__ import annotations
 
 from ..config import add_arguments, build, from_namespace
+from ..errors import FixresError
 from ..data.transforms import parse_resolutions
 from ..rundir import prepare_output_files
 from ..runtime import init_distributed
-from ..sweep import SweepOptions, sweep_checkpoint
-from ..sweep_report import SWEEP_FILES, sweep_json, sweep_table, write_sweep
-from .common import add_model_source, model_source, print_json
+from ..sources import ModelSource
+from ..sweep import SweepOptions, sweep_checkpoint, sweep_checkpoints
+from ..sweep_report import (SWEEP_FILES, comparison_json, comparison_table, sweep_json, sweep_table, write_comparison,
+                            write_sweep)
+from .common import add_model_source, print_json
 
 
 def register(sub) -> None:
@@ -15,34 +18,57 @@ def register(sub) -> None:
                        description="Evaluate a checkpoint at several test resolutions (and crop_pcts) in one pass: "
                                    "each image is decoded once and resized to every geometry exactly as "
                                    "`fixres eval` does. The best resolution is chosen on held-out training images "
-                                   "(or a training sample), then reported on --split. Under torchrun every process "
-                                   "takes a shard; rank 0 prints and writes.")
-    add_model_source(p)
+                                   "(or a training sample), then reported on --split. Every row also gives the "
+                                   "resolution's cost (GFLOPs, parameters, measured img/s and latency); --within and "
+                                   "--budget-* choose a resolution to deploy, on the same images as the best. Several "
+                                   "models (a run and its `fixres adapt` outputs) share the table and the plots. "
+                                   "Under torchrun every process takes a shard; rank 0 prints and writes.")
+    add_model_source(p, exclude=("checkpoint",))
+    p.add_argument("--checkpoint", nargs="+", metavar="CKPT",
+                   help="fixres checkpoint(s): run directory (its best checkpoint), checkpoint directory or "
+                        "model.safetensors; several (and/or --model): compared side by side (same classes)")
     p.add_argument("--data", required=True, help="dataset directory holding train/ and the reported split")
     add_arguments(p, SweepOptions)
-    p.add_argument("--out", default=None, help="directory to write sweep.csv, sweep.json and sweep.png into")
+    p.add_argument("--out", default=None, help="directory to write sweep.csv, sweep.json, sweep.png and sweep-cost.png "
+                                               "into")
     p.add_argument("--overwrite", action="store_true", help="replace sweep files already in --out")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(handler=run)
 
 
+def sweep_sources(args) -> list[ModelSource]:
+    """--model (if given) then each --checkpoint, with the same preprocessing and label flags."""
+    flags = {k: v for k, v in from_namespace(args, ModelSource).items() if k != "checkpoint"}
+    shared = {k: v for k, v in flags.items() if k not in ("model", "pretrained", "weights", "class_map")}
+    sources = [build(ModelSource, flags)] if args.model else []
+    sources += [build(ModelSource, {**shared, "checkpoint": c}) for c in args.checkpoint or ()]
+    if not sources:
+        raise FixresError("give the model: --checkpoint PATH [PATH ...] and/or --model NAME")
+    return sources
+
+
 def run(args) -> int:
-    source = model_source(args)
     values = from_namespace(args, SweepOptions)
     values["test_res"] = parse_resolutions(args.test_res)
     opts = build(SweepOptions, values)                   # validated before loading anything
     dist_env = init_distributed(opts.device)
     if args.out and dist_env.is_main:
         prepare_output_files(args.out, SWEEP_FILES, overwrite=args.overwrite, keep=False)
-    result = sweep_checkpoint(source, args.data, opts, quiet=args.quiet, dist_env=dist_env)
+    sources = sweep_sources(args)
+    if len(sources) == 1:
+        result = sweep_checkpoint(sources[0], args.data, opts, quiet=args.quiet, dist_env=dist_env)
+        write, as_json, as_table = write_sweep, sweep_json, sweep_table
+    else:
+        result = sweep_checkpoints(sources, args.data, opts, quiet=args.quiet, dist_env=dist_env)
+        write, as_json, as_table = write_comparison, comparison_json, comparison_table
     if not dist_env.is_main:
         return 0
-    written = write_sweep(result, args.out, overwrite=args.overwrite) if args.out else []
+    written = write(result, args.out, overwrite=args.overwrite) if args.out else []
     if args.json:
-        print_json(sweep_json(result))
+        print_json(as_json(result))
     else:
-        print(sweep_table(result))
+        print(as_table(result))
         if written:
             print("wrote " + ", ".join(str(p) for p in written))
     return 0

@@ -47,7 +47,7 @@ def one_seed(seed: int, out: Path, high_res: int) -> dict:
     trained = fit(high_cfg, quiet=True, overwrite=True)
     swept = sweep_checkpoint(trained.run_dir, data, test_res=sorted({high_res, *cfg.test_res,
                                                                      int(high_res * 1.25), int(high_res * 1.5)}),
-                             select_on="holdout", quiet=True)
+                             select_on="holdout", quiet=True, timing=False)
     hval = {r.test_res: r.top1 for r in swept.rows}
     high = {"train_res": high_res, "train_s": trained.summary["train_seconds"], "at_train": hval[high_res],
             "chosen": swept.best[0], "at_chosen": hval[swept.best[0]], "best_unadapted": max(hval.values())}

@@ -150,7 +150,9 @@ def ensure_swept(gdir: GridDir, name: str, checkpoint: Path, data: Path, test_re
         return cell
     log(f"sweeping {_label(checkpoint)} at {', '.join(map(str, test_res))} px")
     t0 = time.perf_counter()
-    result = sweep_checkpoint(checkpoint, data, test_res=test_res, select_on=cfg.select_on,
+    # timing=False: a grid compares accuracies across runs; its cost table counts FLOPs (timings of
+    # a shared machine would differ from cell to cell for no reason of the model's)
+    result = sweep_checkpoint(checkpoint, data, test_res=test_res, select_on=cfg.select_on, timing=False,
                               batch_size=cfg.sweep_batch_size, workers=cfg.workers, device=cfg.device, amp=cfg.amp,
                               quiet=quiet)
     seconds = round(time.perf_counter() - t0, 2)

@@ -35,8 +35,8 @@ def one_model(name: str, data: Path, out: Path, seed: int, args) -> dict:
                       holdout=0.05, epochs=args.epochs, batch_size=64, optimizer="adamw", lr=args.lr,
                       weight_decay=0.05, warmup_epochs=1.0, eval_every=args.epochs, seed=seed, workers=args.workers)
     trained = fit(cfg, quiet=True, overwrite=True)
-    swept = sweep_checkpoint(trained.run_dir, data, test_res=args.test_res, select_on="holdout", quiet=True, timing=False,
-                             workers=args.workers)
+    swept = sweep_checkpoint(trained.run_dir, data, test_res=args.test_res, select_on="holdout", quiet=True,
+                             timing=False, workers=args.workers)
     val = {r.test_res: r.top1 for r in swept.rows}
     chosen = swept.best[0]
     adapted = adapt_checkpoint(trained.run_dir, data, test_res=chosen, images=1000, batch_size=64, epochs=30,

@@ -19,6 +19,19 @@ def model_source(args) -> ModelSource:
     return build(ModelSource, from_namespace(args, ModelSource))
 
 
+def report(args, result, *, as_json, as_table, write) -> int:
+    """The end of a measuring command: write its files when ``--out`` is given, then print the
+    JSON record (``--json``) or the table and the files written."""
+    written = write(result, args.out, overwrite=args.overwrite) if args.out else []
+    if args.json:
+        print_json(as_json(result))
+    else:
+        print(as_table(result))
+        if written:
+            print("wrote " + ", ".join(str(p) for p in written))
+    return 0
+
+
 def print_json(obj) -> None:
     json.dump(obj, sys.stdout, indent=2, default=str)
     sys.stdout.write("\n")

@@ -8,7 +8,7 @@ from ..rundir import prepare_output_files
 from ..stats import STATS_FILES, StatsOptions, feature_stats
 from ..stats_report import stats_json, stats_table, write_stats
 from ..sources import open_model
-from .common import add_model_source, model_source, print_json
+from .common import add_model_source, model_source, report
 
 
 def register(sub) -> None:
@@ -45,11 +45,4 @@ def run(args) -> int:
     if args.out:
         prepare_output_files(args.out, STATS_FILES, overwrite=args.overwrite, keep=False)
     result = feature_stats(source, args.data, opts, compare=args.compare, quiet=args.quiet)
-    written = write_stats(result, args.out, overwrite=args.overwrite) if args.out else []
-    if args.json:
-        print_json(stats_json(result))
-    else:
-        print(stats_table(result))
-        if written:
-            print("wrote " + ", ".join(str(p) for p in written))
-    return 0
+    return report(args, result, as_json=stats_json, as_table=stats_table, write=write_stats)

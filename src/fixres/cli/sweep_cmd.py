@@ -10,7 +10,7 @@ from ..sources import ModelSource
 from ..sweep import SweepOptions, sweep_checkpoint, sweep_checkpoints
 from ..sweep_report import (SWEEP_FILES, comparison_json, comparison_table, sweep_json, sweep_table, write_comparison,
                             write_sweep)
-from .common import add_model_source, print_json
+from .common import add_model_source, report
 
 
 def register(sub) -> None:
@@ -64,11 +64,4 @@ def run(args) -> int:
         write, as_json, as_table = write_comparison, comparison_json, comparison_table
     if not dist_env.is_main:
         return 0
-    written = write(result, args.out, overwrite=args.overwrite) if args.out else []
-    if args.json:
-        print_json(as_json(result))
-    else:
-        print(as_table(result))
-        if written:
-            print("wrote " + ", ".join(str(p) for p in written))
-    return 0
+    return report(args, result, as_json=as_json, as_table=as_table, write=write)

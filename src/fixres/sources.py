@@ -25,10 +25,14 @@ neither reaches into the other.
 from __future__ import annotations
 
 import json
+import logging
+import os
+import socket
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Iterable, Literal, Optional
 
+import timm
 import torch
 from torch import nn
 
@@ -166,8 +170,9 @@ def open_checkpoint(path: str | Path) -> tuple[nn.Module, CheckpointMeta]:
 def open_model(source: "str | Path | ModelSource") -> Opened:
     """The model ``source`` names, in eval mode, with its metadata (preprocessing overrides applied)."""
     source = as_source(source)
-    if source.checkpoint is not None and as_source(source.checkpoint).model:   # --checkpoint EXPORTED_FOLDER
-        source = replace(source, checkpoint=None, model=as_source(source.checkpoint).model)
+    folder = as_source(source.checkpoint).model if source.checkpoint is not None else None
+    if folder:                          # --checkpoint EXPORTED_FOLDER: a timm folder
+        source = replace(source, checkpoint=None, model=folder)
     if source.checkpoint is not None:
         directory = find_checkpoint(source.checkpoint)
         model, meta = open_checkpoint(directory)
@@ -213,9 +218,8 @@ def _open_foreign(source: ModelSource) -> Opened:
     recorded = (config.get("fixres") or {}).get("preprocessing")     # a fixres export records its whole record
     prep = (Preprocessing.from_dict(recorded, origin=f"{where} (fixres export)") if recorded
             else foreign_preprocessing(model, where))
-    meta = CheckpointMeta(model=name if not (hub or local) else (config.get("architecture")
-                                                                   or cfg.get("architecture") or name),
-                          class_names=space.names, preprocessing=prep, label_descriptions=descriptions,
+    rebuilt_as = name if not (hub or local) else config.get("architecture") or cfg.get("architecture") or name
+    meta = CheckpointMeta(model=rebuilt_as, class_names=space.names, preprocessing=prep, label_descriptions=descriptions,
                           label_source=space.source, model_kwargs=dict(config.get("model_args") or {}),
                           weights_from={"model": name, "pretrained": source.pretrained or hub,
                                         "weights": source.weights, "config": where if local else None,
@@ -230,8 +234,6 @@ def hub_reachable(timeout: float = 3.0) -> bool:
     """Whether the Hugging Face hub (where timm's weights live) answers, checked in seconds: an
     offline download would otherwise retry for most of a minute before failing. Behind a proxy
     (``HTTPS_PROXY``) the download is simply attempted."""
-    import os
-    import socket
     if os.environ.get("HTTPS_PROXY") or os.environ.get("https_proxy"):
         return True
     try:
@@ -250,8 +252,6 @@ def _descriptions(raw, names: tuple[str, ...]) -> tuple[str, ...]:
 
 
 def _timm_create(name: str, **kwargs) -> nn.Module:
-    import logging
-    import timm
     downloads = kwargs.get("pretrained") and not name.startswith("local-dir:")
     if downloads and not hub_reachable():
         raise FixresError(f"cannot download the weights of {name}: {HUB[0]} is not reachable (offline?); give a "
@@ -285,7 +285,7 @@ def _with_weights(name: str, path: Path) -> nn.Module:
                           f"({', '.join(h + '.weight' for h in heads) or 'classifier'} missing)")
     num_classes = int(weight.shape[0])
     try:
-        model = __import__("timm").create_model(name, pretrained=True, num_classes=num_classes, **size_kwargs(name),
+        model = timm.create_model(name, pretrained=True, num_classes=num_classes, **size_kwargs(name),
                                                 pretrained_cfg_overlay={"state_dict": state, "num_classes": num_classes})
     except RuntimeError as e:
         lines = [line.strip() for line in str(e).strip().splitlines() if line.strip()]

@@ -29,9 +29,10 @@ def build_model(meta: CheckpointMeta, state: dict[str, torch.Tensor]) -> nn.Modu
     return model
 
 
-def open_checkpoint(path: str | Path) -> tuple[nn.Module, CheckpointMeta]:
-    """The model of a checkpoint, ready for evaluation, and its metadata."""
-    state, meta, _ = load_checkpoint(path)
+def open_checkpoint(path: str | Path, ema: bool = False) -> tuple[nn.Module, CheckpointMeta]:
+    """The model of a checkpoint, ready for evaluation, and its metadata; ``ema``: with the
+    run's EMA weights (see :func:`~fixres.checkpoint.load_checkpoint`)."""
+    state, meta, _ = load_checkpoint(path, ema=ema)
     model = build_model(meta, state)
     model.eval()
     return model, meta

@@ -121,6 +121,7 @@ class EvalOptions(RuntimeOptions):
     test_res: Optional[int] = option(None, "test resolution (default: the checkpoint's)")
     crop_pct: Optional[float] = option(None, "centre-crop fraction (default: the checkpoint's)")
     interpolation: Optional[Literal["bilinear", "bicubic"]] = option(None, "resize filter (default: the checkpoint's)")
+    ema: bool = option(False, "use the run's EMA weights (a checkpoint of `fixres train --ema-decay`)")
 
     def __post_init__(self):
         super().__post_init__()
@@ -139,7 +140,7 @@ def evaluate_checkpoint(checkpoint: str | Path, data: str | Path, opts: EvalOpti
     = not given). Under torchrun every rank calls this with its ``dist_env``: each evaluates
     a disjoint shard and all get the same totals."""
     opts = with_overrides(EvalOptions, opts, overrides)
-    model, meta = open_checkpoint(checkpoint)
+    model, meta = open_checkpoint(checkpoint, ema=opts.ema)
     prep = meta.preprocessing.override("flag", test_res=opts.test_res, crop_pct=opts.crop_pct,
                                        interpolation=opts.interpolation)
     index = load_split(data, opts.split, meta.class_names)

@@ -7,7 +7,7 @@ The folder::
                         fixres's own record (train resolution, adaptation, source
                         checkpoint, parity checks) under the top-level key "fixres",
                         which timm ignores
-    model.safetensors   the weights, a byte copy of the checkpoint's
+    model.safetensors   the weights, a byte copy of the checkpoint's (or of its EMA weights)
     model.onnx          (optional) the model at the test resolution, dynamic batch axis
 
 so that ``timm.create_model("local-dir:DIR", pretrained=True)`` builds the model with
@@ -34,7 +34,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .checkpoint import WEIGHTS, CheckpointMeta, find_checkpoint, read_meta, versions
+from .checkpoint import EMA_WEIGHTS, WEIGHTS, CheckpointMeta, find_checkpoint, read_meta, versions
 from .data.preprocessing import Preprocessing
 from .errors import FixresError
 from .rundir import atomic_path, prepare_run_dir, sha256_file, write_json
@@ -55,7 +55,7 @@ NOT_EXPORTABLE = {"parametric": "it remaps the pooled features with a fitted dis
 
 
 def export_checkpoint(checkpoint: str | Path, out: str | Path, *, onnx: bool = False, test_res: int | None = None,
-                      crop_pct: float | None = None) -> Path:
+                      crop_pct: float | None = None, ema: bool = False) -> Path:
     """Write a timm-loadable folder (and optionally ``model.onnx``) for a checkpoint.
 
     Args:
@@ -66,6 +66,7 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path, *, onnx: bool = F
             with ONNX Runtime (needs the ``onnx`` and ``onnxruntime`` packages).
         test_res: test resolution to record (default: the checkpoint's).
         crop_pct: centre-crop fraction to record (default: the checkpoint's).
+        ema: export the run's EMA weights (recorded as ``source["weights"] == "ema"``).
 
     Returns:
         The folder written. Its ``config.json["fixres"]`` holds the check results.
@@ -81,7 +82,7 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path, *, onnx: bool = F
     prep = meta.preprocessing.override("flag", test_res=test_res, crop_pct=crop_pct)
     out = prepare_run_dir(out, replaceable=False, keep=False)   # must not exist or be empty; checked before the work
     source = find_checkpoint(checkpoint)
-    model, meta = open_checkpoint(source)
+    model, meta = open_checkpoint(source, ema=ema)
     test_res, crop_pct = prep.test_res, prep.crop_pct
     resize = prep.test_view().resize_size
 
@@ -96,14 +97,15 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path, *, onnx: bool = F
     config = timm_config(meta, model, prep)
     record = config["fixres"]
     record["resize"] = resize
-    record["source"] = {"checkpoint": str(source), "weights_sha256": meta.weights_sha256, "epoch": meta.epoch,
+    record["source"] = {"checkpoint": str(source), "weights": "ema" if ema else "model",
+                        "weights_sha256": meta.weights_sha256, "epoch": meta.epoch,
                         "created": meta.created, "versions": meta.versions}
 
     out.parent.mkdir(parents=True, exist_ok=True)
     # an empty `out` (checked above) is replaced; one that filled up since makes this fail, deleting nothing
     with atomic_path(out, existing="empty", fsync=True) as tmp:
         tmp.mkdir()
-        shutil.copyfile(source / WEIGHTS, tmp / WEIGHTS)
+        shutil.copyfile(source / (EMA_WEIGHTS if ema else WEIGHTS), tmp / WEIGHTS)
         record["weights_sha256"] = sha256_file(tmp / WEIGHTS)
         write_json(tmp / CONFIG, config)
         record["timm_max_abs_diff"] = check_timm_load(tmp, example, reference)

@@ -210,6 +210,7 @@ class SweepOptions(RuntimeOptions):
     select_images: int = option(50, "--select-on train: images per class of the training sample")
     split: str = option("val", "sub-directory the accuracy is reported on")
     interpolation: Optional[Literal["bilinear", "bicubic"]] = option(None, "resize filter (default: the checkpoint's)")
+    ema: bool = option(False, "use the run's EMA weights (a checkpoint of `fixres train --ema-decay`)")
 
     def __post_init__(self):
         super().__post_init__()
@@ -228,7 +229,7 @@ def sweep_checkpoint(checkpoint: str | Path, data: str | Path, opts: SweepOption
     """
     opts = with_overrides(SweepOptions, opts, overrides)
     directory = find_checkpoint(checkpoint)
-    model, meta = open_checkpoint(directory)
+    model, meta = open_checkpoint(directory, ema=opts.ema)
     prep = meta.preprocessing.override("flag", interpolation=opts.interpolation)
     geometries = check_geometries(opts.test_res, opts.crop_pct or [prep.crop_pct])
     report = load_split(data, opts.split, meta.class_names)
@@ -255,8 +256,13 @@ def sweep_checkpoint(checkpoint: str | Path, data: str | Path, opts: SweepOption
     best = (best_row.test_res, best_row.crop_pct) if best_row else None
     pct = best[1] if best else geometries[0][1]
     sized = (selection.index, selection.split) if selection.index is not None else (report, opts.split)
-    return SweepResult(rows, chosen, best, selection.split, selection, predicted_test_res(prep, pct, *sized),
-                       tuple(skipped), str(rt.device))
+    predicted = predicted_test_res(prep, pct, *sized)
+    schedule = (meta.recipe or {}).get("train_res_schedule")
+    if schedule and predicted.get("test_res"):   # progressive resizing: the prediction is for the final resolution
+        predicted = {**predicted, "train_res_schedule": schedule,
+                     "note": f"{predicted['note']}; made for the FINAL training resolution {prep.train_res} of a "
+                             f"progressive schedule ({schedule['start']} -> {schedule['end']} px)"}
+    return SweepResult(rows, chosen, best, selection.split, selection, predicted, tuple(skipped), str(rt.device))
 
 
 def predicted_test_res(prep: Preprocessing, crop_pct: float, index: SplitIndex, index_name: str) -> dict:

@@ -40,6 +40,7 @@ class AdaptOptions(RuntimeOptions):
     cache: bool = option(True, "train on cached features of the frozen layers (exact; falls back to the full "
                                "network when the model cannot be split or the cache does not fit in memory)")
     seed: int = option(0, "random seed (data order, image subset, augmentation)")
+    ema: bool = option(False, "use the run's EMA weights (a checkpoint of `fixres train --ema-decay`)")
 
     def __post_init__(self):
         super().__post_init__()

@@ -81,7 +81,7 @@ def adapt_checkpoint(checkpoint: str | Path, data: str | Path, opts: AdaptOption
     source = find_checkpoint(checkpoint)
     if out is not None and dist_env.is_main:
         out = check_adapt_out(out, source, overwrite)
-    model, meta = open_checkpoint(source)
+    model, meta = open_checkpoint(source, ema=opts.ema)
     if opts.method == "parametric" and has_equaliser(model):
         raise FixresError(f"{source} is already equalised (method parametric); adapt its source checkpoint instead")
     imgs = adaptation_images(data, meta, opts.images, opts.seed)

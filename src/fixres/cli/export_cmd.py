@@ -23,12 +23,15 @@ def register(sub) -> None:
     p.add_argument("--test-res", type=int, default=None, help="test resolution to record (default: the checkpoint's)")
     p.add_argument("--crop-pct", type=float, default=None, help="centre-crop fraction to record (default: the "
                                                                 "checkpoint's)")
+    p.add_argument("--ema", action="store_true", help="export the run's EMA weights (a checkpoint of `fixres train "
+                                                      "--ema-decay`)")
     p.add_argument("--json", action="store_true", help="print the export record (config.json's 'fixres' part) as JSON")
     p.set_defaults(handler=run)
 
 
 def run(args) -> int:
-    out = export_checkpoint(args.checkpoint, args.out, onnx=args.onnx, test_res=args.test_res, crop_pct=args.crop_pct)
+    out = export_checkpoint(args.checkpoint, args.out, onnx=args.onnx, test_res=args.test_res, crop_pct=args.crop_pct,
+                            ema=args.ema)
     record = read_export(out)["fixres"]
     if args.json:
         print_json({"out": str(out), **record})

@@ -87,6 +87,25 @@ def test_killed_recipe_run_resumes_bit_identical(colour_data, tmp_path):
     assert meta.ema["decay"] == 0.9 and "val_top1" in meta.ema["metrics"]
 
 
+@pytest.mark.slow
+def test_two_processes_mix_like_one_with_two_accumulation_steps(colour_data, tmp_path):
+    """torchrun, 2 processes x 12 images vs 1 process x 2 micro-batches of 12: the same images
+    get the same RandAugment, random erasing and mixup/CutMix draws, so the weights and the
+    EMA agree up to float summation order (batch-norm statistics aside, as in any DDP run)."""
+    from test_distributed import fixres
+    args = ["train", "--data", colour_data, "--model", "test_resnet", "--train-res", 32, "--epochs", 2,
+            "--batch-size", 24, "--lr", 0.05, "--mixup", 0.4, "--cutmix", 1.0, "--ema-decay", 0.5,
+            "--auto-augment", "rand-m6-mstd0.5-inc1", "--random-erasing", 0.5, "--workers", 0, "--device", "cpu",
+            "--quiet", "--seed", 2]
+    fixres(*args, "--out", tmp_path / "two", nproc=2)
+    fixres(*args, "--out", tmp_path / "one", "--accum-steps", 2)
+    for name in ("model", "ema"):
+        a = load_file(str(tmp_path / "one" / "last" / f"{name}.safetensors"))
+        b = load_file(str(tmp_path / "two" / "last" / f"{name}.safetensors"))
+        for k in (k for k in a if "running" not in k and "num_batches" not in k):
+            torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-5, msg=f"{name}: {k}")
+
+
 def test_ema_weights_through_the_commands(colour_data, tmp_path, capsys):
     run = tmp_path / "r"
     assert main(["train", "--data", str(colour_data), "--out", str(run), "--model", "test_resnet", "--train-res",

@@ -10,8 +10,9 @@ settings, and makes their randomness a function of the run's seed:
   seeded from the image's own generator (a function of ``(seed, epoch, index)``), so the same
   image gets the same augmentation whatever worker runs it, and after a resume.
 - Random erasing and mixup act on the batch in the training process; they are seeded from
-  ``(seed, step, micro-batch, rank)`` (:meth:`BatchRecipe.__call__`), so a resumed run replays
-  them without storing their states.
+  ``(seed, step, share of the global batch)`` (:meth:`BatchRecipe.__call__`), so a resumed
+  run replays them without storing their states, and two processes mix the same images as
+  one process with two accumulation steps.
 
 Nothing here imports the training configuration: functions take it as an argument.
 """

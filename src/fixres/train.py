@@ -9,7 +9,7 @@ with a fixed seed, final weights are bit-identical (tests/test_resume.py kills a
 process to check it).
 
 The recipe parts of :mod:`fixres.recipes` keep that: per-image policies draw from the
-image's seed, random erasing and mixup from ``(seed, step, micro-batch, rank)``, the
+image's seed, random erasing and mixup from ``(seed, step, share of the global batch)``, the
 repeated-augmentation order is a function of ``(seed, epoch)``, the training resolution
 of ``epoch``, and the EMA weights are saved with the model (tests/test_recipes.py).
 """
@@ -256,8 +256,10 @@ class Trainer:
                 if batch.images is None:
                     continue
                 x, y = self.normalizer(batch.images, self.device), batch.labels.to(self.device, non_blocking=True)
-                # random erasing, mixup/CutMix (when on): soft targets, draws seeded by the position
-                x, target = self.recipe(x, y, mix_seed(cfg.seed, BATCH_RECIPE_STREAM, self.step, micro, self.dist.rank))
+                # random erasing, mixup/CutMix (when on): draws seeded by the step and the share of the global
+                # batch (micro * world + rank: the same images whatever the world size and accumulation)
+                share = micro * self.dist.world + self.dist.rank
+                x, target = self.recipe(x, y, mix_seed(cfg.seed, BATCH_RECIPE_STREAM, self.step, share))
                 sync = micro == accum - 1 or not self.dist.enabled
                 try:
                     with (contextlib.nullcontext() if sync else self.net.no_sync()), autocast(self.device, self.amp_dtype):

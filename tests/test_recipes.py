@@ -259,3 +259,17 @@ def test_recipe_configs_carry_the_published_recipes(name):
         assert (train.eval_res, train.crop_pct, train.epochs, train.label_smoothing) == (256, 0.875, 16, 0.1)
         assert [ResolutionSchedule.of(train).res_at(e) for e in (0, 11, 12, 13, 15)] == [160, 160, 192, 192, 192]
         assert "73.8%" in text and "14.9 minutes" in text and "ffcv-imagenet" in text
+
+
+def test_resume_without_a_checkpoint_forgets_the_rows(colour_data, tmp_path):
+    """A kill between a checkpoint's rename and its `last` link leaves a row and no `last`: the
+    run restarts from the beginning and must not log that epoch twice (seen once in
+    test_resume.py's kill test on a loaded machine)."""
+    run = tmp_path / "r"
+    args = ["train", "--data", str(colour_data), "--out", str(run), "--model", "test_resnet", "--train-res", "32",
+            "--epochs", "2", "--batch-size", "24", "--workers", "0", "--quiet"]
+    assert main(args) == 0
+    (run / "last").unlink()
+    (run / "summary.json").unlink()
+    assert main([*args, "--resume"]) == 0
+    assert [json.loads(x)["epoch"] for x in (run / "metrics.jsonl").read_text().splitlines()] == [1, 2]

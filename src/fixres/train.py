@@ -213,6 +213,7 @@ class Trainer:
         last = self.run_dir / "last"
         if not last.exists():
             self._log(f"no checkpoint in {self.run_dir} yet: starting from the beginning")
+            self._forget_rows_after_checkpoint()   # a kill between a checkpoint's rename and `last` leaves rows
             return
         state_dict, meta, directory = ckpt.load_checkpoint(last)
         if tuple(meta.class_names) != self.classes:
@@ -230,10 +231,14 @@ class Trainer:
             self._resume_rng = ranks[self.dist.rank]["rng"]
             self._epoch_loss = ranks[self.dist.rank]["epoch_loss_sum"]
             self._epoch_images = ranks[self.dist.rank]["epoch_images"]
-        if self.dist.is_main:  # forget log rows written after the checkpoint: they will be redone
+        self._forget_rows_after_checkpoint()
+        self._log(f"resumed {self.run_dir} at epoch {self.epoch}, step {self.step}")
+
+    def _forget_rows_after_checkpoint(self) -> None:
+        """Drop the log rows written after the checkpoint resumed from: they will be redone."""
+        if self.dist.is_main:
             rows = [r for r in read_jsonl(self.run_dir / "metrics.jsonl") if r.get("step", 0) <= self.step]
             write_text(self.run_dir / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
-        self._log(f"resumed {self.run_dir} at epoch {self.epoch}, step {self.step}")
 
     # ----------------------------------------------------------------- loop
     def train_epoch(self, bar: Progress) -> dict:

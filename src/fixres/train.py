@@ -354,7 +354,7 @@ class Trainer:
         torch.cuda.empty_cache()
         half = max(self.dist.world * cfg.accum_steps, cfg.batch_size // 2)
         return FixresError(
-            f"GPU out of memory with {images} images per process per step at {cfg.train_res}px "
+            f"GPU out of memory with {images} images per process per step at {self.loader_res or cfg.train_res}px "
             f"(--batch-size {cfg.batch_size} over {self.dist.world} process(es) x {cfg.accum_steps} accumulation "
             f"step(s)); try --accum-steps {cfg.accum_steps * 2} (same global batch) or --batch-size {half}")
 

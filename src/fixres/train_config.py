@@ -80,7 +80,8 @@ class TrainConfig:
                                                    "--train-res (the final one) over --progressive-epochs (FFCV min_res)")
     progressive_epochs: Optional[tuple[int, int]] = option(
         None, "the ramp: lowest resolution up to epoch A, --train-res from epoch B on, linear in between (0-based "
-              "epochs, FFCV start_ramp / end_ramp; default: the last quarter of the epochs)", metavar=("A", "B"))
+              "epochs, FFCV start_ramp / end_ramp; default: 70% and 83% of the epochs, FFCV's ratios; stored resolved)",
+        metavar=("A", "B"))
     progressive_step: int = option(32, "round the ramp's resolutions to a multiple of this (FFCV: 32)")
     clip_grad: Optional[float] = option(None, "clip the gradient norm to this value")
     amp: Literal["auto", "bf16", "fp16", "none"] = option("auto", "mixed precision (auto: bf16 on a GPU that has it, none on CPU)")

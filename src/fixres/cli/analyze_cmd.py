@@ -20,7 +20,9 @@ def register(sub) -> None:
                                    "(square images), or by simulating torchvision's exact sampler over the "
                                    "dataset's image sizes (--data) or given sizes (--sizes). Geometric prediction "
                                    "only: `fixres sweep` measures the real optimum.")
-    p.add_argument("--train-res", type=int, required=True, metavar="K", help="training resolution (pixels)")
+    p.add_argument("--train-res", type=int, required=True, metavar="K",
+                   help="training resolution (pixels); for a progressive-resizing run the FINAL one (its checkpoint's "
+                        "train_res)")
     p.add_argument("--scale", type=float, nargs=2, default=(0.08, 1.0), metavar=("A", "B"),
                    help="RandomResizedCrop area-fraction range (default: 0.08 1)")
     p.add_argument("--ratio", type=float, nargs=2, default=(3 / 4, 4 / 3), metavar=("A", "B"),

@@ -5,7 +5,8 @@ Both packages are optional (``pip install 'fixres[tensorboard]'`` / ``'fixres[wa
 TensorBoard: ``log_tensorboard`` None (the default) writes ``RUN/tensorboard`` when the
 package is installed and skips silently when it is not; True requires it. W&B: only when
 asked (``--log-wandb``); ``WANDB_MODE=offline`` logs into ``RUN/wandb`` without a network.
-A run resumed from step ``s`` drops the TensorBoard events from ``s`` on (``purge_step``) and
+A run resumed from the checkpoint of step ``s`` drops the TensorBoard events after ``s``
+(``purge_step``: they will be redone) and
 continues the same W&B run (its id is kept in ``RUN/wandb-id``), so neither shows the redone
 steps twice. Only the main process logs.
 """
@@ -52,6 +53,7 @@ class MetricSinks:
 
     def __init__(self, run_dir: Path, config: dict[str, Any], *, tensorboard: bool | None, wandb: bool,
                  project: str | None, resume_step: int | None):
+        """``resume_step``: the first step that a resumed run logs again (None: a new run)."""
         check_sinks(tensorboard, wandb)
         self.tb = self.wb = None
         if tensorboard or (tensorboard is None and tensorboard_available()):

@@ -367,7 +367,7 @@ class Trainer:
         if self.dist.is_main:
             sinks = MetricSinks(self.run_dir, to_dict(self.cfg), tensorboard=self.cfg.log_tensorboard,
                                 wandb=self.cfg.log_wandb, project=self.cfg.wandb_project,
-                                resume_step=self.step if self.step else None)
+                                resume_step=self.step + 1 if self.step else None)   # keep the checkpoint's own row
         try:
             return self._run(sinks)
         finally:

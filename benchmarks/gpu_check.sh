@@ -24,8 +24,10 @@
 #                      torch.compile(mode="reduce-overhead") at batch 256 and 512; the compiled
 #                      512 runs only if the section is under 60 s when its turn comes
 #   sweep       ~20 s  `fixres sweep` end to end on the GPU (checkpoint of the top-1 parity)
+#   recipes     ~40 s  `fixres train --pipeline fast` with mixup/CutMix, random erasing and EMA on the
+#                      device batch (2 epochs, resnet18 at 64 px), then a sweep of its EMA weights
 #   targets      ~1 s  benchmarks/gpu_targets.py: every target ratio, met or not, from the JSON
-# Total ~415 s; give the device call a timeout_s of about 540. CLI=1 adds the other CLI
+# Total ~455 s; give the device call a timeout_s of about 560. CLI=1 adds the other CLI
 # checks of earlier versions (`fixres adapt`, `fixres eval`, `fixres train --compile`: ~100 s
 # more; they passed on an H100 in run A and do not touch the fast path's crop stage).
 #
@@ -64,7 +66,7 @@ T0=$SECONDS
 if [ $SMOKE = 1 ]; then PROFILE=(--batch 16 --repeat 1 --chunk 8 16 --sweep 48); STAGES=(--batch 16 --batches 2)
 else PROFILE=(--chunk 64 256 --sweep 224 288 320 384); STAGES=(); fi
 rm -f "$O/bench.json" "$O/compile.json" "$O/profile.json"
-step tests 120 "$PY" -m pytest -q -p no:cacheprovider tests/test_fast_pipeline.py tests/test_pack.py
+step tests 120 "$PY" -m pytest -q -o addopts=-ra -p no:cacheprovider tests/test_fast_pipeline.py tests/test_pack.py
 step profile 90 "$PY" benchmarks/profile_crop.py --device "$DEV" "${PROFILE[@]}" --json "$O/profile.json"
 step bench 300 "$PY" benchmarks/pipeline_gpu.py --device "$DEV" --data "$W" --max-size 0 --skip compile \
     --json "$O/bench.json" "$@"
@@ -74,6 +76,11 @@ step compile 180 "$PY" benchmarks/pipeline_gpu.py --device "$DEV" --data "$W" --
 # the CLI on the checkpoint that bench's top-1 parity trained on the embedded dataset (resnet18 at 64 px)
 rm -rf "$W/sweep" "$W/adapted"
 step sweep 45 "$PY" -m fixres sweep --checkpoint "$W/run" --data "$W/synth" --test-res 64:128:16 --device "$DEV" --quiet --out "$W/sweep"
+rm -rf "$W/recipes"
+step recipes 90 bash -c "'$PY' -m fixres train --data '$W/synth' --out '$W/recipes' --overwrite --model resnet18 \
+    --train-res 64 --epochs 2 --batch-size 128 --pipeline fast --mixup 0.2 --cutmix 1.0 --random-erasing 0.25 --ema-decay 0.99 \
+    --device '$DEV' --quiet && '$PY' -m fixres sweep --checkpoint '$W/recipes' --ema --data '$W/synth' \
+    --test-res 64:112:16 --device '$DEV' --quiet"
 if [ "${CLI:-0}" = 1 ]; then
     step adapt 60 "$PY" -m fixres adapt --checkpoint "$W/run" --data "$W/synth" --test-res 96 --epochs 3 --device "$DEV" \
         --quiet --json --out "$W/adapted"

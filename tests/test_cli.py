@@ -185,3 +185,13 @@ def test_checkpoint_of_another_model_or_a_pickle_is_refused(trained, colour_data
     evil.write_bytes(pickle.dumps({"state_dict": _Evil()}))
     code, _, err = run_cli(capsys, "eval", "--checkpoint", evil, "--data", colour_data)
     one_line_error(code, err, ".safetensors")
+
+
+def test_every_command_prints_its_help(capsys):
+    from fixres.cli import build_parser, main
+    commands = build_parser()._subparsers._group_actions[0].choices
+    for name in commands:
+        with pytest.raises(SystemExit) as e:
+            main([name, "--help"])
+        assert e.value.code == 0, name
+        assert "usage: fixres " + name in capsys.readouterr().out

@@ -182,20 +182,28 @@ def test_out_of_memory_names_the_batch_and_suggests_a_fix(colour_data, tmp_path,
     from fixres import train as train_module
 
     class Exploding(torch.nn.Module):
+        fits = 1                # the largest batch that fits: 1 passes the one-image size check before training
+
         def __init__(self, inner):
             super().__init__()
             self.inner = inner
 
         def forward(self, x):
+            if x.shape[0] <= self.fits:
+                return self.inner(x)
             raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
 
     real = train_module.create_model
     monkeypatch.setattr(train_module, "create_model",
                         lambda *a, **k: _with_classifier_cfg(Exploding(real(*a, **k))))
-    code = main(["train", "--data", str(colour_data), "--out", str(tmp_path / "oom"), "--model", "test_resnet",
-                 "--train-res", "32", "--epochs", "1", "--batch-size", "16", "--workers", "0", "--quiet"])
+    argv = ["train", "--data", str(colour_data), "--model", "test_resnet", "--train-res", "32", "--epochs", "1",
+            "--batch-size", "16", "--workers", "0", "--quiet"]
+    code = main([*argv, "--out", str(tmp_path / "oom")])
     one_line_error(code, capsys.readouterr().err, "out of memory with 16 images per process", "--accum-steps 2",
                    "--batch-size 8")
+    Exploding.fits = 0          # not even one image: said before training starts
+    code = main([*argv, "--out", str(tmp_path / "oom1")])
+    one_line_error(code, capsys.readouterr().err, "out of memory running ONE image through test_resnet at 32x32")
 
 
 def _with_classifier_cfg(module):

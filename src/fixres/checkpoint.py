@@ -7,6 +7,8 @@ A checkpoint is a directory::
                         resolutions, metrics, the data index digest, how it was adapted
     state.pt            (training checkpoints only) optimiser, scaler, random states and
                         position, loaded with ``weights_only=True``
+    ema.safetensors     (runs with --ema-decay) the EMA of the weights, a whole state dict of
+                        the same model; ``load_checkpoint(path, ema=True)`` reads it instead
 
 It is written into a temporary directory, fsynced and renamed into place, so a crash
 leaves either the old checkpoint or the new one, never half of one. A run directory keeps
@@ -37,7 +39,7 @@ from .rundir import TEMP_PREFIX, TRASH_PREFIX, atomic_path, fsync_path, sha256_f
 
 FORMAT = "fixres-checkpoint/2"
 LEGACY_FORMAT = "fixres-checkpoint/1"      # flat geometry fields, no training crop settings
-WEIGHTS, META, STATE = "model.safetensors", "meta.json", "state.pt"
+WEIGHTS, META, STATE, EMA_WEIGHTS = "model.safetensors", "meta.json", "state.pt", "ema.safetensors"
 
 
 @dataclass(frozen=True)
@@ -55,6 +57,9 @@ class CheckpointMeta:
     label_descriptions: tuple[str, ...] = ()   # per class, human-readable (ImageNet: "goldfish, Carassius auratus")
     label_source: str = ""             # where the class names come from ("" = the training folders)
     weights_from: dict | None = None   # a model fixres did not train: where its weights came from (sources.py)
+    recipe: dict | None = None         # set by fixres train: optimiser, loss, mixup, policies, EMA, resolution schedule;
+                                       # "weights": "ema" when these weights are a run's EMA
+    ema: dict | None = None            # the EMA weights beside these ({"decay", "weights_sha256", "metrics"}), if any
     weights_sha256: str = ""
     format: str = FORMAT
     versions: dict = field(default_factory=dict)
@@ -129,13 +134,19 @@ def state_dict_for_saving(model: nn.Module) -> dict[str, torch.Tensor]:
 
 
 def save_checkpoint(directory: str | Path, model: nn.Module, meta: CheckpointMeta,
-                    train_state: dict[str, Any] | None = None) -> CheckpointMeta:
-    """Write a checkpoint directory atomically (replacing one of the same name)."""
+                    train_state: dict[str, Any] | None = None, ema_model: nn.Module | None = None) -> CheckpointMeta:
+    """Write a checkpoint directory atomically (replacing one of the same name); with
+    ``ema_model``, its weights too (``meta.ema`` then records their hash)."""
     directory = Path(directory)
     directory.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(directory, existing="replace", fsync=True) as tmp:
         tmp.mkdir()
         save_file(state_dict_for_saving(model), str(tmp / WEIGHTS), metadata={"format": "pt"})
+        if ema_model is not None:
+            save_file(state_dict_for_saving(ema_model), str(tmp / EMA_WEIGHTS), metadata={"format": "pt"})
+            meta = meta.replace(ema={**(meta.ema or {}), "weights_sha256": sha256_file(tmp / EMA_WEIGHTS)})
+        else:
+            meta = meta.replace(ema=None)
         meta = meta.replace(weights_sha256=sha256_file(tmp / WEIGHTS), versions=versions(),
                             created=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
         (tmp / META).write_text(meta.to_json())
@@ -208,11 +219,24 @@ def read_meta(path: str | Path) -> CheckpointMeta:
     return CheckpointMeta.from_dict(data, directory)
 
 
-def load_checkpoint(path: str | Path, verify: bool = True) -> tuple[dict[str, torch.Tensor], CheckpointMeta, Path]:
-    """Return ``(state_dict, meta, directory)`` of the checkpoint that ``path`` names."""
+def load_checkpoint(path: str | Path, verify: bool = True,
+                    ema: bool = False) -> tuple[dict[str, torch.Tensor], CheckpointMeta, Path]:
+    """Return ``(state_dict, meta, directory)`` of the checkpoint that ``path`` names.
+
+    ``ema``: its EMA weights instead (refused when it has none); the metadata returned then
+    describes them as the checkpoint's weights (``recipe["weights"] == "ema"``, their hash, the
+    EMA's metrics), so that what is built from them (an adapted checkpoint, an export) says so.
+    """
     directory = find_checkpoint(path)
     meta = read_meta(directory)
     weights = directory / WEIGHTS
+    if ema:
+        if not meta.ema or not (directory / EMA_WEIGHTS).is_file():
+            raise FixresError(f"{directory} holds no EMA weights (train with --ema-decay to keep them)")
+        weights = directory / EMA_WEIGHTS
+        meta = meta.replace(weights_sha256=meta.ema["weights_sha256"], metrics=meta.ema.get("metrics", {}),
+                            recipe={**(meta.recipe or {}), "weights": "ema", "ema_decay": meta.ema.get("decay")},
+                            ema=None)
     if verify and meta.weights_sha256 and sha256_file(weights) != meta.weights_sha256:
         raise FixresError(f"{weights}: content does not match the hash recorded in {META} (file changed or corrupt)")
     try:

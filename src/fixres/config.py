@@ -89,7 +89,7 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type, exclude: tuple[str
         if f.name in exclude:
             continue
         tp, _ = _unwrap_optional(hints[f.name])
-        kw: dict[str, Any] = dict(default=None, help=f.metadata.get("help", ""))
+        kw: dict[str, Any] = dict(default=None, help=f.metadata.get("help", "").replace("%", "%%"))
         if f.default is not dataclasses.MISSING and f.default is not None:
             kw["help"] += f" (default: {_show(f.default)})"
         origin = typing.get_origin(tp)

@@ -7,7 +7,7 @@ The folder::
                         fixres's own record (train resolution, adaptation, source
                         checkpoint, parity checks) under the top-level key "fixres",
                         which timm ignores
-    model.safetensors   the weights, a byte copy of the checkpoint's
+    model.safetensors   the weights, a byte copy of the checkpoint's (or of its EMA weights)
     model.onnx          (optional) the model at the test resolution, dynamic batch axis
 
 so that ``timm.create_model("local-dir:DIR", pretrained=True)`` builds the model with
@@ -36,7 +36,7 @@ from torch import nn
 
 from safetensors.torch import save_file
 
-from .checkpoint import WEIGHTS, CheckpointMeta, read_meta, state_dict_for_saving, versions
+from .checkpoint import EMA_WEIGHTS, WEIGHTS, CheckpointMeta, read_meta, state_dict_for_saving, versions
 from .data.preprocessing import Preprocessing
 from .errors import FixresError
 from .models.sizes import check_input_size, rebuild_kwargs
@@ -64,7 +64,8 @@ def export_checkpoint(checkpoint: "str | Path | ModelSource", out: str | Path, *
     Args:
         checkpoint: run directory, checkpoint directory or ``model.safetensors`` file, or any
             :class:`~fixres.sources.ModelSource` (a model someone else trained, with the test
-            preprocessing and label names it declares).
+            preprocessing and label names it declares). ``ModelSource(checkpoint=..., ema=True)``
+            exports a run's EMA weights (recorded as ``source["weights"] == "ema"``).
         out: the folder to create; refused if it exists and is not empty. Written into a
             temporary sibling first and renamed into place, so it is whole or absent.
         onnx: also write ``model.onnx`` at the test resolution and check it against PyTorch
@@ -105,14 +106,15 @@ def export_checkpoint(checkpoint: "str | Path | ModelSource", out: str | Path, *
     record = config["fixres"]
     record["resize"] = resize
     record["source"] = {"checkpoint": opened.name, "weights_sha256": meta.weights_sha256, "epoch": meta.epoch,
-                        "created": meta.created, "versions": meta.versions, "weights_from": meta.weights_from}
+                        "created": meta.created, "versions": meta.versions, "weights_from": meta.weights_from,
+                        "weights": "ema" if source.ema else "model"}
 
     out.parent.mkdir(parents=True, exist_ok=True)
     # an empty `out` (checked above) is replaced; one that filled up since makes this fail, deleting nothing
     with atomic_path(out, existing="empty", fsync=True) as tmp:
         tmp.mkdir()
         if opened.directory is not None:     # a byte copy of the checkpoint's weights
-            shutil.copyfile(opened.directory / WEIGHTS, tmp / WEIGHTS)
+            shutil.copyfile(opened.directory / (EMA_WEIGHTS if source.ema else WEIGHTS), tmp / WEIGHTS)
         else:
             save_file(state_dict_for_saving(model), str(tmp / WEIGHTS), metadata={"format": "pt"})
         record["weights_sha256"] = sha256_file(tmp / WEIGHTS)

@@ -68,6 +68,8 @@ class ModelSource:
                                           "weights-only; timm key names, or torchvision's where timm converts them)")
     class_map: Optional[str] = option(None, "the model's classes: one class folder name per line, its line number the "
                                             "output index (timm validate.py's --class-map)")
+    ema: bool = option(False, "with --checkpoint: the run's EMA weights (a checkpoint of `fixres train --ema-decay`), "
+                              "recorded as such downstream")
     restrict_labels: bool = option(False, "predict over the dataset's classes only (argmax among them: the "
                                           "ImageNet-R/-A convention); an adapted checkpoint keeps only their outputs")
     mean: Optional[tuple[float, ...]] = option(None, "normalisation mean (default: the model's)", metavar="M")
@@ -90,6 +92,8 @@ class ModelSource:
                               "(with --pretrained or --weights FILE), not both")
         if self.checkpoint is not None and (self.pretrained or self.weights or self.class_map):
             raise FixresError("--pretrained, --weights and --class-map go with --model, not with --checkpoint")
+        if self.model is not None and self.ema:
+            raise FixresError("--ema reads a fixres run's EMA weights: it goes with --checkpoint, not with --model")
         if self.pretrained and self.weights:
             raise FixresError("give either --pretrained or --weights, not both")
         if self.train_res is not None:
@@ -158,9 +162,10 @@ def build_model(meta: CheckpointMeta, state: dict[str, torch.Tensor]) -> nn.Modu
     return model
 
 
-def open_checkpoint(path: str | Path) -> tuple[nn.Module, CheckpointMeta]:
-    """The model of a checkpoint, ready for evaluation, and its metadata."""
-    state, meta, _ = load_checkpoint(path)
+def open_checkpoint(path: str | Path, ema: bool = False) -> tuple[nn.Module, CheckpointMeta]:
+    """The model of a checkpoint, ready for evaluation, and its metadata; ``ema``: with the
+    run's EMA weights (see :func:`~fixres.checkpoint.load_checkpoint`)."""
+    state, meta, _ = load_checkpoint(path, ema=ema)
     model = build_model(meta, state)
     model.eval()
     return model, meta
@@ -175,7 +180,7 @@ def open_model(source: "str | Path | ModelSource") -> Opened:
         source = replace(source, checkpoint=None, model=folder)
     if source.checkpoint is not None:
         directory = find_checkpoint(source.checkpoint)
-        model, meta = open_checkpoint(directory)
+        model, meta = open_checkpoint(directory, ema=source.ema)
         opened = Opened(model, meta, str(directory), directory)
     else:
         opened = _open_foreign(source)

@@ -334,7 +334,7 @@ def sweep_checkpoint(checkpoint: "str | Path | ModelSource", data: str | Path, o
     pct = best[1] if best else geometries[0][1]
     sized = (selection.index, selection.split) if selection.index is not None else (report, opts.split)
     choices = deployments(chosen, rows, within=opts.within, budget_ms=opts.budget_ms, budget_gflops=opts.budget_gflops)
-    return SweepResult(rows, chosen, best, selection.split, selection, predicted_test_res(prep, pct, *sized),
+    return SweepResult(rows, chosen, best, selection.split, selection, prediction(prep, meta, pct, *sized),
                        tuple(skipped), str(rt.device), choices)
 
 
@@ -412,3 +412,16 @@ def predicted_test_res(prep: Preprocessing, crop_pct: float, index: SplitIndex, 
     return {"test_res": p.test_res, "statistic": p.statistic, "scale": list(prep.scale), "ratio": list(prep.ratio),
             "crop_pct": crop_pct, "rrc_settings_from": prep.source_of("scale"), "sizes": p.source,
             "note": "geometric prediction (apparent object size), not a measurement"}
+
+
+def prediction(prep: Preprocessing, meta: CheckpointMeta, crop_pct: float, index: SplitIndex,
+               index_name: str) -> dict:
+    """:func:`predicted_test_res`, and for a progressive-resizing run the note that the prediction
+    is made for the FINAL training resolution (the one ``prep.train_res`` records)."""
+    predicted = predicted_test_res(prep, crop_pct, index, index_name)
+    schedule = (meta.recipe or {}).get("train_res_schedule")
+    if schedule and predicted.get("test_res"):
+        predicted = {**predicted, "train_res_schedule": schedule,
+                     "note": f"{predicted['note']}; made for the FINAL training resolution {prep.train_res} of a "
+                             f"progressive schedule ({schedule['start']} -> {schedule['end']} px)"}
+    return predicted

@@ -7,6 +7,11 @@ states together with the position (epoch, step in epoch). Resuming from any chec
 therefore replays exactly the steps an uninterrupted run would have taken; on the CPU
 with a fixed seed, final weights are bit-identical (tests/test_resume.py kills a real
 process to check it).
+
+The recipe parts of :mod:`fixres.recipes` keep that: per-image policies draw from the
+image's seed, random erasing and mixup from ``(seed, step, share of the global batch)``, the
+repeated-augmentation order is a function of ``(seed, epoch)``, the training resolution
+of ``epoch``, and the EMA weights are saved with the model (tests/test_recipes.py).
 """
 from __future__ import annotations
 
@@ -19,23 +24,25 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from . import checkpoint as ckpt
-from .config import dump_yaml, read_yaml
+from .config import dump_yaml, read_yaml, to_dict
 from .data.folder import scan_dataset
 from .data.index import split_holdout
 from .data.loader import TrainBatches, mix_seed
-from .data.pipeline import train_batches
+from .data.pipeline import resolve_pipeline, train_batches
+from .data.repeat_aug import RepeatedBatches
 from .data.preprocessing import Preprocessing
 from .errors import FixresError
 from .evaluate import evaluate
+from .metrics_log import MetricSinks, check_sinks
 from .models import create_model, model_preprocessing
 from .models.sizes import check_input_size
 from .optim import make_optimizer, schedule_for
 from .progress import Progress, peak_memory_mb
+from .recipes import BatchRecipe, ResolutionSchedule, check_pipeline, make_ema, recipe_record, train_transform
 from .rundir import append_jsonl, prepare_run_dir, read_jsonl, write_json, write_text
 from .runtime import (Runtime, autocast, average_batchnorm_buffers, barrier, init_distributed, rng_state,
                       seed_everything, set_rng_state)
@@ -44,6 +51,9 @@ from .train_config import RESUMABLE_CHANGES, TrainConfig
 
 class NonFiniteLoss(FixresError):
     pass
+
+
+BATCH_RECIPE_STREAM = 0xBA7C4   # tags the seeds of random erasing and mixup (see BatchRecipe)
 
 
 @dataclass(frozen=True)
@@ -86,6 +96,8 @@ class Trainer:
             raise FixresError("--sync-bn needs CUDA GPUs (torch's SyncBatchNorm has no CPU kernel); without it the "
                               "batch-norm statistics are still averaged across processes before each evaluation "
                               "and checkpoint")
+        check_pipeline(cfg, resolve_pipeline(cfg.pipeline, self.device, cfg.interpolation))
+        check_sinks(cfg.log_tensorboard, cfg.log_wandb)
         if self.dist.is_main:
             prepare_run_dir(self.run_dir, resume=resume, overwrite=overwrite)
             if resume:  # what a crash in the middle of a checkpoint write left behind
@@ -109,6 +121,9 @@ class Trainer:
         if cfg.sync_bn and self.dist.enabled:
             self.model = nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
         self.optimizer = make_optimizer(self.model, cfg, self.device)
+        self.ema = make_ema(self.model, cfg.ema_decay, cfg.ema_warmup) if cfg.ema_decay else None
+        self.recipe = BatchRecipe(cfg, len(self.classes), self.device)
+        self.schedule = ResolutionSchedule.of(cfg)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
         self.net = (DistributedDataParallel(self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
                     if self.dist.enabled else self.model)
@@ -120,9 +135,14 @@ class Trainer:
                               f"x {self.dist.world} processes")
         if len(self.train_split) < cfg.batch_size:
             raise FixresError(f"{len(self.train_split)} training images are fewer than one batch of {cfg.batch_size}")
-        self.sampler = TrainBatches(len(self.train_split), cfg.batch_size, cfg.seed, self.dist.rank, self.dist.world,
-                                    accum=cfg.accum_steps)
-        self.loader = train_batches(self.train_split, self.prep.train_view(), self.sampler, self.rt)
+        if cfg.mixes and (cfg.batch_size // (cfg.accum_steps * self.dist.world)) % 2:
+            raise FixresError(f"mixup/CutMix needs an even batch per step and process: {cfg.batch_size} / "
+                              f"({cfg.accum_steps} accumulation steps x {self.dist.world} processes) is odd")
+        batches = dict(n=len(self.train_split), global_batch=cfg.batch_size, seed=cfg.seed, rank=self.dist.rank,
+                       world=self.dist.world, accum=cfg.accum_steps)
+        self.sampler = (RepeatedBatches(**batches, repeats=cfg.aug_repeats) if cfg.aug_repeats > 1
+                        else TrainBatches(**batches))
+        self.loader, self.loader_res = None, None     # made per training resolution (progressive resizing)
         self.steps_per_epoch = self.sampler.steps_per_epoch
         self.lr_at = schedule_for(cfg, self.steps_per_epoch)
         self.epoch, self.step_in_epoch, self.step = 0, 0, 0
@@ -143,9 +163,13 @@ class Trainer:
 
     # ----------------------------------------------------------------- checkpoints
     def _meta(self, metrics: dict) -> ckpt.CheckpointMeta:
+        ema = None
+        if self.ema is not None:
+            ema = {"decay": self.cfg.ema_decay, "metrics": {k[4:]: v for k, v in metrics.items() if k.startswith("ema_")}}
         return ckpt.CheckpointMeta(
             model=self.cfg.model, class_names=self.classes, preprocessing=self.prep,
-            epoch=self.epoch, step=self.step, metrics=metrics,
+            epoch=self.epoch, step=self.step, metrics={k: v for k, v in metrics.items() if not k.startswith("ema_")},
+            recipe=recipe_record(self.cfg, self.schedule), ema=ema,
             data_digest=f"{self.data.train.digest()}-{self.data.val.digest()}", model_kwargs=self.model_kwargs,
             holdout={"fraction": self.cfg.holdout, "seed": self.cfg.seed, "images": len(self.holdout_split)}
             if self.cfg.holdout else None)
@@ -164,11 +188,14 @@ class Trainer:
 
     def save(self, metrics: dict, is_best: bool = False) -> None:
         average_batchnorm_buffers(self.model, self.dist)
+        if self.ema is not None:
+            average_batchnorm_buffers(self.ema.module, self.dist)
         state = self._train_state()  # collective: every rank takes part
         if self.dist.is_main:
             name = f"epoch-{self.epoch:04d}" if self.step_in_epoch == 0 else f"step-{self.step:07d}"
             directory = self.run_dir / "checkpoints" / name
-            ckpt.save_checkpoint(directory, self.model, self._meta(metrics), state)
+            ckpt.save_checkpoint(directory, self.model, self._meta(metrics), state,
+                                 ema_model=self.ema.module if self.ema is not None else None)
             ckpt.point(self.run_dir / "last", directory)
             if is_best:
                 ckpt.point(self.run_dir / "best", directory)
@@ -191,11 +218,14 @@ class Trainer:
         last = self.run_dir / "last"
         if not last.exists():
             self._log(f"no checkpoint in {self.run_dir} yet: starting from the beginning")
+            self._forget_rows_after_checkpoint()   # a kill between a checkpoint's rename and `last` leaves rows
             return
         state_dict, meta, directory = ckpt.load_checkpoint(last)
         if tuple(meta.class_names) != self.classes:
             raise FixresError(f"{directory}: checkpoint classes differ from the data's")
         self.model.load_state_dict(state_dict)
+        if self.ema is not None:
+            self.ema.module.load_state_dict(ckpt.load_checkpoint(directory, ema=True)[0])
         state = ckpt.load_train_state(directory)
         self.optimizer.load_state_dict(state["optimizer"])
         self.scaler.load_state_dict(state["scaler"])
@@ -206,10 +236,14 @@ class Trainer:
             self._resume_rng = ranks[self.dist.rank]["rng"]
             self._epoch_loss = ranks[self.dist.rank]["epoch_loss_sum"]
             self._epoch_images = ranks[self.dist.rank]["epoch_images"]
-        if self.dist.is_main:  # forget log rows written after the checkpoint: they will be redone
+        self._forget_rows_after_checkpoint()
+        self._log(f"resumed {self.run_dir} at epoch {self.epoch}, step {self.step}")
+
+    def _forget_rows_after_checkpoint(self) -> None:
+        """Drop the log rows written after the checkpoint resumed from: they will be redone."""
+        if self.dist.is_main:
             rows = [r for r in read_jsonl(self.run_dir / "metrics.jsonl") if r.get("step", 0) <= self.step]
             write_text(self.run_dir / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
-        self._log(f"resumed {self.run_dir} at epoch {self.epoch}, step {self.step}")
 
     # ----------------------------------------------------------------- loop
     def train_epoch(self, bar: Progress) -> dict:
@@ -217,7 +251,7 @@ class Trainer:
         cfg, accum = self.cfg, self.cfg.accum_steps
         self.net.train()
         self.sampler.set_epoch(self.epoch, self.step_in_epoch)
-        batches = iter(self.loader)
+        batches = iter(self._loader())
         # Sums stay on the device (no per-step sync); a resumed epoch starts from the saved ones.
         loss_sum = torch.tensor(float(self._epoch_loss), device=self.device)
         images, t0 = self._epoch_images, time.perf_counter()
@@ -232,10 +266,14 @@ class Trainer:
                 if batch.images is None:
                     continue
                 x, y = self.normalizer(batch.images, self.device), batch.labels.to(self.device, non_blocking=True)
+                # random erasing, mixup/CutMix (when on): draws seeded by the step and the share of the global
+                # batch (micro * world + rank: the same images whatever the world size and accumulation)
+                share = micro * self.dist.world + self.dist.rank
+                x, target = self.recipe(x, y, mix_seed(cfg.seed, BATCH_RECIPE_STREAM, self.step, share))
                 sync = micro == accum - 1 or not self.dist.enabled
                 try:
                     with (contextlib.nullcontext() if sync else self.net.no_sync()), autocast(self.device, self.amp_dtype):
-                        loss = F.cross_entropy(self.net(x), y, label_smoothing=cfg.label_smoothing)
+                        loss = self.recipe.criterion(self.net(x), target)
                     self.scaler.scale(loss / accum).backward()
                 except torch.cuda.OutOfMemoryError:
                     raise self._out_of_memory(len(y)) from None
@@ -249,6 +287,8 @@ class Trainer:
             self.optimizer.zero_grad(set_to_none=True)
             self.step += 1
             self.step_in_epoch += 1
+            if self.ema is not None:
+                self.ema.update(self.model, step=self.step)   # the decay warm-up is a function of the step
             if bar.due(self.step_in_epoch):  # a host sync, only every few steps
                 self._check_finite(loss_sum)
                 bar.update(self.step_in_epoch, loss=loss_sum.item() / max(images, 1),
@@ -270,9 +310,37 @@ class Trainer:
         self.train_seconds += seconds
         self.train_images += int(ran.item())
         self._epoch_loss, self._epoch_images = 0.0, 0
-        return {"train_loss": total[0].item() / max(total[1].item(), 1), "train_images": int(total[1]),
+        return {"train_res": self.loader_res, "train_loss": total[0].item() / max(total[1].item(), 1),
+                "train_images": int(total[1]),
                 "train_seconds": round(seconds, 3), "train_images_per_s": round(ran.item() / max(seconds, 1e-9), 1),
                 "lr": lr}
+
+    def _loader(self):
+        """The training batches at this epoch's resolution (a new loader when it changes)."""
+        res = self.schedule.res_at(self.epoch)
+        if res != self.loader_res:
+            view = train_transform(self.prep.train_view(res), self.cfg.auto_augment, self.prep.mean)
+            self.loader, self.loader_res = train_batches(self.train_split, view, self.sampler, self.rt), res
+        return self.loader
+
+    def _evaluate(self, row: dict) -> bool:
+        """Evaluate the model (and its EMA) into ``row`` at the test geometry of the epoch just
+        trained; return whether the model is the best so far."""
+        prep = self.prep
+        if self.schedule.progressive:   # the run's train/test ratio at the epoch's training resolution
+            prep = prep.override("progressive resizing",
+                                 test_res=self.schedule.eval_res_at(self.epoch - 1, self.cfg.eval_res))
+        result, skipped = evaluate(self.model, self.data.val, prep, self.rt)
+        self._note_skipped("val", skipped)
+        row.update({f"val_{k}": v for k, v in result.row().items()})
+        if self.ema is not None:
+            average_batchnorm_buffers(self.ema.module, self.dist)
+            ema, _ = evaluate(self.ema.module, self.data.val, prep, self.rt, label=f"ema eval@{prep.test_res}")
+            row.update({f"ema_val_{k}": v for k, v in ema.row().items()})
+        if result.top1 > self.best_top1:
+            self.best_top1, self.best_epoch = result.top1, self.epoch
+            return True
+        return False
 
     def _check_finite(self, loss_sum: torch.Tensor) -> None:
         """Stop if the loss is NaN or infinite on any rank (a collective: every rank calls it
@@ -291,7 +359,7 @@ class Trainer:
         torch.cuda.empty_cache()
         half = max(self.dist.world * cfg.accum_steps, cfg.batch_size // 2)
         return FixresError(
-            f"GPU out of memory with {images} images per process per step at {cfg.train_res}px "
+            f"GPU out of memory with {images} images per process per step at {self.loader_res or cfg.train_res}px "
             f"(--batch-size {cfg.batch_size} over {self.dist.world} process(es) x {cfg.accum_steps} accumulation "
             f"step(s)); try --accum-steps {cfg.accum_steps * 2} (same global batch) or --batch-size {half}")
 
@@ -300,6 +368,18 @@ class Trainer:
             self.skipped[(split, path)] = reason
 
     def run(self) -> TrainResult:
+        sinks = None
+        if self.dist.is_main:
+            sinks = MetricSinks(self.run_dir, to_dict(self.cfg), tensorboard=self.cfg.log_tensorboard,
+                                wandb=self.cfg.log_wandb, project=self.cfg.wandb_project,
+                                resume_step=self.step + 1 if self.step else None)   # keep the checkpoint's own row
+        try:
+            return self._run(sinks)
+        finally:
+            if sinks is not None:
+                sinks.close()
+
+    def _run(self, sinks: MetricSinks | None) -> TrainResult:
         cfg = self.cfg
         if self.epoch >= cfg.epochs:
             self._log(f"{self.run_dir} already finished {self.epoch} epochs")
@@ -312,15 +392,12 @@ class Trainer:
             is_best = False
             if self.epoch % cfg.eval_every == 0 or self.epoch == cfg.epochs:
                 average_batchnorm_buffers(self.model, self.dist)   # every rank evaluates the same model
-                result, skipped = evaluate(self.model, self.data.val, self.prep, self.rt)
-                self._note_skipped("val", skipped)
-                row.update({f"val_{k}": v for k, v in result.row().items()})
-                is_best = result.top1 > self.best_top1
-                if is_best:
-                    self.best_top1, self.best_epoch = result.top1, self.epoch
+                is_best = self._evaluate(row)
             if self.dist.is_main:   # the row first: a kill before the checkpoint lands drops it on resume
                 append_jsonl(self.run_dir / "metrics.jsonl", row)   # (rows past the checkpoint are redone);
                 self._write_skipped()                               # after it, it would be lost
+                if sinks is not None:
+                    sinks.log(row, self.step)
             self.save(row, is_best=is_best)
             self._log(_epoch_line(row, cfg.epochs))
         summary = self._summary()
@@ -339,6 +416,7 @@ class Trainer:
         return {"run_dir": str(self.run_dir), "model": self.cfg.model, "classes": len(self.classes),
                 "train_res": self.cfg.train_res, "test_res": self.cfg.eval_res, "epochs": self.epoch, "steps": self.step,
                 "best_epoch": self.best_epoch, "best_val_top1": best.get("val_top1"), "last_val_top1": last.get("val_top1"),
+                "last_ema_val_top1": last.get("ema_val_top1"), "recipe": recipe_record(self.cfg, self.schedule),
                 "train_seconds": round(self.train_seconds, 2),
                 "train_images_per_s": round(self.train_images / max(self.train_seconds, 1e-9), 1),
                 "peak_memory_mb": peak_memory_mb(self.device), "device": str(self.device), "world_size": self.dist.world,
@@ -350,10 +428,12 @@ class Trainer:
 
 
 def _epoch_line(row: dict, epochs: int) -> str:
-    text = (f"epoch {row['epoch']}/{epochs}  loss {row['train_loss']:.4f}  "
+    text = (f"epoch {row['epoch']}/{epochs}  @{row['train_res']}px  loss {row['train_loss']:.4f}  "
             f"{row['train_images_per_s']:.0f} img/s  {row['train_seconds']:.1f}s")
     if "val_top1" in row:
         text += f"  val@{row['val_test_res']} top1 {row['val_top1']:.2f} top5 {row['val_top5']:.2f}"
+    if "ema_val_top1" in row:
+        text += f"  ema top1 {row['ema_val_top1']:.2f}"
     return text
 
 

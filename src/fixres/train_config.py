@@ -7,10 +7,11 @@ from typing import Literal, Optional
 from .config import option
 from .data.transforms import DEFAULT_CROP_PCT, check_crop_pct, check_resolution, interpolation_mode
 from .errors import FixresError
+from .recipes import check_recipe, default_ramp, sgd_family
 
 # Settings that may change when a run is resumed; any other difference is refused.
 RESUMABLE_CHANGES = ("out", "epochs", "workers", "device", "eval_every", "checkpoint_every", "keep_last",
-                     "pipeline", "compile")
+                     "pipeline", "compile", "log_tensorboard", "log_wandb", "wandb_project")
 
 
 @dataclass(frozen=True)
@@ -36,18 +37,52 @@ class TrainConfig:
     epochs: int = option(90, "number of epochs")
     batch_size: int = option(256, "global batch size (over all processes and accumulation steps)")
     accum_steps: int = option(1, "gradient accumulation steps per optimiser step")
-    optimizer: Literal["sgd", "adamw"] = option("sgd", "optimiser")
-    lr: Optional[float] = option(None, "peak learning rate (default: 0.1 x batch/256 for SGD, 1e-3 x batch/512 for AdamW)")
-    momentum: float = option(0.9, "SGD momentum")
-    nesterov: bool = option(False, "Nesterov momentum (SGD)")
+    optimizer: str = option("sgd", "any optimiser name of timm's create_optimizer_v2 (sgd, momentum, adamw, lamb, "
+                                   "lars, lion, ...; `sgd` is classical momentum unless --nesterov, as before)")
+    lr: Optional[float] = option(None, "peak learning rate (default: 0.1 x batch/256 for the SGD family, "
+                                       "1e-3 x batch/512 for the others)")
+    momentum: float = option(0.9, "momentum (optimisers that have one)")
+    nesterov: bool = option(False, "Nesterov momentum (sgd)")
     weight_decay: Optional[float] = option(None, "weight decay, not applied to norms and biases "
                                                  "(default: 1e-4 for SGD, 0.05 for AdamW)")
-    schedule: Literal["cosine", "step"] = option("cosine", "learning-rate schedule after warm-up")
+    schedule: Literal["cosine", "step", "linear"] = option("cosine", "learning-rate schedule after warm-up (linear: "
+                                                                     "to min_lr at the end, FFCV's cyclic schedule)")
     warmup_epochs: float = option(1.0, "linear warm-up length in epochs")
     step_epochs: int = option(30, "step schedule: decay every this many epochs")
     step_gamma: float = option(0.1, "step schedule: decay factor")
     min_lr: float = option(0.0, "cosine schedule: final learning rate")
-    label_smoothing: float = option(0.0, "label smoothing of the cross-entropy")
+    label_smoothing: float = option(0.0, "label smoothing of the loss (with mixup/CutMix: of the mixed targets)")
+    loss: Literal["ce", "bce"] = option("ce", "ce: cross-entropy (timm SoftTargetCrossEntropy under mixup); bce: timm "
+                                              "BinaryCrossEntropy (ResNet Strikes Back)")
+    bce_target_thresh: Optional[float] = option(None, "bce: binarise the (mixed) targets above this value "
+                                                      "(timm --bce-target-thresh)")
+    auto_augment: Optional[str] = option(None, "per-image policy in timm's syntax: rand-m9-mstd0.5-inc1 (RandAugment), "
+                                               "original / v0 / 3a (AutoAugment), augmix-m5-w3 (AugMix); or "
+                                               "trivialaugment (torchvision's TrivialAugmentWide) (timm --aa)")
+    random_erasing: float = option(0.0, "random erasing probability (timm RandomErasing on the normalised batch; "
+                                        "timm --reprob)")
+    random_erasing_mode: Literal["const", "rand", "pixel"] = option("pixel", "random erasing fill (timm --remode)")
+    random_erasing_count: int = option(1, "random erasing: at most this many boxes per image (timm --recount)")
+    mixup: float = option(0.0, "mixup alpha, 0: off (timm Mixup, --mixup)")
+    cutmix: float = option(0.0, "CutMix alpha, 0: off (timm Mixup, --cutmix)")
+    mixup_prob: float = option(1.0, "probability of mixing a batch (timm --mixup-prob)")
+    mixup_switch_prob: float = option(0.5, "with both on: probability of CutMix instead of mixup (timm --mixup-switch-prob)")
+    mixup_mode: Literal["batch", "pair", "elem"] = option("batch", "one mix per batch, per pair or per image "
+                                                                   "(timm --mixup-mode)")
+    ema_decay: Optional[float] = option(None, "keep an exponential moving average of the weights with this decay, "
+                                              "evaluated every epoch and saved in checkpoints (timm ModelEmaV3, "
+                                              "--model-ema-decay); off when not given")
+    ema_warmup: bool = option(False, "EMA decay warm-up (timm --model-ema-warmup)")
+    aug_repeats: int = option(1, "repeated augmentation: each sampled image appears this many times per epoch with "
+                                 "different crops, the copies spread over processes (timm RepeatAugSampler, "
+                                 "--aug-repeats; 1: off)")
+    progressive_from: Optional[int] = option(None, "progressive resizing: train at this resolution first, rising to "
+                                                   "--train-res (the final one) over --progressive-epochs (FFCV min_res)")
+    progressive_epochs: Optional[tuple[int, int]] = option(
+        None, "the ramp: lowest resolution up to epoch A, --train-res from epoch B on, linear in between (0-based "
+              "epochs, FFCV start_ramp / end_ramp; default: 70% and 83% of the epochs, FFCV's ratios; stored resolved)",
+        metavar=("A", "B"))
+    progressive_step: int = option(32, "round the ramp's resolutions to a multiple of this (FFCV: 32)")
     clip_grad: Optional[float] = option(None, "clip the gradient norm to this value")
     amp: Literal["auto", "bf16", "fp16", "none"] = option("auto", "mixed precision (auto: bf16 on a GPU that has it, none on CPU)")
     channels_last: bool = option(False, "channels_last memory format")
@@ -64,6 +99,12 @@ class TrainConfig:
     eval_every: int = option(1, "evaluate every this many epochs (and always after the last)")
     checkpoint_every: int = option(0, "also checkpoint every this many optimiser steps (0: at epoch ends only)")
     keep_last: int = option(2, "number of recent checkpoints kept (the best one is always kept)")
+    log_tensorboard: Optional[bool] = option(None, "also write TensorBoard event files into RUN/tensorboard (default: "
+                                                   "when the tensorboard package is installed, pip install "
+                                                   "'fixres[tensorboard]')")
+    log_wandb: bool = option(False, "also log to Weights & Biases (needs wandb; WANDB_MODE=offline works without "
+                                    "network) (timm --log-wandb)")
+    wandb_project: Optional[str] = option(None, "Weights & Biases project (default: fixres)")
 
     def __post_init__(self):
         check_resolution(self.train_res, "train_res")
@@ -91,6 +132,9 @@ class TrainConfig:
             raise FixresError(f"workers must not be negative, got {self.workers}")
         if self.pretrained and self.weights:
             raise FixresError("give either --pretrained or --weights, not both")
+        if self.progressive_from is not None and self.progressive_epochs is None and self.epochs >= 2:
+            object.__setattr__(self, "progressive_epochs", default_ramp(self.epochs))   # resolved once, stored
+        check_recipe(self)
 
     @property
     def eval_res(self) -> int:
@@ -100,10 +144,15 @@ class TrainConfig:
     def peak_lr(self) -> float:
         if self.lr is not None:
             return self.lr
-        return 0.1 * self.batch_size / 256 if self.optimizer == "sgd" else 1e-3 * self.batch_size / 512
+        return 0.1 * self.batch_size / 256 if sgd_family(self.optimizer) else 1e-3 * self.batch_size / 512
 
     @property
     def decay(self) -> float:
         if self.weight_decay is not None:
             return self.weight_decay
-        return 1e-4 if self.optimizer == "sgd" else 0.05
+        return 1e-4 if sgd_family(self.optimizer) else 0.05
+
+    @property
+    def mixes(self) -> bool:
+        """True when batches are mixed (mixup or CutMix): soft targets."""
+        return self.mixup > 0 or self.cutmix > 0

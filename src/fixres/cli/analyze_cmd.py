@@ -28,7 +28,9 @@ def register(sub) -> None:
     model.add_argument("--model", metavar="NAME", help="read the settings a timm model declares (its pretrained "
                                                        "config: input_size is its training resolution; its training "
                                                        "crops are not recorded, the defaults are assumed)")
-    p.add_argument("--train-res", type=int, metavar="K", help="training resolution (pixels; default: the model's)")
+    p.add_argument("--train-res", type=int, metavar="K",
+                   help="training resolution (pixels; default: the model's); for a progressive-resizing run the FINAL "
+                        "one (its checkpoint's train_res)")
     p.add_argument("--scale", type=float, nargs=2, metavar=("A", "B"),
                    help="RandomResizedCrop area-fraction range (default: the checkpoint's, else 0.08 1)")
     p.add_argument("--ratio", type=float, nargs=2, metavar=("A", "B"),

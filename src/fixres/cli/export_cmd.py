@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from ..export import ONNX_TOLERANCE, export_checkpoint, read_export
-from .common import print_json
+from .common import add_model_source, model_source, print_json
 
 
 def register(sub) -> None:
@@ -13,8 +13,7 @@ def register(sub) -> None:
                                    "(resize floor(test_res / crop_pct), centre crop test_res). Both input_size and "
                                    "test_input_size are the test resolution; the training resolution is recorded "
                                    "under config.json's 'fixres' key. OUT must not exist or be empty.")
-    p.add_argument("--checkpoint", required=True, help="run directory (its best checkpoint), checkpoint directory or "
-                                                       "model.safetensors file")
+    add_model_source(p, exclude=("restrict_labels",))
     p.add_argument("--out", required=True, help="folder to create (refused if it exists and is not empty)")
     p.add_argument("--onnx", action="store_true",
                    help="also write model.onnx at the test resolution (dynamic batch axis) and check it against "
@@ -28,7 +27,8 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    out = export_checkpoint(args.checkpoint, args.out, onnx=args.onnx, test_res=args.test_res, crop_pct=args.crop_pct)
+    out = export_checkpoint(model_source(args), args.out, onnx=args.onnx, test_res=args.test_res,
+                            crop_pct=args.crop_pct)
     record = read_export(out)["fixres"]
     if args.json:
         print_json({"out": str(out), **record})

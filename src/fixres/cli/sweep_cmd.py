@@ -38,10 +38,11 @@ def register(sub) -> None:
 
 
 def sweep_sources(args) -> list[ModelSource]:
-    """--model (if given) then each --checkpoint, with the same preprocessing and label flags."""
+    """--model (if given) then each --checkpoint, with the same preprocessing and label flags
+    (--ema: the checkpoints' EMA weights)."""
     flags = {k: v for k, v in from_namespace(args, ModelSource).items() if k != "checkpoint"}
     shared = {k: v for k, v in flags.items() if k not in ("model", "pretrained", "weights", "class_map")}
-    sources = [build(ModelSource, flags)] if args.model else []
+    sources = [build(ModelSource, {k: v for k, v in flags.items() if k != "ema"})] if args.model else []
     sources += [build(ModelSource, {**shared, "checkpoint": c}) for c in args.checkpoint or ()]
     if not sources:
         raise FixresError("give the model: --checkpoint PATH [PATH ...] and/or --model NAME")

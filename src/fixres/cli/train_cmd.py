@@ -52,7 +52,9 @@ def run(args) -> int:
         print_json(s)
     else:
         best = f"{s['best_val_top1']:.2f}" if s.get("best_val_top1") is not None else "-"
-        print(f"{s['model']} trained at {s['train_res']}px for {s['epochs']} epochs in {s['train_seconds']:.0f}s "
+        ramp = (s.get("recipe") or {}).get("train_res_schedule")
+        res = f"{ramp['start']}->{ramp['end']}px (progressive)" if ramp else f"{s['train_res']}px"
+        print(f"{s['model']} trained at {res} for {s['epochs']} epochs in {s['train_seconds']:.0f}s "
               f"({s['train_images_per_s']:.0f} img/s); best val top-1 at {s['test_res']}px: {best} "
               f"(epoch {s['best_epoch']}); run: {result.run_dir}")
     return 0

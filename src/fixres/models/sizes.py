@@ -81,6 +81,10 @@ def check_input_size(model: nn.Module, resolutions, what: str = "test resolution
         for res in sorted(set(resolutions)):
             with torch.no_grad():
                 model(torch.zeros(1, 3, res, res, device=device, dtype=param.dtype if param is not None else None))
+    except torch.cuda.OutOfMemoryError:
+        torch.cuda.empty_cache()
+        raise FixresError(f"out of memory running ONE image through {architecture(model)} at {res}x{res} on "
+                          f"{device}: use a smaller model or resolution, or a device with more memory") from None
     except (AssertionError, RuntimeError, ValueError) as e:
         reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise FixresError(f"{architecture(model)} cannot run at {res}x{res} ({reason[:160]})") from None

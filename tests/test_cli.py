@@ -83,6 +83,8 @@ def test_overwrite_replaces_a_run(colour_data, tmp_path, capsys):
     (["--train-res", "100000"], "train_res must be"),
     (["--crop-pct", "1.7"], "crop_pct"),
     (["--batch-size", "1000"], "fewer than one batch"),
+    (["--model-kwargs", "patch_size"], "expected KEY=VALUE, got 'patch_size'"),
+    (["--model-kwargs", "num_classes=3"], "num_classes is set by fixres (from the data's classes)"),
     (["--epochs", "0"], "epochs must be at least 1"),
 ])
 def test_bad_training_arguments(colour_data, tmp_path, capsys, argv, needle):

@@ -122,3 +122,27 @@ def test_a_resolution_off_the_patch_grid_is_one_line(checkpoints, colour_data, c
     code, _, err = run_cli(capsys, "adapt", "--checkpoint", checkpoints["test_vit"], "--data", colour_data,
                            "--test-res", 50, "--workers", 0, "--device", "cpu", "--out", "/tmp/never-written")
     one_line_error(code, err, "50px is not a multiple of the patch size 16")
+
+
+def test_model_kwargs_of_a_run_rebuild_the_same_model_everywhere(colour_data, tmp_path, capsys):
+    """timm's --model-kwargs: a ViT trained with patch 8 is evaluated, swept and exported with
+    patch 8 (40 px: on its grid, off a patch-16 one)."""
+    run = tmp_path / "p8"
+    code, _, err = run_cli(capsys, "train", "--data", colour_data, "--out", run, "--model", "test_vit",
+                           "--model-kwargs", "patch_size=8", "embed_dim=32", "depth=1", "--train-res", 32,
+                           "--epochs", 1, "--batch-size", 12, "--workers", 0, "--device", "cpu", "--quiet")
+    assert code == 0, err
+    model, meta = open_checkpoint(run)
+    assert meta.model_kwargs == {"patch_size": 8, "embed_dim": 32, "depth": 1}
+    assert model.patch_embed.patch_size == (8, 8) and model.embed_dim == 32
+    swept = sweep_checkpoint(run, colour_data, test_res=[32, 40], select_on="val", **FAST)
+    assert [r.n for r in swept.rows] == [24, 24]
+    out = export_checkpoint(run, tmp_path / "exported", test_res=40)
+    reloaded = timm.create_model(f"local-dir:{out}", pretrained=True).eval()
+    x = torch.randn(2, 3, 40, 40)
+    with torch.no_grad():
+        assert torch.equal(reloaded(x), model(x))
+    code, _, err = run_cli(capsys, "train", "--data", colour_data, "--out", tmp_path / "bad", "--model", "test_vit",
+                           "--model-kwargs", "patch_sise=8", "--workers", 0, "--device", "cpu")
+    one_line_error(code, err, "test_vit does not take", "patch_sise")
+    assert not (tmp_path / "bad").exists() or not any((tmp_path / "bad").iterdir())   # nothing to block a rerun

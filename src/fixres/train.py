@@ -46,7 +46,7 @@ from .recipes import BatchRecipe, ResolutionSchedule, check_pipeline, make_ema, 
 from .rundir import append_jsonl, prepare_run_dir, read_jsonl, write_json, write_text
 from .runtime import (Runtime, autocast, average_batchnorm_buffers, barrier, init_distributed, rng_state,
                       seed_everything, set_rng_state)
-from .train_config import RESUMABLE_CHANGES, TrainConfig
+from .train_config import RESUMABLE_CHANGES, TrainConfig, parse_model_kwargs
 
 
 class NonFiniteLoss(FixresError):
@@ -103,7 +103,6 @@ class Trainer:
             if resume:  # what a crash in the middle of a checkpoint write left behind
                 for where in (self.run_dir, self.run_dir / "checkpoints"):
                     ckpt.remove_stale_temporaries(where)
-            write_text(self.run_dir / "config.yaml", dump_yaml(cfg))
         barrier(self.dist)
 
         self.data = scan_dataset(cfg.data)
@@ -114,6 +113,8 @@ class Trainer:
                                   new_classifier=cfg.new_classifier, **self.model_kwargs)
         self.prep = train_preprocessing(cfg, model_preprocessing(self.model))
         check_input_size(self.model, [cfg.train_res, cfg.eval_res], "training or evaluation resolution")
+        if self.dist.is_main:   # after the data and the model are known good: a run that cannot start leaves no file
+            write_text(self.run_dir / "config.yaml", dump_yaml(cfg))
         self.normalizer = self.prep.normalizer(cfg.channels_last)
         self.model.to(self.device)
         if cfg.channels_last:
@@ -158,8 +159,9 @@ class Trainer:
 
     @property
     def model_kwargs(self) -> dict:
-        return {k: v for k, v in dict(drop_rate=self.cfg.drop_rate, drop_path_rate=self.cfg.drop_path_rate).items()
-                if v is not None}
+        """The timm.create_model arguments besides the name and classes (recorded in the checkpoint)."""
+        own = dict(drop_rate=self.cfg.drop_rate, drop_path_rate=self.cfg.drop_path_rate)
+        return {**parse_model_kwargs(self.cfg.model_kwargs), **{k: v for k, v in own.items() if v is not None}}
 
     # ----------------------------------------------------------------- checkpoints
     def _meta(self, metrics: dict) -> ckpt.CheckpointMeta:

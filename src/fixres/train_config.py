@@ -4,6 +4,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal, Optional
 
+import yaml
+
 from .config import option
 from .data.transforms import DEFAULT_CROP_PCT, check_crop_pct, check_resolution, interpolation_mode
 from .errors import FixresError
@@ -89,6 +91,9 @@ class TrainConfig:
     sync_bn: bool = option(False, "synchronise batch-norm statistics across processes (distributed runs)")
     drop_rate: Optional[float] = option(None, "dropout before the classifier (timm drop_rate)")
     drop_path_rate: Optional[float] = option(None, "stochastic depth rate (timm drop_path_rate)")
+    model_kwargs: tuple[str, ...] = option((), "more timm.create_model arguments as KEY=VALUE, the value read as YAML "
+                                               "(patch_size=8, drop_block_rate=0.1; timm --model-kwargs); recorded in "
+                                               "the checkpoint, which rebuilds the same model", metavar="KEY=VALUE")
     seed: int = option(0, "random seed (data order, augmentation, initialisation)")
     workers: Optional[int] = option(None, "data-loading processes per training process (default: cores - 1, at most 16)")
     pipeline: Literal["auto", "pil", "fast"] = option(
@@ -134,6 +139,7 @@ class TrainConfig:
             raise FixresError("give either --pretrained or --weights, not both")
         if self.progressive_from is not None and self.progressive_epochs is None and self.epochs >= 2:
             object.__setattr__(self, "progressive_epochs", default_ramp(self.epochs))   # resolved once, stored
+        parse_model_kwargs(self.model_kwargs)
         check_recipe(self)
 
     @property
@@ -156,3 +162,28 @@ class TrainConfig:
     def mixes(self) -> bool:
         """True when batches are mixed (mixup or CutMix): soft targets."""
         return self.mixup > 0 or self.cutmix > 0
+
+
+# arguments fixres sets itself, from its own options or the data
+OWN_MODEL_ARGS = {"num_classes": "from the data's classes", "pretrained": "use --pretrained",
+                  "checkpoint_path": "use --weights", "drop_rate": "use --drop-rate",
+                  "drop_path_rate": "use --drop-path-rate", "pretrained_cfg": "from the model name",
+                  "pretrained_cfg_overlay": "from the model name"}
+
+
+def parse_model_kwargs(items) -> dict:
+    """``("patch_size=8", "act_layer=gelu")`` -> ``{"patch_size": 8, "act_layer": "gelu"}`` (values
+    read as YAML scalars or lists), refusing a malformed item or an argument fixres sets itself."""
+    kwargs = {}
+    for item in items:
+        key, sep, value = str(item).partition("=")
+        key = key.strip()
+        if not sep or not key.isidentifier():
+            raise FixresError(f"model_kwargs: expected KEY=VALUE, got {item!r}")
+        if key in OWN_MODEL_ARGS:
+            raise FixresError(f"model_kwargs: {key} is set by fixres ({OWN_MODEL_ARGS[key]})")
+        try:
+            kwargs[key] = yaml.safe_load(value) if value.strip() else None
+        except yaml.YAMLError:
+            raise FixresError(f"model_kwargs: cannot read the value of {key!r}: {value!r}") from None
+    return kwargs

@@ -45,6 +45,8 @@ def create_model(name: str, num_classes: int, *, pretrained: bool = False, weigh
     kwargs = {**size_kwargs(name), **{k: v for k, v in kwargs.items() if v is not None}}
     try:
         model = timm.create_model(name, pretrained=pretrained, num_classes=num_classes, **kwargs)
+    except TypeError as e:      # an argument the architecture does not take
+        raise FixresError(f"{name} does not take these arguments {sorted(kwargs)}: {str(e).strip()}") from None
     except (OSError, ConnectionError, RuntimeError) as e:
         if pretrained:
             raise FixresError(f"could not get pretrained weights for {name} ({type(e).__name__}); "

@@ -63,8 +63,8 @@ nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=c
 say "cores: $(nproc)  date: $(date -u +%Y-%m-%dT%H:%MZ)  smoke: $SMOKE"
 T0=$SECONDS
 
-if [ $SMOKE = 1 ]; then PROFILE=(--batch 16 --repeat 1 --chunk 8 16 --sweep 48); STAGES=(--batch 16 --batches 2)
-else PROFILE=(--chunk 64 256 --sweep 224 288 320 384); STAGES=(); fi
+if [ $SMOKE = 1 ]; then PROFILE=(--batch 16 --repeat 1 --chunk 8 16 --sweep 48); STAGES=(--batch 16 --batches 2); RB=16
+else PROFILE=(--chunk 64 256 --sweep 224 288 320 384); STAGES=(); RB=128; fi
 rm -f "$O/bench.json" "$O/compile.json" "$O/profile.json"
 step tests 120 "$PY" -m pytest -q -o addopts=-ra -p no:cacheprovider tests/test_fast_pipeline.py tests/test_pack.py
 step profile 90 "$PY" benchmarks/profile_crop.py --device "$DEV" "${PROFILE[@]}" --json "$O/profile.json"
@@ -78,7 +78,7 @@ rm -rf "$W/sweep" "$W/adapted"
 step sweep 45 "$PY" -m fixres sweep --checkpoint "$W/run" --data "$W/synth" --test-res 64:128:16 --device "$DEV" --quiet --out "$W/sweep"
 rm -rf "$W/recipes"
 step recipes 90 bash -c "'$PY' -m fixres train --data '$W/synth' --out '$W/recipes' --overwrite --model resnet18 \
-    --train-res 64 --epochs 2 --batch-size 128 --pipeline fast --mixup 0.2 --cutmix 1.0 --random-erasing 0.25 --ema-decay 0.99 \
+    --train-res 64 --epochs 2 --batch-size $RB --pipeline fast --mixup 0.2 --cutmix 1.0 --random-erasing 0.25 --ema-decay 0.99 \
     --device '$DEV' --quiet && '$PY' -m fixres sweep --checkpoint '$W/recipes' --ema --data '$W/synth' \
     --test-res 64:112:16 --device '$DEV' --quiet"
 if [ "${CLI:-0}" = 1 ]; then

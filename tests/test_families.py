@@ -2,6 +2,9 @@
 ConvNeXt (LayerNorm), ViT (fixed size, made dynamic), distilled DeiT (two heads), Swin
 (windowed) -- swept at three resolutions and adapted with every method that applies; the others
 refuse in one line, never a traceback."""
+import gc
+import multiprocessing
+
 import pytest
 import timm
 import torch
@@ -146,3 +149,18 @@ def test_model_kwargs_of_a_run_rebuild_the_same_model_everywhere(colour_data, tm
                            "--model-kwargs", "patch_sise=8", "--workers", 0, "--device", "cpu")
     one_line_error(code, err, "test_vit does not take", "patch_sise")
     assert not (tmp_path / "bad").exists() or not any((tmp_path / "bad").iterdir())   # nothing to block a rerun
+
+
+def test_adapting_with_workers_leaves_no_worker_process_behind(checkpoints, colour_data):
+    """A ViT adapts through the full-network loop, whose loader keeps its workers between
+    epochs; torch.fx leaves frames that reach that loader in a reference cycle.
+    The workers must stop when adaptation ends, not at some later garbage collection (a
+    process forked in between, e.g. the next command's loader, would inherit them)."""
+    gc.collect()
+    gc.disable()
+    try:
+        adapt_checkpoint(checkpoints["test_vit"], colour_data, test_res=48, epochs=2, quiet=True,
+                         **{**FAST, "workers": 1})
+        assert multiprocessing.active_children() == []
+    finally:
+        gc.enable()

@@ -31,7 +31,7 @@ from . import checkpoint as ckpt
 from .config import dump_yaml, read_yaml, to_dict
 from .data.folder import scan_dataset
 from .data.index import split_holdout
-from .data.loader import TrainBatches, mix_seed
+from .data.loader import TrainBatches, mix_seed, stop_workers
 from .data.pipeline import resolve_pipeline, train_batches
 from .data.repeat_aug import RepeatedBatches
 from .data.preprocessing import Preprocessing
@@ -322,6 +322,8 @@ class Trainer:
         res = self.schedule.res_at(self.epoch)
         if res != self.loader_res:
             view = train_transform(self.prep.train_view(res), self.cfg.auto_augment, self.prep.mean)
+            if self.loader is not None:
+                stop_workers(self.loader)   # the previous resolution's workers
             self.loader, self.loader_res = train_batches(self.train_split, view, self.sampler, self.rt), res
         return self.loader
 
@@ -378,6 +380,8 @@ class Trainer:
         try:
             return self._run(sinks)
         finally:
+            if self.loader is not None:
+                stop_workers(self.loader)
             if sinks is not None:
                 sinks.close()
 

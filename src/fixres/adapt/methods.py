@@ -2,7 +2,7 @@
 
 One training loop (:func:`train`) serves both ways of feeding it: cached features of the
 frozen layers (:func:`cached_batches`) or images through the whole network
-(:func:`naive_batches`). Both draw the same batches: the order of epoch ``e`` is
+(:class:`NaiveBatches`). Both draw the same batches: the order of epoch ``e`` is
 :class:`~fixres.data.loader.TrainBatches`' permutation for ``(seed, e)`` over the same
 images, so the two give the same parameters up to float rounding (tests check it).
 """
@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..data.index import SplitIndex
-from ..data.loader import ImageDataset, TrainBatches, make_loader
+from ..data.loader import ImageDataset, TrainBatches, make_loader, stop_workers
 from ..data.transforms import Normalizer
 from ..errors import FixresError
 from ..optim import param_groups
@@ -42,24 +42,36 @@ def cached_batches(cache: FeatureCache, batch_size: int, seed: int, device: torc
     return batches
 
 
-def naive_batches(split: SplitIndex, transform, batch_size: int, seed: int, normalizer: Normalizer, rt: Runtime,
-                  skipped: dict) -> Batches:
+class NaiveBatches:
     """Images decoded and transformed every epoch (each draw seeded by (seed, epoch, index));
-    under several processes each rank takes its share of every batch."""
-    world, device = rt.dist.world, rt.device
-    if batch_size % world:
-        raise FixresError(f"--batch-size {batch_size} is not divisible by the {world} processes")
-    sampler = TrainBatches(len(split), batch_size, seed, rt.dist.rank, world)
-    loader = make_loader(ImageDataset(split, transform), batch_sampler=sampler, workers=rt.workers,
-                         pin_memory=rt.pin_memory, persistent=True)
+    under several processes each rank takes its share of every batch. Call with an epoch for
+    its batches; ``close()`` (or leaving a ``with`` block) stops the loader's worker processes."""
 
-    def batches(epoch: int):
-        sampler.set_epoch(epoch)
-        for batch in loader:
-            skipped.update(batch.skipped)
+    def __init__(self, split: SplitIndex, transform, batch_size: int, seed: int, normalizer: Normalizer,
+                 rt: Runtime, skipped: dict):
+        world = rt.dist.world
+        if batch_size % world:
+            raise FixresError(f"--batch-size {batch_size} is not divisible by the {world} processes")
+        self.sampler = TrainBatches(len(split), batch_size, seed, rt.dist.rank, world)
+        self.loader = make_loader(ImageDataset(split, transform), batch_sampler=self.sampler, workers=rt.workers,
+                                  pin_memory=rt.pin_memory, persistent=True)
+        self.normalizer, self.device, self.skipped = normalizer, rt.device, skipped
+
+    def __call__(self, epoch: int):
+        self.sampler.set_epoch(epoch)
+        for batch in self.loader:
+            self.skipped.update(batch.skipped)
             if batch.images is not None:
-                yield (normalizer(batch.images, device),), batch.labels.to(device, non_blocking=True)
-    return batches
+                yield (self.normalizer(batch.images, self.device),), batch.labels.to(self.device, non_blocking=True)
+
+    def close(self) -> None:
+        stop_workers(self.loader)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
 
 @contextlib.contextmanager

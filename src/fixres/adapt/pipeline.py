@@ -6,6 +6,7 @@ directory whose metadata records ``test_res = K_test`` and the whole adaptation 
 """
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,7 +29,7 @@ from ..sources import ModelSource, Opened, as_source, open_for_data
 from .data import Images, adapt_transform, adaptation_images, ordered_loader
 from .features import build_cache, collect_pooled
 from .graph import Split, check_split, split_graph
-from .methods import cached_batches, naive_batches, reestimate_bn, train
+from .methods import NaiveBatches, cached_batches, reestimate_bn, train
 from .options import AdaptOptions
 from .parametric import fit_equaliser
 from .surgery import Plan, make_plan
@@ -214,7 +215,7 @@ def _train_method(ctx: _Context) -> dict:
     if forward is None:
         rt.log(why)
         forward = model
-        batches = naive_batches(ctx.imgs.train, transform, opts.batch_size, opts.seed, ctx.normalizer, rt, skipped)
+        batches = NaiveBatches(ctx.imgs.train, transform, opts.batch_size, opts.seed, ctx.normalizer, rt, skipped)
     else:
         skipped.update(cache.skipped)
         rt.log(f"cached {int(cache.valid.sum())} images' features of the frozen layers "
@@ -223,7 +224,8 @@ def _train_method(ctx: _Context) -> dict:
     t0 = time.perf_counter()
     # On cached features every rank holds the whole cache and takes identical steps; the
     # full-network loop shards every batch over the ranks and averages the gradients.
-    history = train(model, ctx.plan, forward, batches, opts, rt, sharded=rt.dist if cache is None else Dist())
+    with batches if cache is None else contextlib.nullcontext():   # the full-network loop's workers stop after it
+        history = train(model, ctx.plan, forward, batches, opts, rt, sharded=rt.dist if cache is None else Dist())
     if cache is None and rt.dist.enabled:
         skipped.update(dict(gather_lists(list(skipped.items()), rt.dist)))
     info = {"execution": "cached" if cache is not None else "naive", "execution_note": why,

@@ -192,3 +192,25 @@ def make_loader(dataset: Dataset, *, batch_sampler: Sampler | None = None, sampl
     if batch_sampler is not None:
         return DataLoader(dataset, batch_sampler=batch_sampler, **kwargs)
     return DataLoader(dataset, sampler=sampler, batch_size=batch_size, **kwargs)
+
+
+def stop_workers(loader) -> None:
+    """Stop the worker processes of a loader made with ``persistent=True`` now, when its
+    owner is done with it (a :class:`~fixres.data.prefetch.Prefetched` is stopped with the
+    loader it wraps).
+
+    Otherwise they live until the loader is garbage-collected, and a reference cycle delays
+    that (torch.fx keeps the frames of a trace, which reach the adaptation's locals): a
+    process forked meanwhile inherits the live iterator and prints "can only test a child
+    process" when it collects it. torch has no public call for this; ``_iterator`` is the
+    DataLoader's persistent iterator (torch >= 1.7)."""
+    stop = getattr(loader, "_stop_active", None)
+    if stop is not None:
+        stop()
+    loader = getattr(loader, "loader", loader)
+    iterator = getattr(loader, "_iterator", None)
+    if iterator is not None:
+        loader._iterator = None
+        shutdown = getattr(iterator, "_shutdown_workers", None)   # absent on the single-process iterator
+        if shutdown is not None:
+            shutdown()

@@ -151,16 +151,28 @@ def test_model_kwargs_of_a_run_rebuild_the_same_model_everywhere(colour_data, tm
     assert not (tmp_path / "bad").exists() or not any((tmp_path / "bad").iterdir())   # nothing to block a rerun
 
 
+def test_a_vit_adapts_on_cached_features_as_the_full_network_loop_does(checkpoints, colour_data):
+    """timm's ViT forward takes optional arguments after the image: traced with them fixed, it
+    splits at the final norm, and training the top on cached features is the same computation."""
+    runs = [adapt_checkpoint(checkpoints["test_vit"], colour_data, test_res=48, epochs=2, cache=cache, quiet=True,
+                             **FAST) for cache in (True, False)]
+    assert [r.report["execution"] for r in runs] == ["cached", "naive"]
+    naive = runs[1].model.state_dict()
+    for key, value in runs[0].model.state_dict().items():
+        torch.testing.assert_close(value, naive[key], rtol=1e-5, atol=1e-6)
+
+
 def test_adapting_with_workers_leaves_no_worker_process_behind(checkpoints, colour_data):
-    """A ViT adapts through the full-network loop, whose loader keeps its workers between
-    epochs; torch.fx leaves frames that reach that loader in a reference cycle.
-    The workers must stop when adaptation ends, not at some later garbage collection (a
-    process forked in between, e.g. the next command's loader, would inherit them)."""
+    """The full-network loop's loader keeps its workers between epochs; a distilled DeiT takes
+    that loop (torch.fx cannot trace it), and the failed trace leaves frames that reach the
+    loader in a reference cycle. The workers must stop when adaptation ends, not at some later
+    garbage collection (a process forked in between, e.g. the next command's loader, would
+    inherit them)."""
     gc.collect()
     gc.disable()
     try:
-        adapt_checkpoint(checkpoints["test_vit"], colour_data, test_res=48, epochs=2, quiet=True,
-                         **{**FAST, "workers": 1})
+        adapt_checkpoint(checkpoints["deit_tiny_distilled_patch16_224"], colour_data, test_res=48, epochs=2,
+                         quiet=True, **{**FAST, "workers": 1})
         assert multiprocessing.active_children() == []
     finally:
         gc.enable()

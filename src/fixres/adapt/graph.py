@@ -21,6 +21,7 @@ which is the mode of every module that is not adapted.
 """
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 
 import torch
@@ -57,10 +58,36 @@ def trace(model: nn.Module, leaves: frozenset[str] = frozenset()) -> fx.GraphMod
     was_training = model.training
     model.eval()
     try:
-        graph = _Tracer(frozenset(leaves)).trace(model)
+        fixed = _defaults_after_input(model)
+        graph = _Tracer(frozenset(leaves)).trace(model, concrete_args=fixed)
     finally:
         model.train(was_training)
+    if fixed:
+        _drop_fixed_inputs(graph)
     return fx.GraphModule(model, graph)
+
+
+def _drop_fixed_inputs(graph: fx.Graph) -> None:
+    """Erase the placeholders of the arguments fixed at trace time and the guards torch.fx
+    hangs on them (``_assert_is_none(attn_mask)``...), when nothing else uses them: the
+    graph then takes the image alone. Left as it is otherwise (the split refuses it)."""
+    fixed = [n for n in graph.nodes if n.op == "placeholder"][1:]
+    doomed = _closure(fixed, lambda n: n.users)
+    if any(n.op == "output" or any(u not in doomed for u in n.users) for n in doomed):
+        return
+    for n in reversed(list(graph.nodes)):
+        if n in doomed:
+            graph.erase_node(n)
+
+
+def _defaults_after_input(model: nn.Module) -> dict | None:
+    """The forward's optional arguments after the image, fixed to their defaults (a timm ViT
+    takes ``attn_mask=None, is_causal=False``): the traced graph then has the one input that
+    inference gives it."""
+    params = list(inspect.signature(model.forward).parameters.values())[1:]
+    fixed = {p.name: p.default for p in params
+             if p.default is not inspect.Parameter.empty and p.kind is not p.VAR_KEYWORD}
+    return fixed or None
 
 
 def _has_state(module: nn.Module) -> bool:

@@ -204,10 +204,9 @@ def stop_workers(loader) -> None:
     process forked meanwhile inherits the live iterator and prints "can only test a child
     process" when it collects it. torch has no public call for this; ``_iterator`` is the
     DataLoader's persistent iterator (torch >= 1.7)."""
-    stop = getattr(loader, "_stop_active", None)
-    if stop is not None:
-        stop()
-    loader = getattr(loader, "loader", loader)
+    if hasattr(loader, "stop"):     # a Prefetched: its thread, then the loader it wraps
+        loader.stop()
+        loader = loader.loader
     iterator = getattr(loader, "_iterator", None)
     if iterator is not None:
         loader._iterator = None

@@ -43,7 +43,8 @@ class Prefetched:
     def __len__(self) -> int:
         return len(self.loader)
 
-    def _stop_active(self) -> None:
+    def stop(self) -> None:
+        """Stop the background thread of the current pass, if any (the next ``iter()`` starts another)."""
         if self._active is not None:
             thread, stop = self._active
             stop.set()
@@ -51,7 +52,7 @@ class Prefetched:
             self._active = None
 
     def __iter__(self):
-        self._stop_active()
+        self.stop()
         stop, q = threading.Event(), queue.Queue(maxsize=max(1, self.depth))
         cuda = self.device.type == "cuda"
         stream = torch.cuda.Stream(self.device) if cuda else None

@@ -209,3 +209,14 @@ def test_onnx_without_the_packages_is_one_clear_line(ckpts, tmp_path, monkeypatc
     assert main(["export", "--checkpoint", str(ckpts["run"]), "--out", str(tmp_path / "o"), "--onnx"]) == 2
     one_line_error(2, capsys.readouterr().err, "onnxruntime", "fixres[onnx]")
     assert not (tmp_path / "o").exists()
+
+
+def test_an_export_is_a_model_every_command_takes_as_checkpoint(exported, colour_data, tmp_path, capsys):
+    """--checkpoint EXPORTED_FOLDER is the timm folder it is (as --model local-dir:), in adapt too."""
+    from fixres.adapt import adapt_checkpoint
+    from fixres.sources import ModelSource
+    result = adapt_checkpoint(ModelSource(checkpoint=str(exported)), colour_data, test_res=ADAPTED_RES, epochs=1,
+                              workers=0, batch_size=12, device="cpu", quiet=True, out=tmp_path / "readapted")
+    assert result.after.n == 24 and (tmp_path / "readapted" / "meta.json").is_file()
+    code = main(["eval", "--checkpoint", str(exported), "--data", str(colour_data), "--workers", "0", "--quiet"])
+    assert code == 0, capsys.readouterr().err

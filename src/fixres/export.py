@@ -83,12 +83,11 @@ def export_checkpoint(checkpoint: "str | Path | ModelSource", out: str | Path, *
     if onnx:
         _require_onnx()
     source = as_source(checkpoint)
-    if source.checkpoint is not None and not as_source(source.checkpoint).model:
+    if source.checkpoint is not None:
         refuse_unexportable(read_meta(source.checkpoint))       # refuse before loading any weights
     out = prepare_run_dir(out, replaceable=False, keep=False)   # must not exist or be empty; checked before the work
     opened = open_model(source)
     model, meta = opened.model, opened.meta
-    refuse_unexportable(meta)
     prep = meta.preprocessing.override("flag", test_res=test_res, crop_pct=crop_pct)
     test_res, crop_pct = prep.test_res, prep.crop_pct
     check_input_size(model, [test_res])

@@ -113,9 +113,12 @@ def is_timm_folder(path: str | Path) -> bool:
 
 def as_source(source: "str | Path | ModelSource") -> ModelSource:
     """A :class:`ModelSource`, or a path: a fixres checkpoint (as every command took before),
-    or a timm folder (a ``fixres export``: as ``--model local-dir:PATH``)."""
+    or a timm folder (a ``fixres export``: as ``--model local-dir:PATH``). A source whose
+    ``checkpoint`` names a timm folder becomes that ``local-dir:`` model, so that every
+    ``checkpoint`` downstream is a fixres checkpoint."""
     if isinstance(source, ModelSource):
-        return source
+        folder = as_source(source.checkpoint).model if source.checkpoint is not None else None
+        return replace(source, checkpoint=None, model=folder) if folder else source
     path = Path(source)
     if path.suffix == ".safetensors" and is_timm_folder(path.parent):
         path = path.parent
@@ -175,9 +178,6 @@ def open_checkpoint(path: str | Path, ema: bool = False) -> tuple[nn.Module, Che
 def open_model(source: "str | Path | ModelSource") -> Opened:
     """The model ``source`` names, in eval mode, with its metadata (preprocessing overrides applied)."""
     source = as_source(source)
-    folder = as_source(source.checkpoint).model if source.checkpoint is not None else None
-    if folder:                          # --checkpoint EXPORTED_FOLDER: a timm folder
-        source = replace(source, checkpoint=None, model=folder)
     if source.checkpoint is not None:
         directory = find_checkpoint(source.checkpoint)
         model, meta = open_checkpoint(directory, ema=source.ema)
@@ -356,9 +356,10 @@ def foreign_preprocessing(model: nn.Module, where: str) -> Preprocessing:
 def declared_preprocessing(source: ModelSource) -> Preprocessing:
     """The preprocessing a model records (checkpoint) or declares (timm config), without its
     weights: a timm model is built on the meta device, a checkpoint's metadata is read."""
-    if source.checkpoint is not None and not as_source(source.checkpoint).model:
+    source = as_source(source)
+    if source.checkpoint is not None:
         return read_meta(source.checkpoint).preprocessing
-    name = source.model or as_source(source.checkpoint).model
+    name = source.model
     check_model_name(name)
     if name.startswith("local-dir:"):
         recorded = (_local_config(Path(name.split(":", 1)[1]))[0].get("fixres") or {}).get("preprocessing")

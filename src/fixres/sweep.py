@@ -394,7 +394,7 @@ def sweep_checkpoints(checkpoints: Sequence["str | Path | ModelSource"], data: s
 
 
 def _meta_of(source: ModelSource) -> CheckpointMeta:
-    if source.checkpoint is not None and not as_source(source.checkpoint).model:
+    if source.checkpoint is not None:
         return read_meta(source.checkpoint)
     return open_model(source).meta
 

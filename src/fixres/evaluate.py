@@ -117,10 +117,9 @@ def load_split(data: str | Path, split: str, labels: Binding | Sequence[str]) ->
         raise FixresError(f"data directory {root} does not exist")
     if not (root / split).is_dir():
         raise FixresError(f"{root} has no {split}/ directory (expected {root}/{split}/<class>/<images>)")
-    if not isinstance(labels, Binding):
-        labels = bind(LabelSpace(tuple(labels), source="the checkpoint's classes"), list_classes(root / split),
-                      str(root / split))
     folders = list_classes(root / split)
+    if not isinstance(labels, Binding):
+        labels = bind(LabelSpace(tuple(labels), source="the checkpoint's classes"), folders, str(root / split))
     unknown = [f for f in folders if f not in labels.folder_index]
     if unknown:      # a split holding a class the others did not: bind it the same way, or say which
         extra = match_folders(labels.space, unknown, str(root / split))

@@ -1,13 +1,12 @@
 """``fixres stats``: the pooled features (the classifier's input) against test resolution."""
 from __future__ import annotations
 
-from ..checkpoint import read_meta
 from ..config import add_arguments, build, from_namespace
 from ..data.transforms import parse_resolutions
 from ..rundir import prepare_output_files
 from ..stats import STATS_FILES, StatsOptions, feature_stats
 from ..stats_report import stats_json, stats_table, write_stats
-from ..sources import open_model
+from ..sources import declared_preprocessing
 from .common import add_model_source, model_source, report
 
 
@@ -37,8 +36,7 @@ def run(args) -> int:
     source = model_source(args)
     resolutions = list(args.test_res)
     if args.train_res_reference:
-        resolutions.append(source.train_res or (read_meta(source.checkpoint).preprocessing.train_res
-                                                if source.checkpoint else open_model(source).meta.preprocessing.train_res))
+        resolutions.append(source.train_res or declared_preprocessing(source).train_res)   # no weights loaded
     values = from_namespace(args, StatsOptions)
     values["test_res"] = parse_resolutions(resolutions)
     opts = build(StatsOptions, values)

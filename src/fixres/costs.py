@@ -28,7 +28,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from .errors import FixresError
 from .models.sizes import size_kwargs
-from .runtime import Runtime, barrier, gather_lists
+from .runtime import Runtime, gather_lists
 from .timing import Timing, time_model
 
 if TYPE_CHECKING:
@@ -200,7 +200,6 @@ def with_timings(costs: dict[int, ResolutionCost], model: nn.Module, rt: Runtime
     if rt.dist.is_main:
         for r in rt.progress(list(costs), "timing", unit="res"):
             timings[r] = time_model(model, r, rt, batch_size=batch_size, budget_s=budget_s)
-    barrier(rt.dist)
     timings = gather_lists([timings] if rt.dist.is_main else [], rt.dist)[0]
     return {r: replace(c, timing=timings[r]) for r, c in costs.items()}
 

@@ -17,7 +17,7 @@ at the time, and the record says which machine, dtype, batch size and thread cou
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
@@ -59,9 +59,6 @@ class Timing:
     latency_repeats: int
     device: str
     dtype: str
-
-    def row(self) -> dict:
-        return asdict(self)
 
 
 def device_label(device: torch.device) -> str:

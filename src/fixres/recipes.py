@@ -31,8 +31,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torchvision.transforms.v2 import functional as TF
 
-from .data.transforms import (TrainTransform, _color_jitter, check_resolution, flip_and_jitter, interpolation_mode,
-                              sample_rrc_params)
+from .data.transforms import TrainTransform, check_resolution, interpolation_mode
 from .errors import FixresError
 
 TRIVIAL_AUGMENT = ("trivialaugment", "trivial")   # torchvision's TrivialAugmentWide (timm has none)
@@ -139,16 +138,10 @@ class AugmentedTrainTransform:
         return augment_policy(self.policy, self.base.size, self.mean, self.base.interpolation)
 
     def __call__(self, img: Image.Image, generator: torch.Generator | None = None) -> torch.Tensor:
-        b = self.base
-        top, left, h, w = sample_rrc_params(img.height, img.width, b.scale, b.ratio, generator)
-        img = TF.resized_crop(img, top, left, h, w, [b.size, b.size], interpolation=interpolation_mode(b.interpolation),
-                              antialias=True)
-        img = flip_and_jitter(img, b.hflip, 0.0, generator)
+        img = self.base.crop_flip(img, generator)
         with seeded_rngs(_draw_seed(generator)):
             img = self._policy(img)
-        if b.color_jitter > 0:
-            img = _color_jitter(img, b.color_jitter, generator)
-        return TF.pil_to_tensor(img)
+        return TF.pil_to_tensor(self.base.jitter(img, generator))
 
 
 def train_transform(base: TrainTransform, auto_augment: str | None, mean: tuple[float, ...]):
@@ -171,7 +164,7 @@ class BatchRecipe:
                                       device=str(device)) if cfg.random_erasing > 0 else None)
         self.mixup = (Mixup(mixup_alpha=cfg.mixup, cutmix_alpha=cfg.cutmix, prob=cfg.mixup_prob,
                             switch_prob=cfg.mixup_switch_prob, mode=cfg.mixup_mode, label_smoothing=cfg.label_smoothing,
-                            num_classes=num_classes) if cfg.mixup > 0 or cfg.cutmix > 0 else None)
+                            num_classes=num_classes) if cfg.mixes else None)
         if cfg.loss == "bce":   # smoothing applies to hard targets only: mixed ones are smoothed by Mixup
             self.criterion = BinaryCrossEntropy(smoothing=cfg.label_smoothing, target_threshold=cfg.bce_target_thresh)
         elif self.mixup is not None:
@@ -267,7 +260,7 @@ def check_recipe(cfg: Any) -> None:
     if cfg.mixup < 0 or cfg.cutmix < 0:
         raise FixresError("mixup and cutmix alphas must not be negative")
     micro = cfg.batch_size // cfg.accum_steps
-    if (cfg.mixup > 0 or cfg.cutmix > 0) and micro % 2:
+    if cfg.mixes and micro % 2:
         raise FixresError(f"mixup/CutMix (timm Mixup) needs an even batch per step and process: batch_size "
                           f"{cfg.batch_size} / accum_steps {cfg.accum_steps} = {micro} is odd")
     if cfg.bce_target_thresh is not None:

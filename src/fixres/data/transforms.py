@@ -169,10 +169,19 @@ class TrainTransform:
         interpolation_mode(self.interpolation)
 
     def __call__(self, img: Image.Image, generator: torch.Generator | None = None) -> torch.Tensor:
+        return F.pil_to_tensor(self.jitter(self.crop_flip(img, generator), generator))
+
+    def crop_flip(self, img: Image.Image, generator: torch.Generator | None = None) -> Image.Image:
+        """The geometric part: RandomResizedCrop then the flip (a recipe's policy runs between
+        it and :meth:`jitter`; the draws stay in this order either way)."""
         top, left, h, w = sample_rrc_params(img.height, img.width, self.scale, self.ratio, generator)
         img = F.resized_crop(img, top, left, h, w, [self.size, self.size],
                              interpolation=interpolation_mode(self.interpolation), antialias=True)
-        return F.pil_to_tensor(flip_and_jitter(img, self.hflip, self.color_jitter, generator))
+        return flip_and_jitter(img, self.hflip, 0.0, generator)
+
+    def jitter(self, img: Image.Image, generator: torch.Generator | None = None) -> Image.Image:
+        """The colour jitter, if any."""
+        return flip_and_jitter(img, 0.0, self.color_jitter, generator)
 
 
 def flip_and_jitter(img: Image.Image, hflip: float, color_jitter: float,

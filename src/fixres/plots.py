@@ -40,9 +40,21 @@ def styled():
 
 def new_figure(width: float = 6.4, height: float = 4.0) -> tuple[Figure, Any]:
     """A figure with one axes, attached to an Agg canvas (call inside :func:`styled`)."""
+    fig, axes = new_figures(width, height, 1, 1)
+    return fig, axes[0]
+
+
+def new_figures(width: float, height: float, rows: int, cols: int, **kwargs) -> tuple[Figure, Any]:
+    """A figure with a ``rows`` x ``cols`` grid of axes (returned flat, row by row; ``kwargs``
+    go to ``Figure.subplots``, e.g. ``sharex``), attached to an Agg canvas."""
     fig = Figure(figsize=(width, height), layout="constrained")
     FigureCanvasAgg(fig)
-    return fig, fig.add_subplot()
+    return fig, fig.subplots(rows, cols, squeeze=False, **kwargs).ravel()
+
+
+def metric_label(metric: str) -> str:
+    """The y-axis label of an accuracy metric."""
+    return {"top1": "top-1 accuracy (%)", "top5": "top-5 accuracy (%)"}.get(metric, metric)
 
 
 def save(fig: Figure, path: str | Path) -> Path:
@@ -110,7 +122,7 @@ def sweep_figure(curves: Mapping[str, Sequence], *, train_res: int | None = None
         vertical_marker(ax, predicted, "predicted", f"predicted {predicted:.0f}px (geometric)"
                         if predicted is not None else "")
         ax.set_xlabel("test resolution (px)")
-        ax.set_ylabel({"top1": "top-1 accuracy (%)", "top5": "top-5 accuracy (%)"}.get(metric, metric))
+        ax.set_ylabel(metric_label(metric))
         if title:
             ax.set_title(title)
         ax.legend(loc="best", frameon=False)
@@ -153,13 +165,11 @@ def cost_figure(curves: Mapping[str, Sequence], *, train_res: int | None = None,
         raise ValueError("cost_figure: rows without gflops")
     pcts = sorted({float(r["crop_pct"]) for rs in rows.values() for r in rs}, reverse=True)
     with styled():
-        fig = Figure(figsize=(5.2 * len(panels), 4.6), layout="constrained")
-        FigureCanvasAgg(fig)
-        for p, cost in enumerate(panels):
-            ax = fig.add_subplot(1, len(panels), p + 1)
+        fig, axes = new_figures(5.2 * len(panels), 4.6, 1, len(panels))
+        for ax, cost in zip(axes, panels):
             _cost_panel(ax, rows, cost, pcts, metric, train_res, best or {}, deploy or {})
             ax.set_xlabel(COST_AXES[cost])
-            ax.set_ylabel({"top1": "top-1 accuracy (%)", "top5": "top-5 accuracy (%)"}.get(metric, metric))
+            ax.set_ylabel(metric_label(metric))
         # One legend for the panels (they draw the same series), below them.
         fig.legend(*fig.axes[0].get_legend_handles_labels(), loc="outside lower center", frameon=False,
                    ncols=len(panels))

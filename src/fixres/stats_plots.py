@@ -28,14 +28,6 @@ def _series(result: StatsResult) -> dict[tuple[str, str], list[StatsRow]]:
     return out
 
 
-def _figure(width: float, height: float, rows: int, cols: int, **kwargs):
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-    fig = Figure(figsize=(width, height), layout="constrained")
-    FigureCanvasAgg(fig)
-    return fig, fig.subplots(rows, cols, squeeze=False, **kwargs).ravel()
-
-
 def _name(label: str, features: str) -> str:
     return label + (" (equalised)" if features == "equalised" else "")
 
@@ -57,7 +49,7 @@ def cdf_figure(result: StatsResult):
     so the zero mass is the curve's height at x = 0), the train-time reference dashed black;
     an adapted checkpoint's curve at its adapted resolution is drawn thicker."""
     from matplotlib import colormaps
-    from .plots import styled
+    from .plots import new_figures, styled
     series, ref = _series(result), result.rows[0]
     ref_values = result.values[(ref.label, "pooled", "train", ref.resolution)]
     positive = ref_values[ref_values > 0]
@@ -68,7 +60,7 @@ def cdf_figure(result: StatsResult):
     resolutions = sorted({r.resolution for rows in series.values() for r in rows})
     colour = {k: colormaps["viridis"](0.9 * i / max(1, len(resolutions) - 1)) for i, k in enumerate(resolutions)}
     with styled():
-        fig, axes = _figure(4.4 * len(series) + 0.6, 4.2, 1, len(series), sharex=True, sharey=True)
+        fig, axes = new_figures(4.4 * len(series) + 0.6, 4.2, 1, len(series), sharex=True, sharey=True)
         for ax, ((label, features), rows) in zip(axes, series.items()):
             for r in rows:
                 bold = r.resolution == r.adapted_res
@@ -91,14 +83,14 @@ def cdf_figure(result: StatsResult):
 
 def vs_resolution_figure(result: StatsResult):
     """Zero fraction, mean, W1 and channel shift against test resolution, one line per checkpoint."""
-    from .plots import PALETTE, styled, vertical_marker
+    from .plots import PALETTE, new_figures, styled, vertical_marker
     ref, series = result.rows[0], _series(result)
     panels = [("zeros", "fraction of values exactly 0", True), ("mean", "mean value", True),
               ("w1", "W1 distance to the train-time values", False),
               ("channel_shift", "channel shift (in train-time channel stds)", False)]
     adapted = sorted({rows[0].adapted_res for rows in series.values() if rows[0].adapted_res})
     with styled():
-        fig, axes = _figure(9.0, 6.8, 2, 2, sharex=True)
+        fig, axes = new_figures(9.0, 6.8, 2, 2, sharex=True)
         for ax, (key, title, has_ref) in zip(axes, panels):
             for i, ((label, features), rows) in enumerate(series.items()):
                 ax.plot([r.resolution for r in rows], [getattr(r, key) for r in rows], marker="o",

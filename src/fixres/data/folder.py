@@ -15,7 +15,7 @@ from typing import Mapping
 
 from ..errors import FixresError
 from .decode import IMAGE_EXTENSIONS, UnreadableImage, read_header
-from .index import Sample, SplitIndex
+from .index import Sample, SplitIndex, label_map
 from .pack import is_store, store_classes, store_split
 
 
@@ -81,7 +81,7 @@ def scan_split(root: str | Path, classes: tuple[str, ...] | None = None, workers
         return store_split(root, classes, labels)
     found = list_classes(root)
     classes = found if classes is None else tuple(classes)
-    label_of = dict(labels) if labels is not None else {c: i for i, c in enumerate(classes)}
+    label_of = label_map(classes, labels)
     paths = [(p, label_of[c]) for c in found if c in label_of for p in walk_files(root / c)]
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
         probes = list(pool.map(lambda pl: _probe(pl[0]), paths))
@@ -93,8 +93,7 @@ def scan_split(root: str | Path, classes: tuple[str, ...] | None = None, workers
         else:
             samples.append(Sample(rel, label, *probe))
     index = SplitIndex(root, classes, samples, skipped)
-    counts = index.class_counts()
-    empty = [c for c in found if c in label_of and counts[label_of[c]] == 0]
+    empty = index.empty_folders(found, label_of)
     if empty:
         raise FixresError(f"{root}: no readable image in class director{'y' if len(empty) == 1 else 'ies'} "
                           f"{', '.join(empty)}")

@@ -15,7 +15,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Mapping
 
 from ..errors import FixresError
 
@@ -57,6 +57,11 @@ class SplitIndex:
             counts[s.label] += 1
         return counts
 
+    def empty_folders(self, folders: Iterable[str], label_of: Mapping[str, int]) -> list[str]:
+        """The ``folders`` bound by ``label_of`` to a label that has no sample here."""
+        counts = self.class_counts()
+        return [c for c in folders if c in label_of and counts[label_of[c]] == 0]
+
     def subset(self, paths: Iterable[str], *, keep_skipped: bool = True) -> "SplitIndex":
         """The samples whose path is in ``paths``, in index order (the skipped list is kept
         unless ``keep_skipped`` is false, so files refused by the scan are counted once)."""
@@ -67,6 +72,12 @@ class SplitIndex:
     def positions(self, positions: Iterable[int]) -> "SplitIndex":
         """The samples at the given positions, in index order (skipped list kept)."""
         return replace(self, samples=[self.samples[i] for i in sorted(positions)], skipped=list(self.skipped))
+
+
+def label_map(classes: Iterable[str], labels: Mapping[str, int] | None = None) -> dict[str, int]:
+    """Folder name -> label index: ``labels`` when given (a model's label space bound to the
+    folders: :func:`fixres.labels.bind`), else a folder's position in ``classes``."""
+    return dict(labels) if labels is not None else {c: i for i, c in enumerate(classes)}
 
 
 def hash_rank(seed: int, path: str) -> bytes:

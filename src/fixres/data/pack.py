@@ -39,7 +39,7 @@ import numpy as np
 from ..errors import FixresError
 from ..rundir import sha256_file
 from .decode import UnreadableImage
-from .index import Sample, SplitIndex
+from .index import Sample, SplitIndex, label_map
 
 FORMAT_NAME = "fixres-pack"
 FORMAT_VERSION = 1
@@ -157,7 +157,7 @@ class PackedStore:
         folder -> index ``labels``, when given: see :func:`~fixres.data.folder.scan_split`)."""
         own = self.classes
         classes = own if classes is None else tuple(classes)
-        label_of = dict(labels) if labels is not None else {c: i for i, c in enumerate(classes)}
+        label_of = label_map(classes, labels)
         remap = [label_of.get(c, -1) for c in own]
         recs = self.records
         labels, widths, heights, nbytes = (recs[k].tolist() for k in ("label", "width", "height", "nbytes"))
@@ -207,9 +207,7 @@ def store_split(root: str | Path, classes: tuple[str, ...] | None = None,
     """Index a store like :func:`~fixres.data.folder.scan_split` indexes a folder."""
     store = open_store(root)
     index = store.split_index(classes, labels)
-    label_of = dict(labels) if labels is not None else {c: i for i, c in enumerate(index.classes)}
-    counts = index.class_counts()
-    empty = [c for c in store.classes if c in label_of and counts[label_of[c]] == 0]
+    empty = index.empty_folders(store.classes, label_map(index.classes, labels))
     if empty:
         raise FixresError(f"{root}: no image in class{'es' if len(empty) > 1 else ''} {', '.join(empty)}")
     return index

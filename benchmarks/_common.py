@@ -94,7 +94,7 @@ class Stepper:
 
     def __init__(self, model: torch.nn.Module, device: torch.device, channels_last: bool):
         from fixres.data.transforms import Normalizer
-        from fixres.runtime import autocast_dtype
+        from fixres.core.runtime import autocast_dtype
         self.model, self.device = model.to(device).train(), device
         if channels_last:
             self.model.to(memory_format=torch.channels_last)
@@ -106,7 +106,7 @@ class Stepper:
         self.channels_last = channels_last
 
     def __call__(self, images: torch.Tensor, labels: torch.Tensor, normalised: bool = False) -> None:
-        from fixres.runtime import autocast
+        from fixres.core.runtime import autocast
         if normalised:      # the torchvision pipeline hands over float tensors, already normalised
             x = images.to(self.device, non_blocking=True)
             x = x.contiguous(memory_format=torch.channels_last) if self.channels_last else x

@@ -22,9 +22,9 @@ import statistics
 import time
 from pathlib import Path
 
-from fixres.demo import DemoConfig, demo_train_config, run_demo
-from fixres.sweep import sweep_checkpoint
-from fixres.train import fit
+from fixres.experiments.demo import DemoConfig, demo_train_config, run_demo
+from fixres.measure.sweep import sweep_checkpoint
+from fixres.train.loop import fit
 
 
 def one_seed(seed: int, out: Path, high_res: int) -> dict:

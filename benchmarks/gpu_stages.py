@@ -27,7 +27,7 @@ from fixres.data.loader import TrainBatches, default_workers  # noqa: E402
 from fixres.data.packer import PackOptions, pack  # noqa: E402
 from fixres.data.pipeline import DeviceFinisher, train_batches  # noqa: E402
 from fixres.data.transforms import TrainTransform  # noqa: E402
-from fixres.runtime import Runtime  # noqa: E402
+from fixres.core.runtime import Runtime  # noqa: E402
 
 
 def rate(batches, n: int, sync) -> float:

@@ -39,8 +39,8 @@ from fixres.data.packer import PackOptions, pack  # noqa: E402
 from fixres.data.pipeline import sweep_batches, train_batches  # noqa: E402
 from fixres.data.transforms import EvalTransform, Normalizer, TrainTransform  # noqa: E402
 from fixres.models import create_model  # noqa: E402
-from fixres.checkpoint import versions  # noqa: E402
-from fixres.runtime import Runtime  # noqa: E402
+from fixres.models.checkpoint import versions  # noqa: E402
+from fixres.core.runtime import Runtime  # noqa: E402
 
 CPU = torch.device("cpu")
 

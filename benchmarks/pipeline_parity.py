@@ -28,9 +28,9 @@ import torch
 
 from fixres.data import scan_dataset
 from fixres.data.pipeline import eval_batches
-from fixres.evaluate import Tally, infer
-from fixres.runtime import Dist, Runtime, autocast_dtype
-from fixres.sources import open_checkpoint
+from fixres.measure.infer import Tally, infer
+from fixres.core.runtime import Dist, Runtime, autocast_dtype
+from fixres.models.sources import open_checkpoint
 
 # name -> (pipeline, eval_batches keywords)
 PATHS = {"pil": ("pil", {}), "fast device": ("fast", dict(decoder="device")),

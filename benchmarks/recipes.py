@@ -29,9 +29,9 @@ from pathlib import Path
 
 from fixres.adapt import adapt_checkpoint
 from fixres.data.synth import synthesize
-from fixres.demo import DemoConfig, demo_train_config
-from fixres.sweep import sweep_checkpoint
-from fixres.train import fit
+from fixres.experiments.demo import DemoConfig, demo_train_config
+from fixres.measure.sweep import sweep_checkpoint
+from fixres.train.loop import fit
 
 RECIPES = {
     "baseline": {},

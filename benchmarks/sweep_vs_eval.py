@@ -27,18 +27,18 @@ from pathlib import Path
 
 import torch
 
-from fixres.checkpoint import CheckpointMeta, save_checkpoint
+from fixres.models.checkpoint import CheckpointMeta, save_checkpoint
 from fixres.data.folder import list_classes, scan_split
 from fixres.data.pipeline import eval_batches, sweep_batches
 from fixres.data.preprocessing import Preprocessing
 from fixres.data.synth import synthesize
 from fixres.data.transforms import parse_resolutions
-from fixres.evaluate import evaluate
+from fixres.measure.infer import evaluate
 from fixres.models import create_model
 from fixres.models.factory import model_preprocessing
-from fixres.runtime import Runtime
-from fixres.sources import open_checkpoint
-from fixres.sweep import sweep_model
+from fixres.core.runtime import Runtime
+from fixres.models.sources import open_checkpoint
+from fixres.measure.sweep import sweep_model
 
 
 def drain(loader) -> None:

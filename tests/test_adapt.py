@@ -7,17 +7,18 @@ import timm
 import torch
 
 from fixres.adapt import adapt_checkpoint
-from fixres.adapt.data import ShiftedCentreCrop, adaptation_images, horizontal_shift, ordered_loader
-from fixres.adapt.features import collect_pooled
+from fixres.adapt.data import ShiftedCentreCrop, adaptation_images, horizontal_shift
+from fixres.data.pipeline import ordered_batches
+from fixres.models.pooled import collect_pooled
 from fixres.adapt.parametric import fit_gev, fit_law
-from fixres.checkpoint import CheckpointMeta, read_meta, save_checkpoint
+from fixres.models.checkpoint import CheckpointMeta, read_meta, save_checkpoint
 from fixres.data.decode import load_rgb
 from fixres.data.preprocessing import Preprocessing
 from fixres.data.transforms import EvalTransform
-from fixres.evaluate import evaluate_checkpoint
+from fixres.measure.infer import evaluate_checkpoint
 from fixres.models.equaliser import Equaliser, Law, gev_quantile
-from fixres.runtime import Runtime
-from fixres.sources import open_checkpoint
+from fixres.core.runtime import Runtime
+from fixres.models.sources import open_checkpoint
 from helpers import run_cli, one_line_error
 
 K = 48
@@ -141,10 +142,10 @@ def test_parametric_fits_the_train_law_with_the_runs_own_crop_settings(adapted, 
     result = adapted("parametric", method="parametric")
     model, meta = open_checkpoint(trained)
     images = adaptation_images(colour_data, meta, None, 0)
-    rt = Runtime()
+    rt = Runtime(workers=0)
 
     def train_law(prep):
-        loader = ordered_loader(images.train, prep.train_view(), FAST["batch_size"], 0, seed=0)
+        loader = ordered_batches(images.train, prep.train_view(), rt, batch_size=FAST["batch_size"], seed=0)
         return fit_law(collect_pooled(model, "fc", loader, prep.normalizer(), rt)[0])
 
     fitted = result.report["equaliser"]["train"]

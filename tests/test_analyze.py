@@ -16,7 +16,7 @@ from fixres.cli import main
 from fixres.data import load_rgb
 from fixres.data.folder import scan_split
 from fixres.data.transforms import eval_geometry, sample_rrc_params
-from fixres.errors import FixresError
+from fixres.core.errors import FixresError
 
 RATIO = (3 / 4, 4 / 3)
 trapezoid = getattr(np, "trapezoid", None) or np.trapz   # numpy < 2 has only trapz

@@ -8,7 +8,7 @@ from PIL import Image
 from fixres.data import EvalTransform, ImageDataset, load_rgb, read_header, scan_dataset, scan_split
 from fixres.data.decode import MAX_IMAGE_PIXELS, UnreadableImage
 from fixres.data.loader import EvalShard, make_loader
-from fixres.errors import FixresError
+from fixres.core.errors import FixresError
 
 RGB = np.zeros((30, 40, 3), np.uint8)
 RGB[:, :20] = (200, 40, 10)

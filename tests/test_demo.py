@@ -4,8 +4,8 @@ import json
 import pytest
 
 from fixres.cli import main
-from fixres.demo import DemoConfig, run_demo
-from fixres.report import demo_rows, demo_table
+from fixres.experiments.demo import DemoConfig, run_demo
+from fixres.experiments.report import demo_rows, demo_table
 
 pytestmark = pytest.mark.slow
 

@@ -11,10 +11,10 @@ from PIL import Image
 
 from fixres.cli import main
 from fixres.data import EvalTransform, Normalizer, load_rgb
-from fixres.errors import FixresError
-from fixres.export import export_checkpoint
-from fixres.predict import predict
-from fixres.sources import open_checkpoint
+from fixres.core.errors import FixresError
+from fixres.deploy.export import export_checkpoint
+from fixres.deploy.predict import predict
+from fixres.models.sources import open_checkpoint
 from helpers import one_line_error
 
 TRAIN_RES, ADAPTED_RES = 32, 48
@@ -214,7 +214,7 @@ def test_onnx_without_the_packages_is_one_clear_line(ckpts, tmp_path, monkeypatc
 def test_an_export_is_a_model_every_command_takes_as_checkpoint(exported, colour_data, tmp_path, capsys):
     """--checkpoint EXPORTED_FOLDER is the timm folder it is (as --model local-dir:), in adapt too."""
     from fixres.adapt import adapt_checkpoint
-    from fixres.sources import ModelSource
+    from fixres.models.sources import ModelSource
     result = adapt_checkpoint(ModelSource(checkpoint=str(exported)), colour_data, test_res=ADAPTED_RES, epochs=1,
                               workers=0, batch_size=12, device="cpu", quiet=True, out=tmp_path / "readapted")
     assert result.after.n == 24 and (tmp_path / "readapted" / "meta.json").is_file()

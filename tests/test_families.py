@@ -12,13 +12,13 @@ from PIL import Image
 from timm.data import create_transform, resolve_data_config
 
 from fixres.adapt import adapt_checkpoint
-from fixres.checkpoint import CheckpointMeta, save_checkpoint
+from fixres.models.checkpoint import CheckpointMeta, save_checkpoint
 from fixres.data.preprocessing import Preprocessing
-from fixres.errors import FixresError
-from fixres.export import export_checkpoint
+from fixres.core.errors import FixresError
+from fixres.deploy.export import export_checkpoint
 from fixres.models import create_model
-from fixres.sources import open_checkpoint
-from fixres.sweep import sweep_checkpoint
+from fixres.models.sources import open_checkpoint
+from fixres.measure.sweep import sweep_checkpoint
 from helpers import one_line_error, run_cli
 
 TINY_VIT = dict(embed_dim=32, depth=1, num_heads=1)

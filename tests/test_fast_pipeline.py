@@ -25,10 +25,10 @@ from fixres.data.device_transforms import crop_axes, draw_train, eval_axes, flat
 from fixres.data.loader import TrainBatches, mix_seed
 from fixres.data.pipeline import eval_batches, sweep_batches, train_batches
 from fixres.data.transforms import EvalTransform, TrainTransform
-from fixres.evaluate import Tally, infer
-from fixres.errors import FixresError
-from fixres.runtime import Dist, Runtime
-from fixres.sources import open_checkpoint
+from fixres.measure.infer import Tally, infer
+from fixres.core.errors import FixresError
+from fixres.core.runtime import Dist, Runtime
+from fixres.models.sources import open_checkpoint
 
 CPU = torch.device("cpu")
 

@@ -179,7 +179,7 @@ def test_diverging_before_any_checkpoint_says_so(colour_data, tmp_path, capsys):
 
 
 def test_out_of_memory_names_the_batch_and_suggests_a_fix(colour_data, tmp_path, capsys, monkeypatch):
-    from fixres import train as train_module
+    from fixres.train import loop as train_module
 
     class Exploding(torch.nn.Module):
         fits = 1                # the largest batch that fits: 1 passes the one-image size check before training

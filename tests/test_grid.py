@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-import fixres.grid.run as grid_run
+import fixres.experiments.grid.run as grid_run
 from fixres.cli import main
-from fixres.errors import FixresError
-from fixres.grid import GRID_FILES, GridConfig, config_dict, load_config, run_grid
+from fixres.core.errors import FixresError
+from fixres.experiments.grid import GRID_FILES, GridConfig, config_dict, load_config, run_grid
 
 CI = Path(__file__).resolve().parents[1] / "configs" / "embedded-grid-ci.yaml"
 FAST = ["--workers", "0", "--quiet"]
@@ -80,7 +80,7 @@ def test_tables_agree_with_the_cells(grid):
 
 
 class Spy:
-    """Wraps a function of fixres.grid.run, counting calls (and optionally failing at call N)."""
+    """Wraps a function of fixres.experiments.grid.run, counting calls (and optionally failing at call N)."""
 
     def __init__(self, monkeypatch, name, fail_at=None):
         self.real, self.calls, self.fail_at = getattr(grid_run, name), [], fail_at

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-import fixres.sources
+import fixres.models.sources
 from helpers import one_line_error, run_cli
 
 
@@ -26,7 +26,7 @@ def no_work(monkeypatch):
     """Opening a checkpoint is where every model command's work starts: reaching it fails the test."""
     def refuse(*a, **k):
         raise AssertionError("the work started before the output location was checked")
-    monkeypatch.setattr(fixres.sources, "build_model", refuse)
+    monkeypatch.setattr(fixres.models.sources, "build_model", refuse)
 
 
 @pytest.fixture
@@ -83,10 +83,10 @@ CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 def test_data_commands_grid_and_analyze_check_their_output_first(colour_data, tmp_path, capsys, monkeypatch):
     import fixres.data.packer
     import fixres.data.synth
-    import fixres.grid.run
+    import fixres.experiments.grid.run
     monkeypatch.setattr(fixres.data.synth, "synthesize", lambda *a, **k: pytest.fail("rendering started"))
     monkeypatch.setattr(fixres.data.packer, "pack", lambda *a, **k: pytest.fail("packing started"))
-    monkeypatch.setattr(fixres.grid.run, "ensure_data", lambda *a, **k: pytest.fail("the grid started"))
+    monkeypatch.setattr(fixres.experiments.grid.run, "ensure_data", lambda *a, **k: pytest.fail("the grid started"))
     for out, reason in _unusable(tmp_path):
         for argv in (["data", "synth", out, "--train-per-class", 2, "--val-per-class", 1, "--quiet"],
                      ["data", "pack", colour_data, out, "--quiet"],

@@ -14,8 +14,8 @@ from fixres.data.loader import Skipped
 from fixres.data.pack import HEADER, INDEX, PackedStore, verify_store
 from fixres.data.packer import PackOptions, pack
 from fixres.data.transforms import EvalTransform
-from fixres.errors import FixresError
-from fixres.evaluate import evaluate_checkpoint
+from fixres.core.errors import FixresError
+from fixres.measure.infer import evaluate_checkpoint
 
 QUIET = dict(progress=False)
 

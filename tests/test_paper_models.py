@@ -5,11 +5,11 @@ import timm
 import torch
 
 from fixres.adapt import find_adaptable_layers, make_plan
-from fixres.costs import count_flops, model_flops
-from fixres.errors import FixresError
-from fixres.grid.config import train_config
+from fixres.measure.costs import count_flops, model_flops
+from fixres.core.errors import FixresError
+from fixres.experiments.grid.config import train_config
 from fixres.models import create_model, model_preprocessing
-from fixres.transfer import RESNEXT_WSL, check_tagged
+from fixres.experiments.transfer import RESNEXT_WSL, check_tagged
 
 IMAGENET = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 INCEPTION = ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))     # AdvProp and PNASNet weights were trained with these

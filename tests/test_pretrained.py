@@ -15,15 +15,15 @@ from PIL import Image
 from safetensors.torch import load_file, save_file
 from timm.data import ImageNetInfo, create_transform, resolve_data_config
 
-import fixres.sources
+import fixres.models.sources
 from fixres.adapt import adapt_checkpoint
 from fixres.data.synth import synthesize
-from fixres.errors import FixresError
-from fixres.evaluate import evaluate_checkpoint
-from fixres.export import export_checkpoint
-from fixres.predict import predict
-from fixres.sources import ModelSource, open_model
-from fixres.sweep import sweep_checkpoint
+from fixres.core.errors import FixresError
+from fixres.measure.infer import evaluate_checkpoint
+from fixres.deploy.export import export_checkpoint
+from fixres.deploy.predict import predict
+from fixres.models.sources import ModelSource, open_model
+from fixres.measure.sweep import sweep_checkpoint
 from helpers import one_line_error, run_cli
 
 WNIDS = ("n01440764", "n01443537", "n01484850", "n01491361")     # tench, goldfish, great white shark, tiger shark
@@ -105,7 +105,7 @@ def test_test_size_and_crop_of_the_weights_tag_are_the_default_test_geometry(tmp
     """resnet50.a1_in1k declares input 224 / crop 0.95 and test 288 / crop 1.0 (timm validate.py's default)."""
     torch.manual_seed(0)
     with torch.device("meta"):
-        from fixres.sources import foreign_preprocessing
+        from fixres.models.sources import foreign_preprocessing
         prep = foreign_preprocessing(timm.create_model("resnet50.a1_in1k"), "resnet50.a1_in1k")
     assert (prep.train_res, prep.test_res, prep.crop_pct, prep.interpolation) == (224, 288, 1.0, "bicubic")
 
@@ -188,7 +188,7 @@ def test_bad_inputs_are_one_line(inet, weights, tmp_path, capsys, monkeypatch):
     one_line_error(*run_cli(capsys, *base, "--model", "test_resnet")[::2], "needs weights")
     one_line_error(*run_cli(capsys, *base, "--checkpoint", "x", "--model", "test_resnet", "--weights", weights)[::2],
                    "not both")
-    monkeypatch.setattr(fixres.sources, "hub_reachable", lambda timeout=3.0: False)
+    monkeypatch.setattr(fixres.models.sources, "hub_reachable", lambda timeout=3.0: False)
     one_line_error(*run_cli(capsys, *base, "--model", "resnet18.a1_in1k", "--pretrained")[::2],
                    "not reachable", "--weights FILE")
 

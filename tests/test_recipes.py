@@ -1,4 +1,4 @@
-"""The recipe parts (fixres.recipes, data.repeat_aug): exact on resume, timm's semantics,
+"""The recipe parts (fixres.train.recipes, data.repeat_aug): exact on resume, timm's semantics,
 refused bad input, the recipe configs, the metric sinks."""
 import json
 import os
@@ -16,12 +16,12 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
-from fixres import checkpoint as ckpt
+from fixres.models import checkpoint as ckpt
 from fixres.cli import main
 from fixres.data.repeat_aug import RepeatedBatches, repeat_order
 from fixres.data.transforms import TrainTransform
-from fixres.recipes import AugmentedTrainTransform, BatchRecipe, ResolutionSchedule, seeded_rngs
-from fixres.train_config import TrainConfig
+from fixres.train.recipes import AugmentedTrainTransform, BatchRecipe, ResolutionSchedule, seeded_rngs
+from fixres.train.config import TrainConfig
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
@@ -111,7 +111,7 @@ def test_ema_weights_through_the_commands(colour_data, tmp_path, capsys):
     assert main(["train", "--data", str(colour_data), "--out", str(run), "--model", "test_resnet", "--train-res",
                  "32", "--epochs", "1", "--batch-size", "24", "--ema-decay", "0.5", "--workers", "0",
                  "--quiet"]) == 0
-    from fixres.sources import open_checkpoint
+    from fixres.models.sources import open_checkpoint
     model, meta = open_checkpoint(run)
     ema, ema_meta = open_checkpoint(run, ema=True)
     assert ema_meta.recipe["weights"] == "ema" and ema_meta.ema is None
@@ -223,7 +223,7 @@ def test_bad_recipe_settings_are_one_line_errors(colour_data, tmp_path, capsys, 
 
 
 def test_metric_sinks_absent_and_present(colour_data, tmp_path, capsys, monkeypatch):
-    import fixres.metrics_log as sinks
+    import fixres.train.metrics_log as sinks
     monkeypatch.setattr(sinks, "tensorboard_available", lambda: False)
     monkeypatch.setattr(sinks, "wandb_available", lambda: False)
     base = ["train", "--data", str(colour_data), "--model", "test_resnet", "--train-res", "32", "--epochs", "1",
@@ -241,7 +241,7 @@ def test_metric_sinks_absent_and_present(colour_data, tmp_path, capsys, monkeypa
 
 @pytest.mark.parametrize("name", ["imagenet-resnet50-rsb-a3-train160", "imagenet-resnet50-ffcv-progressive-160-192"])
 def test_recipe_configs_carry_the_published_recipes(name):
-    from fixres.transfer import load_experiment
+    from fixres.experiments.transfer import load_experiment
     path = CONFIGS / f"{name}.yaml"
     cfg = load_experiment(path)                          # every key known, every value valid
     train = cfg.train_config(cfg.train_res[0])

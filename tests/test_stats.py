@@ -10,17 +10,17 @@ import torch
 from torch import nn
 
 from fixres.adapt import Equaliser, adapt_checkpoint, pooled_features
-from fixres.checkpoint import save_checkpoint
+from fixres.models.checkpoint import save_checkpoint
 from fixres.cli import main
 from fixres.data.decode import load_rgb
 from fixres.data.index import balanced_sample
 from fixres.data.loader import mix_seed
 from fixres.data.transforms import EvalTransform, TrainTransform
-from fixres.errors import FixresError
-from fixres.evaluate import load_split
-from fixres.sources import open_checkpoint
-from fixres.stats import channel_shift, describe, feature_stats, features, ks_statistic, wasserstein1
-from fixres.stats_plots import cdf_figure, vs_resolution_figure
+from fixres.core.errors import FixresError
+from fixres.measure.infer import load_split
+from fixres.models.sources import open_checkpoint
+from fixres.measure.stats import channel_shift, describe, feature_stats, features, ks_statistic, wasserstein1
+from fixres.measure.stats_plots import cdf_figure, vs_resolution_figure
 from helpers import one_line_error
 
 FAST = dict(batch_size=16, workers=0, device="cpu")   # compared with CPU forwards below

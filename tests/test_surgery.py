@@ -6,7 +6,7 @@ import torch
 from fixres.adapt import find_adaptable_layers, make_plan, pooled_features
 from fixres.adapt.graph import check_split, split_graph
 from fixres.adapt.surgery import freeze_for, set_modes
-from fixres.errors import FixresError
+from fixres.core.errors import FixresError
 
 PNAS_FINAL = ("cell_11.conv_1x1.bn", "cell_11.comb_iter_0_left.bn_sep_2", "cell_11.comb_iter_1_left.bn_sep_2",
               "cell_11.comb_iter_2_left.bn_sep_2", "cell_11.comb_iter_2_right.bn_sep_2",

@@ -7,16 +7,16 @@ import types
 
 import pytest
 
-from fixres.checkpoint import find_checkpoint, read_meta, save_checkpoint
+from fixres.models.checkpoint import find_checkpoint, read_meta, save_checkpoint
 from fixres.data.folder import scan_split
 from fixres.data.index import split_holdout
 from fixres.data.transforms import parse_resolutions
-from fixres.errors import FixresError
-from fixres.evaluate import evaluate_checkpoint
-from fixres.plots import plot_sweep, sweep_figure
-from fixres.sources import open_checkpoint
-from fixres.sweep import choose_best, sweep_checkpoint
-from fixres.sweep_report import sweep_json, sweep_table
+from fixres.core.errors import FixresError
+from fixres.measure.infer import evaluate_checkpoint
+from fixres.core.plots import plot_sweep, sweep_figure
+from fixres.models.sources import open_checkpoint
+from fixres.measure.sweep import choose_best, sweep_checkpoint
+from fixres.measure.sweep_report import sweep_json, sweep_table
 from helpers import one_line_error, run_cli
 
 FAST = dict(batch_size=12, workers=0)
@@ -189,7 +189,7 @@ def test_predicted_marker_gets_the_runs_rrc_settings(run, colour_data, monkeypat
         calls.append((train_res, scale, ratio, crop_pct, len(sizes)))
         return types.SimpleNamespace(test_res=41, statistic=statistic, source=source)
 
-    monkeypatch.setattr("fixres.sweep.predict_test_res", predict_test_res)
+    monkeypatch.setattr("fixres.measure.sweep.predict_test_res", predict_test_res)
     result = sweep_checkpoint(run, colour_data, test_res=[32], crop_pct=[1.0], select_on="val", **FAST, **UNTIMED)
     assert calls == [(32, (0.25, 1.0), (0.75, 4 / 3), 1.0, 24)]        # the run's --scale 0.25 1.0, val's sizes
     assert result.predicted["test_res"] == 41 and "41px" in sweep_table(result)
@@ -225,8 +225,8 @@ def test_plot_draws_every_row_and_marker(tmp_path):
 
 # ----------------------------------------------------------------------------- cost and deployment
 def test_rows_carry_the_cost_and_the_choices_are_made_on_the_selection_split(run, colour_data):
-    from fixres.costs import model_flops
-    from fixres.deploy import choose_best, deployment, under_budget, within_best
+    from fixres.measure.costs import model_flops
+    from fixres.measure.choose import choose_best, deployment, under_budget, within_best
     flops = model_flops("test_resnet", 3, [24, 32, 48])
     budget = flops[32] / 1e9
     result = sweep_checkpoint(run, colour_data, test_res=[24, 32, 48], within=100, budget_gflops=budget,

@@ -8,15 +8,15 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-import fixres.grid.run as grid_run
-from fixres.checkpoint import read_meta
-from fixres.sources import open_checkpoint
+import fixres.experiments.grid.run as grid_run
+from fixres.models.checkpoint import read_meta
+from fixres.models.sources import open_checkpoint
 from fixres.cli import main
 from fixres.data.synth import CLASS_NAMES, synthesize
-from fixres.errors import FixresError
-from fixres.grid.config import load_config
+from fixres.core.errors import FixresError
+from fixres.experiments.grid.config import load_config
 from fixres.models import create_model
-from fixres.transfer import TransferConfig, load_experiment, run_transfer, weights_fit
+from fixres.experiments.transfer import TransferConfig, load_experiment, run_transfer, weights_fit
 
 FAST = ["--workers", "0", "--quiet"]
 SETS = ["--set", "train.epochs=1", "--set", "train.batch_size=12", "--set", "train.holdout=0.25",

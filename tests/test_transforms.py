@@ -8,7 +8,7 @@ from torchvision.transforms import v2
 
 from fixres.data import load_rgb
 from fixres.data.transforms import EvalTransform, TrainTransform, normalize, sample_rrc_params, eval_geometry
-from fixres.errors import FixresError
+from fixres.core.errors import FixresError
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 

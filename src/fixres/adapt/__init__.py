@@ -9,9 +9,9 @@ Training runs on cached features of the frozen layers when the model can be spli
 (torch.fx), which is the same computation as the full-network loop, at a fraction of
 the cost.
 """
-from .features import pooled_features
-from .options import AdaptOptions
 from ..models.equaliser import Equaliser, reapply_adaptation
+from ..models.pooled import pooled_features
+from .options import AdaptOptions
 from .pipeline import AdaptResult, adapt_checkpoint
 from .surgery import METHODS, Plan, find_adaptable_layers, find_classifier, make_plan
 

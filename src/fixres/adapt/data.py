@@ -16,15 +16,15 @@ from PIL import Image
 from torch.utils.data import Sampler
 from torchvision.transforms.v2 import functional as F
 
-from ..checkpoint import CheckpointMeta
+from ..core.errors import FixresError
+from ..core.runtime import Dist
 from ..data.index import SplitIndex, split_holdout
 from ..data.loader import ImageDataset, make_loader, mix_seed
 from ..data.preprocessing import Preprocessing
 from ..data.transforms import eval_geometry, flip_and_jitter, interpolation_mode
-from ..errors import FixresError
-from ..evaluate import load_split
-from ..labels import Binding
-from ..runtime import Dist
+from ..measure.infer import load_split
+from ..models.checkpoint import CheckpointMeta
+from ..models.labels import Binding
 
 
 @dataclass(frozen=True)
@@ -106,28 +106,3 @@ def adaptation_images(data: str | Path, meta: CheckpointMeta, images: int | None
     if not len(train):
         raise FixresError(f"{data}/train has no training image left for adaptation")
     return Images(train, val, held, available)
-
-
-class Sequential(Sampler):
-    """Batches ``0..n-1`` in order; with a seed, items are ``(index, mix_seed(seed, index))``
-    so that a random transform draws the same for an image whatever the batching.
-    Rank ``r`` of ``W`` takes batches ``r, r+W, ...``: every image exactly once overall."""
-
-    def __init__(self, n: int, batch_size: int, seed: int | None = None, rank: int = 0, world: int = 1):
-        self.n, self.batch_size, self.seed, self.rank, self.world = n, batch_size, seed, rank, world
-
-    def __len__(self) -> int:
-        return len(range(self.rank, -(-self.n // self.batch_size), self.world))
-
-    def __iter__(self):
-        for begin in range(self.rank * self.batch_size, self.n, self.batch_size * self.world):
-            idx = range(begin, min(begin + self.batch_size, self.n))
-            yield list(idx) if self.seed is None else [(i, mix_seed(self.seed, i)) for i in idx]
-
-
-def ordered_loader(split: SplitIndex, transform, batch_size: int, workers: int | None, *, seed: int | None = None,
-                   pin_memory: bool = False, dist_env: Dist = Dist()):
-    """Every image of ``split`` once, in index order (for caching and statistics); under
-    several processes each rank gets its share of the batches."""
-    sampler = Sequential(len(split), batch_size, seed, dist_env.rank, dist_env.world)
-    return make_loader(ImageDataset(split, transform), batch_sampler=sampler, workers=workers, pin_memory=pin_memory)

@@ -23,9 +23,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from ..core.runtime import Dist, Runtime, autocast, gather_lists
 from ..data.transforms import Normalizer
-from ..runtime import Dist, Runtime, autocast, gather_lists
-from .surgery import find_classifier
 
 CACHE_FRACTION = 0.5
 
@@ -145,55 +144,3 @@ def _merge_ranks(tensors, reason: str, labels: torch.Tensor, valid: torch.Tensor
         torch.distributed.all_reduce(merged)
         t.copy_(merged.to(t.dtype))
     return tensors, ""
-
-
-class _Capture:
-    def __init__(self):
-        self.rows: list[torch.Tensor] = []
-
-    def __call__(self, module, args):
-        self.rows.append(args[0].detach().flatten(1).float())
-
-
-def pooled_features(model: nn.Module, images: torch.Tensor, *, classifier: str | None = None) -> torch.Tensor:
-    """The classifier's input (the pooled features, ``(N, C)``) for normalised images.
-
-    Read before any equalisation a checkpoint may apply to it (``method parametric``).
-    """
-    capture = _Capture()
-    handle = model.get_submodule(classifier or find_classifier(model)).register_forward_pre_hook(capture, prepend=True)
-    try:
-        with torch.no_grad():
-            model(images)
-    finally:
-        handle.remove()
-    return capture.rows[-1]
-
-
-@torch.no_grad()
-def collect_pooled(model: nn.Module, classifier: str, loader, normalizer: Normalizer,
-                   rt: Runtime) -> tuple[torch.Tensor, list]:
-    """Pooled features of every decodable image of ``loader`` (CPU, float32, in image index
-    order, gathered from every rank) and the skipped files."""
-    capture, skipped, indices = _Capture(), [], []
-    handle = model.get_submodule(classifier).register_forward_pre_hook(capture, prepend=True)
-    model.eval()
-    try:
-        for batch in loader:
-            skipped.extend(batch.skipped)
-            if batch.images is not None:
-                with autocast(rt.device, rt.amp_dtype):
-                    model(normalizer(batch.images, rt.device))
-                indices.append(batch.indices)
-    finally:
-        handle.remove()
-    rows = torch.cat([r.cpu() for r in capture.rows]) if capture.rows else torch.zeros(0, 0)
-    order = torch.cat(indices) if indices else torch.zeros(0, dtype=torch.long)
-    if rt.dist.enabled:
-        parts: list = [None] * rt.dist.world
-        torch.distributed.all_gather_object(parts, (order, rows))
-        parts = [p for p in parts if len(p[0])]
-        order = torch.cat([p[0] for p in parts]) if parts else order
-        rows = torch.cat([p[1] for p in parts]) if parts else rows
-        skipped = gather_lists(skipped, rt.dist)
-    return rows[order.argsort()] if len(order) else rows, skipped

@@ -17,12 +17,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..core.errors import FixresError
+from ..core.runtime import Dist, Runtime, all_reduce_sum, autocast, average_batchnorm_buffers, gather_lists
 from ..data.index import SplitIndex
-from ..data.loader import ImageDataset, TrainBatches, make_loader, stop_workers
+from ..data.loader import TrainBatches, stop_workers
+from ..data.pipeline import sampled_batches
 from ..data.transforms import Normalizer
-from ..errors import FixresError
-from ..optim import param_groups
-from ..runtime import Dist, Runtime, all_reduce_sum, autocast, average_batchnorm_buffers, gather_lists
+from ..train.optim import param_groups
 from .features import FeatureCache
 from .options import BN_MOMENTUM, MOMENTUM, WEIGHT_DECAY, AdaptOptions
 from .surgery import Plan, batchnorms_in, freeze_for, set_modes
@@ -53,8 +54,7 @@ class NaiveBatches:
         if batch_size % world:
             raise FixresError(f"--batch-size {batch_size} is not divisible by the {world} processes")
         self.sampler = TrainBatches(len(split), batch_size, seed, rt.dist.rank, world)
-        self.loader = make_loader(ImageDataset(split, transform), batch_sampler=self.sampler, workers=rt.workers,
-                                  pin_memory=rt.pin_memory, persistent=True)
+        self.loader = sampled_batches(split, transform, self.sampler, rt, persistent=True)
         self.normalizer, self.device, self.skipped = normalizer, rt.device, skipped
 
     def __call__(self, epoch: int):

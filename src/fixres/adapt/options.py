@@ -4,10 +4,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal, Optional
 
-from ..config import option
+from ..core.errors import FixresError
+from ..core.options import option
+from ..core.runtime import RuntimeOptions
 from ..data.transforms import check_crop_pct, check_resolution
-from ..errors import FixresError
-from ..runtime import RuntimeOptions
 from .surgery import METHODS
 
 TRAINING_METHODS = ("fixres", "head", "full")

@@ -31,7 +31,7 @@ import math
 
 import torch
 
-from ..errors import FixresError
+from ..core.errors import FixresError
 from ..models.equaliser import XI, Equaliser, Law
 
 

@@ -14,20 +14,22 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..checkpoint import META, CheckpointMeta, find_checkpoint, save_checkpoint, versions
-from ..config import to_dict, with_overrides
+from ..core.errors import FixresError
+from ..core.options import to_dict, with_overrides
+from ..core.rundir import prepare_run_dir, write_json
+from ..core.runtime import Dist, Runtime, barrier, gather_lists
 from ..data.loader import ImageDataset, Skipped
+from ..data.pipeline import ordered_batches
 from ..data.preprocessing import Preprocessing
 from ..data.transforms import Normalizer
-from ..errors import FixresError
-from ..evaluate import EvalResult, evaluate
+from ..measure.infer import EvalResult, evaluate
+from ..models.checkpoint import META, CheckpointMeta, find_checkpoint, save_checkpoint, versions
 from ..models.equaliser import attach, has_equaliser
+from ..models.pooled import collect_pooled
 from ..models.sizes import check_input_size
-from ..rundir import prepare_run_dir, write_json
-from ..runtime import Dist, Runtime, barrier, gather_lists
-from ..sources import ModelSource, Opened, as_source, open_for_data
-from .data import Images, adapt_transform, adaptation_images, ordered_loader
-from .features import build_cache, collect_pooled
+from ..models.sources import ModelSource, Opened, as_source, open_for_data
+from .data import Images, adapt_transform, adaptation_images
+from .features import build_cache
 from .graph import Split, check_split, split_graph
 from .methods import NaiveBatches, cached_batches, reestimate_bn, train
 from .options import AdaptOptions
@@ -78,7 +80,7 @@ def adapt_checkpoint(checkpoint: "str | Path | ModelSource", data: str | Path, o
 
     Args:
         checkpoint: a checkpoint path (run directory, checkpoint directory, model.safetensors)
-            or any :class:`~fixres.sources.ModelSource` (a model someone else trained: its
+            or any :class:`~fixres.models.sources.ModelSource` (a model someone else trained: its
             classes are bound to the dataset's folders; with ``restrict_labels`` the adapted
             checkpoint keeps the dataset's classes only).
         data: dataset directory with train/ (adaptation images) and val/ (before/after).
@@ -165,8 +167,7 @@ class _Context:
         return result
 
     def loader(self, transform, seed: int | None = None):
-        return ordered_loader(self.imgs.train, transform, self.opts.batch_size, self.rt.workers, seed=seed,
-                              pin_memory=self.rt.pin_memory, dist_env=self.rt.dist)
+        return ordered_batches(self.imgs.train, transform, self.rt, batch_size=self.opts.batch_size, seed=seed)
 
 
 class _Inputs(nn.Module):

@@ -26,7 +26,7 @@ import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from ..errors import FixresError
+from ..core.errors import FixresError
 from ..models.heads import architecture, declared_classifiers, find_classifier
 from .graph import final_batchnorms, trace
 

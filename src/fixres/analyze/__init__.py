@@ -27,8 +27,18 @@ then a centre-crop fallback) over the dataset's real image sizes. Either way thi
 *geometric* prediction only: on real data the measured optimum is often higher, because
 more test pixels also resolve more detail (METHOD.md section 7); ``fixres sweep`` measures it.
 """
-from .geometry import (GEOMETRIC_NOTE, STATISTICS, Prediction, apparent_size_ratios, compare_statistics,
-                       crop_extents, predict_test_res, rrc_moments, sample_rrc_sizes, sensitivity)
+from .geometry import (
+                       GEOMETRIC_NOTE,
+                       STATISTICS,
+                       Prediction,
+                       apparent_size_ratios,
+                       compare_statistics,
+                       crop_extents,
+                       predict_test_res,
+                       rrc_moments,
+                       sample_rrc_sizes,
+                       sensitivity,
+)
 from .plot import plot_apparent_size
 from .sizes import SizeScan, image_sizes, parse_size, read_size, scan_sizes
 

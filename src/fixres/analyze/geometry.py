@@ -15,9 +15,15 @@ from typing import Sequence
 
 import numpy as np
 
-from ..data.transforms import (DEFAULT_CROP_PCT, DEFAULT_RATIO, DEFAULT_SCALE, check_crop_pct, check_resolution,
-                               eval_geometry)
-from ..errors import FixresError
+from ..core.errors import FixresError
+from ..data.transforms import (
+    DEFAULT_CROP_PCT,
+    DEFAULT_RATIO,
+    DEFAULT_SCALE,
+    check_crop_pct,
+    check_resolution,
+    eval_geometry,
+)
 
 #: statistic name -> (power of the mean of z_test / z_train that is set to 1, what it matches)
 STATISTICS = {

@@ -30,7 +30,7 @@ def plot_apparent_size(path: str | Path, train_res: int, *, scale=DEFAULT_SCALE,
     """
     from matplotlib.ticker import FixedLocator, FormatStrFormatter, NullFormatter
 
-    from ..plots import PALETTE, new_figure, save, styled
+    from ..core.plots import PALETTE, new_figure, save, styled
 
     pred = predict_test_res(train_res, scale=scale, ratio=ratio, crop_pct=crop_pct, sizes=sizes,
                             statistic=statistic, samples=samples, seed=seed, source=source)

@@ -11,9 +11,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..core.errors import FixresError
 from ..data.decode import IMAGE_EXTENSIONS, UnreadableImage, read_header
 from ..data.folder import walk_files
-from ..errors import FixresError
 
 _CHUNK = 256                             # paths per thread task: the per-task overhead dominates otherwise
 

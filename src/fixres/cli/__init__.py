@@ -1,7 +1,7 @@
 """The command line: ``fixres <command> ...``. The only code that reads argv.
 
 Each command module registers a sub-parser and a handler ``run(args) -> int`` that turns
-flags into a library call. A :class:`~fixres.errors.FixresError` becomes one line on
+flags into a library call. A :class:`~fixres.core.errors.FixresError` becomes one line on
 stderr and exit code 2.
 """
 from __future__ import annotations
@@ -10,12 +10,23 @@ import argparse
 import os
 import sys
 
-from .. import __version__
-from ..errors import FixresError
-from ..runtime import shutdown_distributed
-from . import adapt_cmd, analyze_cmd, data_cmd, demo_cmd, eval_cmd, export_cmd, predict_cmd, sweep_cmd, train_cmd
-from . import stats_cmd
-from . import grid_cmd, transfer_cmd
+from ..core.errors import FixresError
+from ..core.runtime import shutdown_distributed
+from ..version import __version__
+from . import (
+    adapt_cmd,
+    analyze_cmd,
+    data_cmd,
+    demo_cmd,
+    eval_cmd,
+    export_cmd,
+    grid_cmd,
+    predict_cmd,
+    stats_cmd,
+    sweep_cmd,
+    train_cmd,
+    transfer_cmd,
+)
 
 # In the order of the data flow: data -> train -> evaluate/sweep -> adapt -> export/predict.
 COMMANDS = (demo_cmd, data_cmd, analyze_cmd, train_cmd, eval_cmd, sweep_cmd, adapt_cmd, export_cmd, predict_cmd, stats_cmd, grid_cmd, transfer_cmd)

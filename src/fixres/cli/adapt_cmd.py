@@ -2,8 +2,8 @@
 from __future__ import annotations
 
 from ..adapt import AdaptOptions, adapt_checkpoint
-from ..config import add_arguments, build, from_namespace
-from ..runtime import init_distributed
+from ..core.options import add_arguments, build, from_namespace
+from ..core.runtime import init_distributed
 from .common import add_model_source, model_source, print_json
 
 

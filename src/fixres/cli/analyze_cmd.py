@@ -1,17 +1,23 @@
 """``fixres analyze``: the geometric prediction of the test resolution (apparent object size)."""
 from __future__ import annotations
 
-from ..analyze import (GEOMETRIC_NOTE, STATISTICS, compare_statistics, parse_size, plot_apparent_size, scan_sizes,
-                       sensitivity)
+from ..analyze import (
+    GEOMETRIC_NOTE,
+    STATISTICS,
+    compare_statistics,
+    parse_size,
+    plot_apparent_size,
+    scan_sizes,
+    sensitivity,
+)
 from ..analyze.geometry import check_statistic
 from ..analyze.sizes import split_dir
+from ..core.errors import FixresError
+from ..core.rundir import prepare_output_file
 from ..data.preprocessing import Preprocessing
 from ..data.transforms import check_resolution
-from ..errors import FixresError
-from ..rundir import prepare_output_file
-from ..sources import ModelSource, declared_preprocessing
+from ..models.sources import ModelSource, declared_preprocessing
 from .common import print_json, table
-
 
 MEAN_NAME = {"mean-ratio": "mean", "geometric": "geometric mean", "mean-size": "harmonic mean"}
 

@@ -4,13 +4,13 @@ from __future__ import annotations
 import json
 import sys
 
-from ..config import add_arguments, build, from_namespace
-from ..sources import ModelSource
-from ..tables import table  # noqa: F401  (re-exported for command modules)
+from ..core.options import add_arguments, build, from_namespace
+from ..core.tables import table  # noqa: F401  (re-exported for command modules)
+from ..models.sources import ModelSource
 
 
 def add_model_source(p, exclude: tuple[str, ...] = ()) -> None:
-    """The model flags every command that takes a model shares (see :class:`~fixres.sources.ModelSource`)."""
+    """The model flags every command that takes a model shares (see :class:`~fixres.models.sources.ModelSource`)."""
     add_arguments(p, ModelSource, exclude=exclude)
 
 

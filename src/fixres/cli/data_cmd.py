@@ -3,8 +3,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..errors import FixresError
-from ..rundir import ensure_writable_dir
+from ..core.errors import FixresError
+from ..core.rundir import ensure_writable_dir
 
 
 def register(sub) -> None:

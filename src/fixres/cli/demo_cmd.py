@@ -1,8 +1,8 @@
 """``fixres demo``: the whole story on the embedded synthetic dataset."""
 from __future__ import annotations
 
-from ..demo import DemoConfig, run_demo
-from ..report import demo_table, story_lines
+from ..experiments.demo import DemoConfig, run_demo
+from ..experiments.report import demo_table, story_lines
 
 
 def register(sub) -> None:

@@ -1,9 +1,9 @@
 """``fixres eval``: top-1/top-5/loss of a checkpoint at one test resolution."""
 from __future__ import annotations
 
-from ..config import add_arguments, build, from_namespace
-from ..evaluate import EvalOptions, evaluate_checkpoint
-from ..runtime import init_distributed
+from ..core.options import add_arguments, build, from_namespace
+from ..core.runtime import init_distributed
+from ..measure.infer import EvalOptions, evaluate_checkpoint
 from .common import add_model_source, model_source, print_json
 
 

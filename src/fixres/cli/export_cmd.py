@@ -1,7 +1,7 @@
 """``fixres export``: a folder timm loads as it is (config.json + model.safetensors), optionally ONNX."""
 from __future__ import annotations
 
-from ..export import ONNX_TOLERANCE, export_checkpoint, read_export
+from ..deploy.export import ONNX_TOLERANCE, export_checkpoint, read_export
 from .common import add_model_source, model_source, print_json
 
 

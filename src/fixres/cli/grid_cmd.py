@@ -1,9 +1,9 @@
 """``fixres grid``: train x test resolution tables (the paper's experiments), resumable."""
 from __future__ import annotations
 
-from ..config import add_arguments, from_namespace
-from ..grid import GridConfig, load_config, run_grid
-from ..grid.config import SECTIONS, parse_sets
+from ..core.options import add_arguments, from_namespace
+from ..experiments.grid import GridConfig, load_config, run_grid
+from ..experiments.grid.config import SECTIONS, parse_sets
 from .common import print_json
 
 

@@ -1,8 +1,8 @@
 """``fixres predict``: top-k classes of image files with the recorded test preprocessing."""
 from __future__ import annotations
 
-from ..errors import FixresError
-from ..predict import classify, load_classifier
+from ..core.errors import FixresError
+from ..deploy.predict import classify, load_classifier
 from .common import add_model_source, model_source, print_json
 
 

@@ -1,12 +1,12 @@
 """``fixres stats``: the pooled features (the classifier's input) against test resolution."""
 from __future__ import annotations
 
-from ..config import add_arguments, build, from_namespace
+from ..core.options import add_arguments, build, from_namespace
+from ..core.rundir import prepare_output_files
 from ..data.transforms import parse_resolutions
-from ..rundir import prepare_output_files
-from ..stats import STATS_FILES, StatsOptions, feature_stats
-from ..stats_report import stats_json, stats_table, write_stats
-from ..sources import declared_preprocessing
+from ..measure.stats import STATS_FILES, StatsOptions, feature_stats
+from ..measure.stats_report import stats_json, stats_table, write_stats
+from ..models.sources import declared_preprocessing
 from .common import add_model_source, model_source, report
 
 

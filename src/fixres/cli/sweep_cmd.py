@@ -1,15 +1,22 @@
 """``fixres sweep``: accuracy against test resolution, in one pass over the data."""
 from __future__ import annotations
 
-from ..config import add_arguments, build, from_namespace
-from ..errors import FixresError
+from ..core.errors import FixresError
+from ..core.options import add_arguments, build, from_namespace
+from ..core.rundir import prepare_output_files
+from ..core.runtime import init_distributed
 from ..data.transforms import parse_resolutions
-from ..rundir import prepare_output_files
-from ..runtime import init_distributed
-from ..sources import ModelSource
-from ..sweep import SweepOptions, sweep_checkpoint, sweep_checkpoints
-from ..sweep_report import (SWEEP_FILES, comparison_json, comparison_table, sweep_json, sweep_table, write_comparison,
-                            write_sweep)
+from ..measure.sweep import SweepOptions, sweep_checkpoint, sweep_checkpoints
+from ..measure.sweep_report import (
+    SWEEP_FILES,
+    comparison_json,
+    comparison_table,
+    sweep_json,
+    sweep_table,
+    write_comparison,
+    write_sweep,
+)
+from ..models.sources import ModelSource
 from .common import add_model_source, report
 
 

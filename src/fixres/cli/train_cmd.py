@@ -4,10 +4,10 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from ..config import add_arguments, build, check_keys, from_namespace, read_yaml
-from ..errors import FixresError
-from ..train import fit, stored_config
-from ..train_config import TrainConfig
+from ..core.errors import FixresError
+from ..core.options import add_arguments, build, check_keys, from_namespace, read_yaml
+from ..train.config import TrainConfig
+from ..train.loop import fit, stored_config
 from .common import print_json
 
 

@@ -1,7 +1,7 @@
 """``fixres transfer``: fine-tune pretrained weights on a target dataset, then adapt to the test resolution."""
 from __future__ import annotations
 
-from ..transfer import TransferConfig, run_transfer
+from ..experiments.transfer import TransferConfig, run_transfer
 from .common import print_json
 from .grid_cmd import add_experiment_flags, experiment_config
 

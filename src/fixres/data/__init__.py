@@ -3,4 +3,4 @@ from .decode import IMAGE_EXTENSIONS, UnreadableImage, load_rgb, read_header
 from .folder import DatasetIndex, scan_dataset, scan_split
 from .index import Sample, SplitIndex
 from .loader import Batch, EvalShard, ImageDataset, TrainBatches, make_loader
-from .transforms import EvalTransform, Normalizer, TrainTransform, normalize, sample_rrc_params, eval_geometry
+from .transforms import EvalTransform, Normalizer, TrainTransform, eval_geometry, normalize, sample_rrc_params

@@ -39,9 +39,8 @@ from typing import NamedTuple, Sequence
 import numpy as np
 import torch
 
-from ..errors import FixresError
+from ..core.errors import FixresError
 from .transforms import TrainTransform, eval_plan, sample_rrc_params
-
 
 FILTERS = {"bilinear": (1.0,), "bicubic": (2.0,)}   # Pillow's filter support (triangle; Keys cubic, a = -0.5)
 

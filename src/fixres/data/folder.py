@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping
 
-from ..errors import FixresError
+from ..core.errors import FixresError
 from .decode import IMAGE_EXTENSIONS, UnreadableImage, read_header
 from .index import Sample, SplitIndex, label_map
 from .pack import is_store, store_classes, store_split
@@ -70,7 +70,7 @@ def scan_split(root: str | Path, classes: tuple[str, ...] | None = None, workers
             space); ``None`` takes the sub-directories found.
         workers: threads reading headers (I/O bound).
         labels: folder name -> label index, when folders are not named as ``classes`` (a
-            model's label space: :func:`fixres.labels.bind`); default: a folder's position in
+            model's label space: :func:`fixres.models.labels.bind`); default: a folder's position in
             ``classes``. Folders not in it are not scanned.
 
     Raises:

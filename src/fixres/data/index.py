@@ -17,7 +17,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Iterable, Mapping
 
-from ..errors import FixresError
+from ..core.errors import FixresError
 
 
 @dataclass(frozen=True)
@@ -76,7 +76,7 @@ class SplitIndex:
 
 def label_map(classes: Iterable[str], labels: Mapping[str, int] | None = None) -> dict[str, int]:
     """Folder name -> label index: ``labels`` when given (a model's label space bound to the
-    folders: :func:`fixres.labels.bind`), else a folder's position in ``classes``."""
+    folders: :func:`fixres.models.labels.bind`), else a folder's position in ``classes``."""
     return dict(labels) if labels is not None else {c: i for i, c in enumerate(classes)}
 
 

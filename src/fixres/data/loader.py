@@ -164,6 +164,23 @@ class EvalShard(Sampler):
 HOST_BUDGET_MB = 4096   # prefetched batches of all workers together, when batches are large
 
 
+class OrderedBatches(Sampler):
+    """Batches of ``0..n-1`` in order; with a seed, items are ``(index, mix_seed(seed, index))``
+    so that a random transform draws the same for an image whatever the batching.
+    Rank ``r`` of ``W`` takes batches ``r, r+W, ...``: every image exactly once overall."""
+
+    def __init__(self, n: int, batch_size: int, seed: int | None = None, rank: int = 0, world: int = 1):
+        self.n, self.batch_size, self.seed, self.rank, self.world = n, batch_size, seed, rank, world
+
+    def __len__(self) -> int:
+        return len(range(self.rank, -(-self.n // self.batch_size), self.world))
+
+    def __iter__(self):
+        for begin in range(self.rank * self.batch_size, self.n, self.batch_size * self.world):
+            idx = range(begin, min(begin + self.batch_size, self.n))
+            yield list(idx) if self.seed is None else [(i, mix_seed(self.seed, i)) for i in idx]
+
+
 def default_workers() -> int:
     """Data-loading processes: all cores but one for compute, at most 16."""
     return max(1, min(16, (os.cpu_count() or 2) - 1))

@@ -36,8 +36,8 @@ from typing import Mapping
 
 import numpy as np
 
-from ..errors import FixresError
-from ..rundir import sha256_file
+from ..core.errors import FixresError
+from ..core.rundir import sha256_file
 from .decode import UnreadableImage
 from .index import Sample, SplitIndex, label_map
 
@@ -267,6 +267,7 @@ def encode_sample(path: str, displayed: tuple[int, int], max_size: int | None, f
     decode keeps its original bytes, so reading it fails exactly as the file would.
     """
     from PIL import Image
+
     from .decode import load_rgb
     data = Path(path).read_bytes()
     target = shorter_side_size(*displayed, max_size)

@@ -22,11 +22,24 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import FixresError
-from ..rundir import TEMP_PREFIX, atomic_path, write_json, write_text
+from ..core.errors import FixresError
+from ..core.rundir import TEMP_PREFIX, atomic_path, write_json, write_text
 from .folder import scan_split
-from .pack import (CODEC_NAMES, FORMAT_NAME, FORMAT_VERSION, HEADER, INDEX, PATHS, PLAN, RECORD, encode_sample,
-                   is_store, read_header, shard_name, verify_store)
+from .pack import (
+    CODEC_NAMES,
+    FORMAT_NAME,
+    FORMAT_VERSION,
+    HEADER,
+    INDEX,
+    PATHS,
+    PLAN,
+    RECORD,
+    encode_sample,
+    is_store,
+    read_header,
+    shard_name,
+    verify_store,
+)
 
 FORMATS = ("jpeg", "raw")
 SPLITS = ("train", "val", "test")

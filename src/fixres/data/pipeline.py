@@ -41,15 +41,22 @@ import torch
 from torch.utils.data import Dataset, Sampler
 from torchvision.transforms.v2 import functional as F
 
-from ..errors import FixresError
-from ..runtime import Dist, Runtime
+from ..core.errors import FixresError
+from ..core.runtime import Dist, Runtime
 from .decode import UnreadableImage, decode_reduced
-from .device_transforms import (FILTERS, FlatBatch, check_interpolation, crop_axes, draw_train, eval_axes, flatten,
-                                resample)
-from .fast import (RESAMPLE, DecodeStats, as_byte_tensor, decode_on_device, full_pixels, gpu_decode_available,
-                   resize_box)
+from .device_transforms import (
+    FILTERS,
+    FlatBatch,
+    check_interpolation,
+    crop_axes,
+    draw_train,
+    eval_axes,
+    flatten,
+    resample,
+)
+from .fast import RESAMPLE, DecodeStats, as_byte_tensor, decode_on_device, full_pixels, gpu_decode_available, resize_box
 from .index import Sample, SplitIndex
-from .loader import Batch, EvalShard, ImageDataset, MultiView, Skipped, collate, make_loader
+from .loader import Batch, EvalShard, ImageDataset, MultiView, OrderedBatches, Skipped, collate, make_loader
 from .pack import CODEC_JPEG, CODEC_OTHER, CODEC_RAW, classify, open_store, sample_bytes
 from .prefetch import Prefetched
 from .transforms import EvalTransform, TrainTransform, _color_jitter
@@ -292,15 +299,42 @@ def train_batches(split: SplitIndex, transform: TrainTransform, sampler: Sampler
 
     Re-iterable: every ``iter()`` is one pass over what the sampler yields then.
     """
+    return sampled_batches(split, transform, sampler, rt, persistent=True, decoder=decoder, draft=draft,
+                           prefetch=prefetch)
+
+
+def ordered_batches(split: SplitIndex, transform, rt: Runtime, *, batch_size: int, seed: int | None = None,
+                    persistent: bool = False):
+    """Every image of ``split`` once, in index order, this rank's share of the batches: the
+    passes of an adaptation (its feature cache, batch-norm statistics, pooled features) and of
+    ``fixres stats``. ``transform``: a test view, a training view (its draws seeded by
+    ``(seed, index)``), a :class:`~fixres.data.loader.MultiView`, or any per-image transform."""
+    sampler = OrderedBatches(len(split), batch_size, seed, rt.dist.rank, rt.dist.world)
+    return sampled_batches(split, transform, sampler, rt, persistent=persistent)
+
+
+def sampled_batches(split: SplitIndex, transform, sampler: Sampler, rt: Runtime, *, persistent: bool = False,
+                    decoder: str = "auto", draft: bool = True, prefetch: int = 2):
+    """THE loading entry point of a pass whose order a batch sampler gives: the ``fast`` pipeline
+    for a training view or a single test view when :func:`resolve_pipeline` picks it, else
+    Pillow workers (the reference, and the only path of other transforms: the v2 adaptation
+    crop, several views at once)."""
     device, workers, cuda = rt.device, rt.workers, rt.pin_memory
-    if resolve_pipeline(rt.pipeline, device, transform.interpolation) == "pil":
+    interpolation = getattr(transform, "interpolation", "bilinear")
+    fast = resolve_pipeline(rt.pipeline, device, interpolation) == "fast"
+    if fast and isinstance(transform, EvalTransform):          # the eval path's exact pixels (no draft)
+        dataset = FastDataset(split, Geometries.of([transform]), "workers", draft=False)
+        return make_loader(dataset, batch_sampler=sampler, collate_fn=_single_collate, workers=workers,
+                           pin_memory=cuda, persistent=persistent)
+    if not fast or not isinstance(transform, TrainTransform):
+        bytes_ = transform.batch_bytes(sampler.batch_size) if isinstance(transform, MultiView) else None
         return make_loader(ImageDataset(split, transform), batch_sampler=sampler, workers=workers, pin_memory=cuda,
-                           persistent=True)
+                           persistent=persistent, batch_bytes=bytes_)
     chosen = resolve_decoder(decoder, device, "train", jitter=transform.color_jitter > 0)
     dataset = FastDataset(split, transform, chosen, draft)
     if chosen == "workers":
-        return make_loader(dataset, batch_sampler=sampler, workers=workers, pin_memory=cuda, persistent=True)
-    loader = make_loader(dataset, collate_fn=collate_device, workers=workers, pin_memory=cuda, persistent=True,
+        return make_loader(dataset, batch_sampler=sampler, workers=workers, pin_memory=cuda, persistent=persistent)
+    loader = make_loader(dataset, collate_fn=collate_device, workers=workers, pin_memory=cuda, persistent=persistent,
                          batch_sampler=sampler, prefetch=2)       # encoded batches: a few MB each
     return Prefetched(loader, DeviceFinisher(transform, device), device, prefetch)
 
@@ -352,7 +386,7 @@ def eval_batches(split: SplitIndex, view: EvalTransform, rt: Runtime, *, batch_s
 def sweep_batches(split: SplitIndex, views: Sequence[EvalTransform], rt: Runtime, *, batch_size: int = 100,
                   decoder: str = "auto", draft: bool = False, prefetch: int = 2):
     """Like :func:`eval_batches` at several geometries from one decode per image: yields
-    :class:`Batch` es whose ``images`` is a tuple, one stack per view (see :mod:`fixres.sweep`)."""
+    :class:`Batch` es whose ``images`` is a tuple, one stack per view (see :mod:`fixres.measure.sweep`)."""
     return _eval_iterable(split, tuple(views), rt, batch_size=batch_size, decoder=decoder, draft=draft,
                           prefetch=prefetch, single=False)
 
@@ -370,5 +404,5 @@ def _as_geometry(out) -> Batch:
     return Batch(*out)
 
 
-__all__ = ["PIPELINES", "DECODERS", "resolve_pipeline", "resolve_decoder", "train_batches", "eval_batches",
-           "sweep_batches", "FastDataset", "DeviceFinisher", "Prefetched"]
+__all__ = ["PIPELINES", "DECODERS", "resolve_pipeline", "resolve_decoder", "train_batches", "ordered_batches",
+           "sampled_batches", "eval_batches", "sweep_batches", "FastDataset", "DeviceFinisher", "Prefetched"]

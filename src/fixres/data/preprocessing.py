@@ -20,9 +20,19 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
-from ..errors import FixresError
-from .transforms import (DEFAULT_CROP_PCT, DEFAULT_RATIO, DEFAULT_SCALE, EvalTransform, Normalizer, TrainTransform,
-                         check_crop_mode, check_crop_pct, check_resolution, interpolation_mode)
+from ..core.errors import FixresError
+from .transforms import (
+    DEFAULT_CROP_PCT,
+    DEFAULT_RATIO,
+    DEFAULT_SCALE,
+    EvalTransform,
+    Normalizer,
+    TrainTransform,
+    check_crop_mode,
+    check_crop_pct,
+    check_resolution,
+    interpolation_mode,
+)
 
 TRAIN_CROP_FIELDS = ("scale", "ratio", "hflip", "color_jitter")
 

@@ -40,9 +40,8 @@ from typing import Callable
 import numpy as np
 from PIL import Image, ImageDraw
 
-from ..rundir import atomic_path
-from .synth_patterns import (_PATTERN_FUNCS, CLASS_NAMES, MAX_CLASSES, _aa, _check_class_index,
-                             pattern_texture)
+from ..core.rundir import atomic_path
+from .synth_patterns import _PATTERN_FUNCS, CLASS_NAMES, MAX_CLASSES, _aa, _check_class_index, pattern_texture
 
 __all__ = [
     "CLASS_NAMES",

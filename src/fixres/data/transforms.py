@@ -19,7 +19,7 @@ from PIL import Image
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms.v2 import functional as F
 
-from ..errors import FixresError
+from ..core.errors import FixresError
 
 INTERPOLATIONS = {
     "bilinear": InterpolationMode.BILINEAR,

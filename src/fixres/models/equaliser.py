@@ -2,7 +2,7 @@
 classifier's input, with the two fitted laws it was made from.
 
 Fitting the laws is :mod:`fixres.adapt.parametric`'s job; applying and re-applying them is
-this module's, so that opening a checkpoint (``fixres.sources``) needs nothing from the
+this module's, so that opening a checkpoint (``fixres.models.sources``) needs nothing from the
 adaptation package. The map is a forward pre-hook on the classifier: the state-dict keys do
 not change, and :func:`reapply_adaptation` attaches it again from
 ``meta.adaptation["equaliser"]`` whenever a checkpoint is opened.
@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
-from ..errors import FixresError
+from ..core.errors import FixresError
 
 XI = 0.3
 

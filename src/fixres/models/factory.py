@@ -3,7 +3,7 @@
 Weights come from three places, and only the first touches the network:
 ``pretrained=True`` (timm downloads them: needs internet), a local weights file
 (``.safetensors``, or a torch file read with ``weights_only=True`` -- never unpickled
-unsafely), or a fixres checkpoint (see :mod:`fixres.checkpoint`).
+unsafely), or a fixres checkpoint (see :mod:`fixres.models.checkpoint`).
 """
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import timm
 import torch
 from torch import nn
 
-from ..errors import FixresError
+from ..core.errors import FixresError
 from .sizes import size_kwargs
 
 

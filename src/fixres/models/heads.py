@@ -11,7 +11,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from ..errors import FixresError
+from ..core.errors import FixresError
 
 
 def architecture(model: nn.Module) -> str:

@@ -19,7 +19,7 @@ import timm
 import torch
 from torch import nn
 
-from ..errors import FixresError
+from ..core.errors import FixresError
 from .heads import architecture
 
 DYNAMIC = {"dynamic_img_size": True}

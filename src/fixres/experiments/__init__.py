@@ -1,0 +1,1 @@
+"""Experiments that compose the commands: the paper's grid and transfer protocol, the demo and its report."""

@@ -1,0 +1,164 @@
+"""Inference and evaluation: ``infer`` yields logits, ``evaluate`` reduces them to metrics.
+
+Every image is counted exactly once, also over several processes (each rank evaluates
+a disjoint shard and the sums are all-reduced); images that fail to decode are counted
+apart and reported, never replaced by other images.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Iterator, Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..core.errors import FixresError
+from ..core.options import option, with_overrides
+from ..core.runtime import Dist, Runtime, RuntimeOptions, all_reduce_sum, autocast, gather_lists
+from ..data.folder import list_classes, scan_split
+from ..data.index import SplitIndex
+from ..data.loader import Batch
+from ..data.pipeline import eval_batches
+from ..data.preprocessing import Preprocessing
+from ..data.transforms import Normalizer, check_crop_pct, check_resolution
+from ..models.checkpoint import CheckpointMeta
+from ..models.labels import Binding, LabelSpace, bind, match_folders
+from ..models.sizes import check_input_size
+from ..models.sources import ModelSource, open_for_data
+
+
+@dataclass(frozen=True)
+class EvalResult:
+    top1: float          # percent
+    top5: float          # percent (top-k with k = min(5, classes))
+    loss: float          # mean cross-entropy
+    n: int               # images evaluated
+    n_skipped: int       # images that could not be decoded
+    test_res: int
+    crop_pct: float
+    interpolation: str
+    crop_mode: str = "center"
+
+    def row(self) -> dict:
+        return asdict(self)
+
+
+@torch.no_grad()
+def infer(model: nn.Module, batches, normalizer: Normalizer, rt: Runtime) -> Iterator[tuple[torch.Tensor, Batch]]:
+    """Yield ``(logits, batch)`` for every batch (``logits`` None when no image of it decoded)."""
+    model.eval()
+    for batch in batches:
+        if batch.images is None:
+            yield None, batch
+            continue
+        with autocast(rt.device, rt.amp_dtype):
+            logits = model(normalizer(batch.images, rt.device))
+        yield logits.float(), batch
+
+
+class Tally:
+    """Running sums of correct top-1/top-k, loss and counts, kept on the device."""
+
+    def __init__(self, device: torch.device):
+        self.sums = torch.zeros(5, dtype=torch.float64, device=device)  # top1, top5, loss, n, skipped
+
+    def add(self, logits: torch.Tensor | None, labels: torch.Tensor, n_skipped: int) -> None:
+        self.sums[4] += n_skipped
+        if logits is None:
+            return
+        labels = labels.to(logits.device, non_blocking=True)
+        k = min(5, logits.shape[1])
+        top = logits.topk(k, dim=1).indices
+        hits = top.eq(labels[:, None])
+        self.sums[0] += hits[:, 0].sum()
+        self.sums[1] += hits.any(dim=1).sum()
+        self.sums[2] += F.cross_entropy(logits, labels, reduction="sum").double()
+        self.sums[3] += labels.numel()
+
+    def result(self, dist_env: Dist, **geometry) -> EvalResult:
+        top1, top5, loss, n, skipped = all_reduce_sum(self.sums.clone(), dist_env).tolist()
+        n_safe = max(n, 1)
+        return EvalResult(100 * top1 / n_safe, 100 * top5 / n_safe, loss / n_safe, int(n), int(skipped), **geometry)
+
+
+def evaluate(model: nn.Module, split: SplitIndex, prep: Preprocessing, rt: Runtime, *, batch_size: int = 100,
+             label: str | None = None) -> tuple[EvalResult, list]:
+    """Top-1, top-5, loss and counts of ``model`` on ``split`` at ``prep``'s test geometry.
+
+    Args:
+        label: the progress bar's text (default ``eval@<test_res>``).
+
+    Returns:
+        The result and the ``(path, reason)`` of the split's files that could not be read
+        (refused when scanned, or failed to decode).
+    """
+    view = prep.test_view()
+    loader = eval_batches(split, view, rt, batch_size=batch_size)
+    tally, failed = Tally(rt.device), []
+    if rt.dist.is_main:  # files refused when scanned: the same list on every rank, counted once
+        tally.add(None, torch.zeros(0, dtype=torch.long), len(split.skipped))
+    batches = rt.progress(loader, label or f"eval@{view.test_res}")
+    for logits, batch in infer(model, batches, prep.normalizer(rt.channels_last), rt):
+        tally.add(logits, batch.labels, len(batch.skipped))
+        failed.extend(batch.skipped)
+    result = tally.result(rt.dist, test_res=view.test_res, crop_pct=view.crop_pct, interpolation=view.interpolation,
+                          crop_mode=view.crop_mode)
+    return result, list(split.skipped) + gather_lists(failed, rt.dist)
+
+
+def load_split(data: str | Path, split: str, labels: Binding | Sequence[str]) -> SplitIndex:
+    """Scan ``data/split``, its class folders bound to a model's labels (a :class:`Binding`
+    from :func:`fixres.models.sources.open_for_data`, or a checkpoint's class names: the folders must
+    then be some or all of them)."""
+    root = Path(data)
+    if not root.is_dir():
+        raise FixresError(f"data directory {root} does not exist")
+    if not (root / split).is_dir():
+        raise FixresError(f"{root} has no {split}/ directory (expected {root}/{split}/<class>/<images>)")
+    folders = list_classes(root / split)
+    if not isinstance(labels, Binding):
+        labels = bind(LabelSpace(tuple(labels), source="the checkpoint's classes"), folders, str(root / split))
+    unknown = [f for f in folders if f not in labels.folder_index]
+    if unknown:      # a split holding a class the others did not: bind it the same way, or say which
+        extra = match_folders(labels.space, unknown, str(root / split))
+        labels = replace(labels, folder_index={**labels.folder_index, **extra})
+    return scan_split(root / split, labels.space.names, labels=labels.folder_index)
+
+
+@dataclass(frozen=True, kw_only=True)
+class EvalOptions(RuntimeOptions):
+    split: str = option("val", "sub-directory of the dataset to evaluate")
+    test_res: Optional[int] = option(None, "test resolution (default: the checkpoint's, or the model's "
+                                           "test_input_size)")
+    crop_pct: Optional[float] = option(None, "centre-crop fraction (default: the checkpoint's, or the model's "
+                                             "test_crop_pct)")
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.test_res is not None:
+            check_resolution(self.test_res, "test_res")
+        if self.crop_pct is not None:
+            check_crop_pct(self.crop_pct)
+
+
+def evaluate_checkpoint(checkpoint: "str | Path | ModelSource", data: str | Path, opts: EvalOptions | None = None, *,
+                        quiet: bool = True, dist_env: Dist = Dist(),
+                        **overrides) -> tuple[EvalResult, CheckpointMeta, list]:
+    """Evaluate a model (a checkpoint path, or any :class:`~fixres.models.sources.ModelSource`); the
+    geometry defaults to what it records.
+
+    ``opts`` (default :class:`EvalOptions`) with ``overrides`` applied (field names, ``None``
+    = not given). Under torchrun every rank calls this with its ``dist_env``: each evaluates
+    a disjoint shard and all get the same totals. Returns the result, the model's metadata
+    (its classes: the dataset's only, with ``restrict_labels``) and the skipped files."""
+    opts = with_overrides(EvalOptions, opts, overrides)
+    opened = open_for_data(checkpoint, data, [opts.split])
+    prep = opened.meta.preprocessing.override("flag", test_res=opts.test_res, crop_pct=opts.crop_pct)
+    check_input_size(opened.model, [prep.test_res])
+    index = load_split(data, opts.split, opened.binding)
+    rt = opts.runtime(dist_env, quiet)
+    opened.model.to(rt.device)
+    result, skipped = evaluate(opened.model, index, prep, rt, batch_size=opts.batch_size)
+    return result, opened.meta, skipped

@@ -1,0 +1,427 @@
+"""Accuracy against test resolution, in one pass over the data.
+
+Every image is decoded once and turned into one uint8 tensor per geometry
+``(test_res, crop_pct)`` by the same :class:`~fixres.data.transforms.EvalTransform` that
+``fixres eval`` uses; a batch holds one stacked tensor per geometry, the model runs once
+per geometry, and one device-side :class:`~fixres.measure.infer.Tally` per geometry sums the
+metrics. With the same batch size each geometry sees exactly the batches ``evaluate``
+would see, so a sweep row equals ``fixres eval`` at that geometry.
+
+The best resolution is chosen on images that are not the reported split: the training
+images held out by ``fixres train --holdout`` when the checkpoint records them, otherwise
+a deterministic sample of the training split (seen in training, and said so).
+
+Memory: the model runs on one geometry at a time, so device memory is that of
+``fixres eval`` at the largest resolution with the same batch size. On the host, a batch
+holds ``batch_size * 3 * sum(test_res**2)`` bytes; the loader keeps fewer batches in
+flight when that exceeds ``fixres.data.loader.HOST_BUDGET_MB`` (see :func:`~fixres.data.pipeline.multi_view_loader`).
+
+Cost beside accuracy: every row also records the geometry's FLOPs per image (counted on
+the ``meta`` device, :mod:`fixres.measure.costs`), the model's parameters, and its measured
+throughput and single-image latency at that resolution on the device in use
+(:mod:`fixres.measure.timing`; ``timing=False`` skips it). The deployment choices of
+:mod:`fixres.measure.choose` (``within``, ``budget_ms``, ``budget_gflops``) are made on the
+selection split, like the best. Costs are measured before the data pass, so an impossible
+budget fails before the expensive part.
+
+Several checkpoints (:func:`sweep_checkpoints`, e.g. a run and its ``fixres adapt``
+outputs) are swept one after the other, each decoding the data itself; their costs are
+measured once per architecture.
+
+The text table, JSON record and output files of a :class:`SweepResult` are made by
+:mod:`fixres.measure.sweep_report` (measurement here, reporting there: data flows one way).
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Literal, Optional, Sequence
+
+import torch
+from torch import nn
+
+from ..analyze import predict_test_res
+from ..core.errors import FixresError
+from ..core.options import option, with_overrides
+from ..core.runtime import Dist, Runtime, RuntimeOptions
+from ..data.index import SplitIndex, sample_per_class, split_holdout
+from ..data.loader import Batch
+from ..data.pipeline import sweep_batches
+from ..data.preprocessing import Preprocessing
+from ..data.transforms import check_geometries
+from ..models.checkpoint import CheckpointMeta, read_meta
+from ..models.labels import Binding
+from ..models.sizes import check_input_size
+from ..models.sources import ModelSource, as_source, open_for_data, open_model
+from .choose import BUDGETS, Deployment, choose_best, deployments, fits_budget
+from .costs import ResolutionCost, cost_key, resolution_costs, with_timings
+from .infer import EvalResult, Tally, infer, load_split
+
+SELECT_ON = ("holdout", "train", "val", "none")
+
+
+# ----------------------------------------------------------------------------- one pass
+def _per_geometry(batches, n: int):
+    """Flatten each multi-geometry :class:`Batch` into ``n`` plain ones, geometry order."""
+    for batch in batches:
+        for g in range(n):
+            yield Batch(None if batch.images is None else batch.images[g], batch.labels, batch.indices, batch.skipped)
+
+
+@torch.no_grad()
+def sweep_model(model: nn.Module, split_index: SplitIndex, prep: Preprocessing,
+                geometries: Sequence[tuple[int, float]], rt: Runtime, *, batch_size: int = 100,
+                label: str = "sweep", skipped: list | None = None) -> list[EvalResult]:
+    """Evaluate ``model`` on ``split_index`` at every ``(test_res, crop_pct)`` of ``geometries``
+    (``prep``'s normalisation and interpolation) in one pass over the images.
+
+    Args:
+        label: the progress bar's text.
+        skipped: if given, extended with the ``(path, reason)`` of files that could not be read.
+
+    Returns:
+        One :class:`EvalResult` per geometry, in the order given; each equals
+        :func:`fixres.measure.infer.evaluate` at that geometry with the same batch size.
+    """
+    views = tuple(prep.test_view(r, c) for r, c in geometries)
+    if not views:
+        raise FixresError("no test geometry to sweep")
+    # One decode per image for every geometry, through the device's data pipeline
+    # (fixres.data.pipeline; auto: the fast path on CUDA, PIL workers on the CPU).
+    loader = sweep_batches(split_index, views, rt, batch_size=batch_size)
+    tallies = [Tally(rt.device) for _ in views]
+    if rt.dist.is_main:     # files refused when scanned count once, on one rank
+        for tally in tallies:
+            tally.add(None, torch.zeros(0, dtype=torch.long), len(split_index.skipped))
+        if skipped is not None:
+            skipped.extend(split_index.skipped)
+    n = len(views)
+    batches = rt.progress(loader, f"{label} x{n}")
+    for i, (logits, batch) in enumerate(infer(model, _per_geometry(batches, n), prep.normalizer(rt.channels_last), rt)):
+        g = i % n
+        tallies[g].add(logits, batch.labels, len(batch.skipped))
+        if g == 0 and skipped is not None:
+            skipped.extend(batch.skipped)
+    return [tally.result(rt.dist, test_res=v.test_res, crop_pct=v.crop_pct, interpolation=v.interpolation,
+                         crop_mode=v.crop_mode) for tally, v in zip(tallies, views)]
+
+
+# ----------------------------------------------------------------------------- selection
+@dataclass(frozen=True)
+class Selection:
+    """The images that choose the best resolution."""
+
+    split: str | None              # "holdout", "train", "val" (the reported split) or None
+    index: SplitIndex | None
+    seen_in_training: bool
+    note: str
+
+
+def select_split(meta: CheckpointMeta, data: str | Path, select_on: str | None, *, split: str = "val",
+                 select_images: int = 50, labels: Binding | None = None) -> Selection:
+    """Which images choose the best resolution (default: the held-out ones, else a train sample).
+
+    ``labels``: how the dataset's folders map onto the model's classes (default: by name)."""
+    if select_on is None:
+        select_on = "holdout" if meta.holdout else "train"
+    if select_on not in SELECT_ON:
+        raise FixresError(f"--select-on must be one of {', '.join(SELECT_ON)}, got {select_on!r}")
+    if select_on == "none":
+        return Selection(None, None, False, "no selection requested")
+    if select_on == split or select_on == "val":
+        return Selection(split, None, False, f"chosen on {split}, the split it is reported on: the {split} accuracy "
+                                             "at the chosen resolution is optimistic")
+    if not (Path(data) / "train").is_dir():
+        raise FixresError(f"{data} has no train/ directory to choose the test resolution on without touching "
+                          f"{split}: add one, or use --select-on val (optimistic) or none")
+    train = load_split(data, "train", labels if labels is not None else meta.class_names)
+    if select_on == "holdout":
+        if not meta.holdout:
+            raise FixresError("the checkpoint records no held-out training images (train with --holdout); "
+                              "use --select-on train, val or none")
+        recorded = meta.data_digest.split("-")[0]
+        if recorded and recorded != train.digest():
+            raise FixresError(f"{Path(data) / 'train'} is not the training split the checkpoint was trained on "
+                              "(index digest differs): its held-out images cannot be rebuilt")
+        held = split_holdout(train, meta.holdout["fraction"], meta.holdout["seed"])[1]
+        return Selection("holdout", held, False,
+                         f"chosen on {len(held)} training images held out of training "
+                         f"(fraction {meta.holdout['fraction']:g}, seed {meta.holdout['seed']})")
+    if select_images < 1:
+        raise FixresError(f"--select-images must be at least 1, got {select_images}")
+    if meta.holdout:     # sample only what was trained on, so "seen in training" is true of every image
+        train = split_holdout(train, meta.holdout["fraction"], meta.holdout["seed"])[0]
+    sample = sample_per_class(train, select_images)
+    if meta.weights_from is not None:    # a model fixres did not train: its training set is not this train/
+        return Selection("train", sample, False, f"chosen on {len(sample)} images of {Path(data) / 'train'} (at most "
+                                                 f"{select_images} per class), not on {split}")
+    why = ("the held-out images were not used (--select-on train)" if meta.holdout
+           else "no held-out images recorded (train with --holdout to avoid this)")
+    return Selection("train", sample, True, f"chosen on {len(sample)} TRAINING images (at most {select_images} per "
+                                            f"class) that the model was trained on: {why}")
+
+
+# ----------------------------------------------------------------------------- results
+@dataclass(frozen=True)
+class SweepRow:
+    checkpoint: str
+    model: str
+    train_res: int
+    test_res: int
+    crop_pct: float
+    resize_size: int
+    interpolation: str
+    split: str
+    top1: float
+    top5: float
+    loss: float
+    n: int
+    n_skipped: int
+    adapted: str | None
+    # What the geometry costs (the same on every split): see ResolutionCost.
+    gflops: float | None = None               # per image, 1 multiply-add = 2 FLOPs
+    params: int | None = None
+    images_per_s: float | None = None         # at timing_batch_size, median; None: not timed
+    images_per_s_iqr: float | None = None
+    latency_ms: float | None = None           # one image alone, median
+    latency_ms_iqr: float | None = None
+    timing_device: str | None = None
+    timing_dtype: str | None = None
+    timing_batch_size: int | None = None
+
+    def row(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class SweepResult:
+    rows: tuple[SweepRow, ...]                 # the reported split (val)
+    selection_rows: tuple[SweepRow, ...]       # the split that chose (empty when none; == rows when val)
+    best: tuple[int, float] | None             # (test_res, crop_pct) chosen
+    chosen_on: str | None                      # split that chose it
+    selection: Selection
+    predicted: dict = field(default_factory=dict)   # {"test_res", ...} or {"note"} when unavailable
+    skipped: tuple = ()
+    device: str = ""
+    deployments: tuple[Deployment, ...] = ()   # --within / --budget-* choices, made like best
+
+    @property
+    def train_res(self) -> int:
+        return self.rows[0].train_res
+
+    @property
+    def timed(self) -> bool:
+        return self.rows[0].latency_ms is not None
+
+    @property
+    def selected_on_report(self) -> bool:
+        """True when the best was chosen on the reported split itself (``select_on="val"``)."""
+        return self.chosen_on == self.rows[0].split
+
+    def best_row(self) -> SweepRow | None:
+        """The reported split's row at the chosen geometry."""
+        return next((r for r in self.rows if (r.test_res, r.crop_pct) == self.best), None)
+
+
+def to_rows(results: Sequence[EvalResult], *, checkpoint: str, meta: CheckpointMeta, split: str,
+            costs: dict[int, ResolutionCost] | None = None) -> tuple[SweepRow, ...]:
+    adapted = (meta.adaptation or {}).get("method")
+    prep = meta.preprocessing
+    costs = costs or {}
+    return tuple(SweepRow(checkpoint, meta.model, prep.train_res, r.test_res, r.crop_pct,
+                          prep.test_view(r.test_res, r.crop_pct).resize_size, r.interpolation, split, r.top1, r.top5,
+                          r.loss, r.n, r.n_skipped, adapted,
+                          **(costs[r.test_res].fields() if r.test_res in costs else {})) for r in results)
+
+
+@dataclass(frozen=True, kw_only=True)
+class SweepOptions(RuntimeOptions):
+    test_res: tuple[int, ...] = option(help="test resolutions: values and/or START:END:STEP ranges, END included "
+                                            "(e.g. 32:128:16)", type=str, metavar="RES")
+    crop_pct: Optional[tuple[float, ...]] = option(None, "centre-crop fractions; every (test_res, crop_pct) pair is "
+                                                         "swept (default: the checkpoint's)", metavar="PCT")
+    select_on: Optional[Literal["holdout", "train", "val", "none"]] = option(
+        None, "images that choose the best resolution: holdout (training images held out by `fixres train "
+              "--holdout`), train (a sample of the training split, seen in training), val (the reported split "
+              "itself: optimistic) or none (default: holdout if the checkpoint records one, else train)")
+    select_images: int = option(50, "--select-on train: images per class of the training sample")
+    split: str = option("val", "sub-directory the accuracy is reported on")
+    timing: bool = option(True, "measure throughput (at --batch-size) and single-image latency at every resolution "
+                                "on the device in use; --no-timing skips it (FLOPs are still counted)")
+    timing_budget: float = option(0.3, "seconds of timed forward passes per resolution (after warm-up; at least 3 "
+                                       "batches and 5 single images whatever the budget)", metavar="S")
+    within: Optional[float] = option(None, "deploy: the smallest resolution whose top-1 on the selection split is "
+                                           "within P points of the best", metavar="P")
+    budget_ms: Optional[float] = option(None, "deploy: the most accurate resolution whose measured single-image "
+                                              "latency is at most X ms", metavar="X")
+    budget_gflops: Optional[float] = option(None, "deploy: the most accurate resolution that costs at most Y GFLOPs "
+                                                  "per image", metavar="Y")
+
+    def __post_init__(self):
+        super().__post_init__()
+        check_geometries(self.test_res, self.crop_pct or [0.875])
+        if self.select_images < 1:
+            raise FixresError(f"select_images must be at least 1, got {self.select_images}")
+        if self.timing_budget < 0:
+            raise FixresError(f"timing_budget must not be negative, got {self.timing_budget:g}")
+        if self.within is not None and self.within < 0:
+            raise FixresError(f"--within must not be negative, got {self.within:g} (points of top-1 below the best)")
+        for name, (flag, _) in {"budget_ms": BUDGETS["latency_ms"], "budget_gflops": BUDGETS["gflops"]}.items():
+            value = getattr(self, name)
+            if value is not None and value <= 0:
+                raise FixresError(f"{flag} must be positive, got {value:g}")
+        asked = [flag for flag, v in (("--within", self.within), ("--budget-ms", self.budget_ms),
+                                      ("--budget-gflops", self.budget_gflops)) if v is not None]
+        if asked and self.select_on == "none":
+            raise FixresError(f"{' and '.join(asked)} {'choose' if len(asked) > 1 else 'chooses'} on the selection "
+                              "split, which --select-on none turns off")
+        if self.budget_ms is not None and not self.timing:
+            raise FixresError("--budget-ms needs the measured latency, which --no-timing turns off")
+
+
+def sweep_checkpoint(checkpoint: "str | Path | ModelSource", data: str | Path, opts: SweepOptions | None = None, *,
+                     quiet: bool = True, dist_env: Dist = Dist(), cost_cache: dict | None = None,
+                     **overrides) -> SweepResult:
+    """Sweep a model (a checkpoint path, or any :class:`~fixres.models.sources.ModelSource`) over test
+    geometries on ``data/<split>``, choosing the best elsewhere.
+
+    ``opts`` with ``overrides`` applied (field names of :class:`SweepOptions`; ``test_res``
+    is required). Under torchrun every rank calls this with its ``dist_env``: each sweeps a
+    shard and the sums are all-reduced. ``cost_cache``: a dict shared by calls whose
+    checkpoints may have the same architecture, so that its costs are measured once.
+    """
+    opts = with_overrides(SweepOptions, opts, overrides)
+    opened = open_for_data(checkpoint, data, [opts.split, "train"])
+    model, meta, directory = opened.model, opened.meta, opened.name
+    prep = meta.preprocessing
+    geometries = check_geometries(opts.test_res, opts.crop_pct or [prep.crop_pct])
+    check_input_size(model, [r for r, _ in geometries])
+    report = load_split(data, opts.split, opened.binding)
+    selection = select_split(meta, data, opts.select_on, split=opts.split, select_images=opts.select_images,
+                             labels=opened.binding)
+    rt = opts.runtime(dist_env, quiet)
+    model.to(rt.device)
+    cache = {} if cost_cache is None else cost_cache
+    key = cost_key(meta)
+    if key not in cache:       # before the data pass: an impossible budget fails before the expensive part
+        costs = resolution_costs(model, meta, [r for r, _ in geometries])
+        if opts.budget_gflops is not None:
+            fits_budget(list(costs.values()), gflops=opts.budget_gflops)
+        if opts.timing:
+            costs = with_timings(costs, model, rt, batch_size=opts.batch_size, budget_s=opts.timing_budget)
+        cache[key] = costs
+    costs = cache[key]
+    if opts.budget_ms is not None or opts.budget_gflops is not None:
+        fits_budget(list(costs.values()), ms=opts.budget_ms, gflops=opts.budget_gflops)
+    skipped: list = []
+
+    def run(index: SplitIndex, name: str, keep_skipped: bool) -> tuple[SweepRow, ...]:
+        results = sweep_model(model, index, prep, geometries, rt, batch_size=opts.batch_size, label=f"sweep {name}",
+                              skipped=skipped if keep_skipped else None)
+        return to_rows(results, checkpoint=str(directory), meta=meta, split=name, costs=costs)
+
+    rows = run(report, opts.split, True)
+    if selection.split is None:
+        chosen = ()
+    elif selection.index is None:
+        chosen = rows
+    else:
+        chosen = run(selection.index, selection.split, False)
+    if chosen and all(r.n == 0 for r in chosen):
+        raise FixresError(f"no readable image in the {selection.split} selection split")
+    best_row = choose_best(chosen) if chosen else None
+    best = (best_row.test_res, best_row.crop_pct) if best_row else None
+    pct = best[1] if best else geometries[0][1]
+    sized = (selection.index, selection.split) if selection.index is not None else (report, opts.split)
+    choices = deployments(chosen, rows, within=opts.within, budget_ms=opts.budget_ms, budget_gflops=opts.budget_gflops)
+    return SweepResult(rows, chosen, best, selection.split, selection, prediction(prep, meta, pct, *sized),
+                       tuple(skipped), str(rt.device), choices)
+
+
+@dataclass(frozen=True)
+class SweepComparison:
+    """Several checkpoints swept over the same geometries and data (e.g. a run and its
+    adapted versions): one :class:`SweepResult` per checkpoint, in the order given."""
+
+    results: tuple[SweepResult, ...]
+    labels: tuple[str, ...]            # short names for tables and legends, one per result
+
+    def items(self):
+        return zip(self.labels, self.results)
+
+
+def checkpoint_label(meta: CheckpointMeta) -> str:
+    """``fixres at 96px`` for an adapted checkpoint, else ``not adapted``."""
+    adaptation = meta.adaptation or {}
+    if adaptation.get("method"):
+        return f"{adaptation['method']} at {meta.preprocessing.test_res}px"
+    return "not adapted"
+
+
+def _labels(checkpoints: Sequence[str | Path], metas: Sequence[CheckpointMeta]) -> tuple[str, ...]:
+    """:func:`checkpoint_label` of each, or the names given on the command line where those collide."""
+    labels = [checkpoint_label(m) for m in metas]
+    if len(set(labels)) == len(labels):
+        return tuple(labels)
+    paths = [Path(as_source(c).checkpoint or as_source(c).model) for c in checkpoints]
+    names = [p.name if p.name not in ("best", "last") else p.parent.name for p in paths]
+    return tuple(names if len(set(names)) == len(names) else [f"{i + 1}: {n}" for i, n in enumerate(names)])
+
+
+def sweep_checkpoints(checkpoints: Sequence["str | Path | ModelSource"], data: str | Path,
+                      opts: SweepOptions | None = None, *, quiet: bool = True, dist_env: Dist = Dist(),
+                      **overrides) -> SweepComparison:
+    """:func:`sweep_checkpoint` for each model (checkpoint paths or sources), one after the other
+    (each decodes the data itself), with the same options; costs are measured once per
+    architecture.
+
+    The models must have the same classes (checked before any work for checkpoints; a
+    ``--model`` is opened to read its classes).
+    """
+    if not checkpoints:
+        raise FixresError("no checkpoint to sweep")
+    opts = with_overrides(SweepOptions, opts, overrides)
+    metas = [_meta_of(as_source(c)) for c in checkpoints]
+    for c, m in zip(checkpoints[1:], metas[1:]):
+        if m.class_names != metas[0].class_names:
+            raise FixresError(f"checkpoints {checkpoints[0]} and {c} have different classes "
+                              f"({len(metas[0].class_names)} vs {len(m.class_names)}, or another order): "
+                              "they cannot be compared on the same data")
+    cache: dict = {}
+    results = tuple(sweep_checkpoint(c, data, opts, quiet=quiet, dist_env=dist_env, cost_cache=cache)
+                    for c in checkpoints)
+    return SweepComparison(results, _labels(checkpoints, metas))
+
+
+def _meta_of(source: ModelSource) -> CheckpointMeta:
+    if source.checkpoint is not None:
+        return read_meta(source.checkpoint)
+    return open_model(source).meta
+
+
+def predicted_test_res(prep: Preprocessing, crop_pct: float, index: SplitIndex, index_name: str) -> dict:
+    """The geometric (apparent-object-size) prediction of :mod:`fixres.analyze` for the training
+    crop settings ``prep`` records, a Monte-Carlo of the exact sampler over the image sizes of
+    ``index``; or why there is none."""
+    sizes = [(s.width, s.height) for s in index.samples]
+    try:
+        p = predict_test_res(prep.train_res, scale=prep.scale, ratio=prep.ratio, crop_pct=crop_pct,
+                             sizes=sizes or None, source=f"{len(sizes)} {index_name} image sizes")
+    except FixresError as e:
+        return {"test_res": None, "note": f"no geometric prediction: {e}"}
+    return {"test_res": p.test_res, "statistic": p.statistic, "scale": list(prep.scale), "ratio": list(prep.ratio),
+            "crop_pct": crop_pct, "rrc_settings_from": prep.source_of("scale"), "sizes": p.source,
+            "note": "geometric prediction (apparent object size), not a measurement"}
+
+
+def prediction(prep: Preprocessing, meta: CheckpointMeta, crop_pct: float, index: SplitIndex,
+               index_name: str) -> dict:
+    """:func:`predicted_test_res`, and for a progressive-resizing run the note that the prediction
+    is made for the FINAL training resolution (the one ``prep.train_res`` records)."""
+    predicted = predicted_test_res(prep, crop_pct, index, index_name)
+    schedule = (meta.recipe or {}).get("train_res_schedule")
+    if schedule and predicted.get("test_res"):
+        predicted = {**predicted, "train_res_schedule": schedule,
+                     "note": f"{predicted['note']}; made for the FINAL training resolution {prep.train_res} of a "
+                             f"progressive schedule ({schedule['start']} -> {schedule['end']} px)"}
+    return predicted

@@ -1,0 +1,189 @@
+"""The settings of ``fixres train``: one frozen dataclass, validated on construction."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal, Optional
+
+import yaml
+
+from ..core.errors import FixresError
+from ..core.options import option
+from ..data.transforms import DEFAULT_CROP_PCT, check_crop_pct, check_resolution, interpolation_mode
+from .recipes import check_recipe, default_ramp, sgd_family
+
+# Settings that may change when a run is resumed; any other difference is refused.
+RESUMABLE_CHANGES = ("out", "epochs", "workers", "device", "eval_every", "checkpoint_every", "keep_last",
+                     "pipeline", "compile", "log_tensorboard", "log_wandb", "wandb_project")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    data: str = option(help="dataset directory holding train/<class>/ and val/<class>/")
+    out: str = option(help="run directory to create (or to continue with --resume)")
+    model: str = option("resnet50", "timm model name")
+    pretrained: bool = option(False, "start from timm's pretrained weights (downloads them: needs internet)")
+    weights: Optional[str] = option(None, "start from a local weights file (.safetensors, or a torch file loaded weights-only); "
+                                          "a classifier of another size is re-initialised")
+    new_classifier: bool = option(False, "with --weights: re-initialise the classifier even when its size fits "
+                                         "(transfer to other classes that happen to be as many)")
+    train_res: int = option(224, "training resolution K_train (pixels)")
+    test_res: Optional[int] = option(None, "resolution of the per-epoch evaluation (default: the training resolution)")
+    crop_pct: float = option(DEFAULT_CROP_PCT, "test-time centre crop fraction: resize shorter side to test_res/crop_pct")
+    interpolation: Literal["bilinear", "bicubic"] = option("bilinear", "resampling filter for train and test resizes")
+    scale: tuple[float, float] = option((0.08, 1.0), "RandomResizedCrop area range", metavar=("MIN", "MAX"))
+    ratio: tuple[float, float] = option((3 / 4, 4 / 3), "RandomResizedCrop aspect-ratio range", metavar=("MIN", "MAX"))
+    hflip: float = option(0.5, "horizontal flip probability")
+    color_jitter: float = option(0.0, "brightness/contrast/saturation jitter strength (0: off)")
+    holdout: float = option(0.0, "fraction of each training class held out of training, on which later commands "
+                                 "(fixres sweep) choose the test resolution without touching val")
+    epochs: int = option(90, "number of epochs")
+    batch_size: int = option(256, "global batch size (over all processes and accumulation steps)")
+    accum_steps: int = option(1, "gradient accumulation steps per optimiser step")
+    optimizer: str = option("sgd", "any optimiser name of timm's create_optimizer_v2 (sgd, momentum, adamw, lamb, "
+                                   "lars, lion, ...; `sgd` is classical momentum unless --nesterov, as before)")
+    lr: Optional[float] = option(None, "peak learning rate (default: 0.1 x batch/256 for the SGD family, "
+                                       "1e-3 x batch/512 for the others)")
+    momentum: float = option(0.9, "momentum (optimisers that have one)")
+    nesterov: bool = option(False, "Nesterov momentum (sgd)")
+    weight_decay: Optional[float] = option(None, "weight decay, not applied to norms and biases "
+                                                 "(default: 1e-4 for SGD, 0.05 for AdamW)")
+    schedule: Literal["cosine", "step", "linear"] = option("cosine", "learning-rate schedule after warm-up (linear: "
+                                                                     "to min_lr at the end, FFCV's cyclic schedule)")
+    warmup_epochs: float = option(1.0, "linear warm-up length in epochs")
+    step_epochs: int = option(30, "step schedule: decay every this many epochs")
+    step_gamma: float = option(0.1, "step schedule: decay factor")
+    min_lr: float = option(0.0, "cosine schedule: final learning rate")
+    label_smoothing: float = option(0.0, "label smoothing of the loss (with mixup/CutMix: of the mixed targets)")
+    loss: Literal["ce", "bce"] = option("ce", "ce: cross-entropy (timm SoftTargetCrossEntropy under mixup); bce: timm "
+                                              "BinaryCrossEntropy (ResNet Strikes Back)")
+    bce_target_thresh: Optional[float] = option(None, "bce: binarise the (mixed) targets above this value "
+                                                      "(timm --bce-target-thresh)")
+    auto_augment: Optional[str] = option(None, "per-image policy in timm's syntax: rand-m9-mstd0.5-inc1 (RandAugment), "
+                                               "original / v0 / 3a (AutoAugment), augmix-m5-w3 (AugMix); or "
+                                               "trivialaugment (torchvision's TrivialAugmentWide) (timm --aa)")
+    random_erasing: float = option(0.0, "random erasing probability (timm RandomErasing on the normalised batch; "
+                                        "timm --reprob)")
+    random_erasing_mode: Literal["const", "rand", "pixel"] = option("pixel", "random erasing fill (timm --remode)")
+    random_erasing_count: int = option(1, "random erasing: at most this many boxes per image (timm --recount)")
+    mixup: float = option(0.0, "mixup alpha, 0: off (timm Mixup, --mixup)")
+    cutmix: float = option(0.0, "CutMix alpha, 0: off (timm Mixup, --cutmix)")
+    mixup_prob: float = option(1.0, "probability of mixing a batch (timm --mixup-prob)")
+    mixup_switch_prob: float = option(0.5, "with both on: probability of CutMix instead of mixup (timm --mixup-switch-prob)")
+    mixup_mode: Literal["batch", "pair", "elem"] = option("batch", "one mix per batch, per pair or per image "
+                                                                   "(timm --mixup-mode)")
+    ema_decay: Optional[float] = option(None, "keep an exponential moving average of the weights with this decay, "
+                                              "evaluated every epoch and saved in checkpoints (timm ModelEmaV3, "
+                                              "--model-ema-decay); off when not given")
+    ema_warmup: bool = option(False, "EMA decay warm-up (timm --model-ema-warmup)")
+    aug_repeats: int = option(1, "repeated augmentation: each sampled image appears this many times per epoch with "
+                                 "different crops, the copies spread over processes (timm RepeatAugSampler, "
+                                 "--aug-repeats; 1: off)")
+    progressive_from: Optional[int] = option(None, "progressive resizing: train at this resolution first, rising to "
+                                                   "--train-res (the final one) over --progressive-epochs (FFCV min_res)")
+    progressive_epochs: Optional[tuple[int, int]] = option(
+        None, "the ramp: lowest resolution up to epoch A, --train-res from epoch B on, linear in between (0-based "
+              "epochs, FFCV start_ramp / end_ramp; default: 70% and 83% of the epochs, FFCV's ratios; stored resolved)",
+        metavar=("A", "B"))
+    progressive_step: int = option(32, "round the ramp's resolutions to a multiple of this (FFCV: 32)")
+    clip_grad: Optional[float] = option(None, "clip the gradient norm to this value")
+    amp: Literal["auto", "bf16", "fp16", "none"] = option("auto", "mixed precision (auto: bf16 on a GPU that has it, none on CPU)")
+    channels_last: bool = option(False, "channels_last memory format")
+    sync_bn: bool = option(False, "synchronise batch-norm statistics across processes (distributed runs)")
+    drop_rate: Optional[float] = option(None, "dropout before the classifier (timm drop_rate)")
+    drop_path_rate: Optional[float] = option(None, "stochastic depth rate (timm drop_path_rate)")
+    model_kwargs: tuple[str, ...] = option((), "more timm.create_model arguments as KEY=VALUE, the value read as YAML "
+                                               "(patch_size=8, drop_block_rate=0.1; timm --model-kwargs); recorded in "
+                                               "the checkpoint, which rebuilds the same model", metavar="KEY=VALUE")
+    seed: int = option(0, "random seed (data order, augmentation, initialisation)")
+    workers: Optional[int] = option(None, "data-loading processes per training process (default: cores - 1, at most 16)")
+    pipeline: Literal["auto", "pil", "fast"] = option(
+        "auto", "data pipeline: pil (Pillow decode + torchvision transforms, the reference), fast (reduced-size or "
+                "GPU JPEG decoding, crops resampled in batches; same crop boxes), auto (fast on CUDA, pil on CPU)")
+    compile: bool = option(False, "torch.compile the training model (measured not faster for ResNet-50 on an H200)")
+    device: str = option("auto", "cpu, cuda, cuda:N or auto")
+    eval_every: int = option(1, "evaluate every this many epochs (and always after the last)")
+    checkpoint_every: int = option(0, "also checkpoint every this many optimiser steps (0: at epoch ends only)")
+    keep_last: int = option(2, "number of recent checkpoints kept (the best one is always kept)")
+    log_tensorboard: Optional[bool] = option(None, "also write TensorBoard event files into RUN/tensorboard (default: "
+                                                   "when the tensorboard package is installed, pip install "
+                                                   "'fixres[tensorboard]')")
+    log_wandb: bool = option(False, "also log to Weights & Biases (needs wandb; WANDB_MODE=offline works without "
+                                    "network) (timm --log-wandb)")
+    wandb_project: Optional[str] = option(None, "Weights & Biases project (default: fixres)")
+
+    def __post_init__(self):
+        check_resolution(self.train_res, "train_res")
+        if self.test_res is not None:
+            check_resolution(self.test_res, "test_res")
+        check_crop_pct(self.crop_pct)
+        interpolation_mode(self.interpolation)
+        positive = dict(epochs=self.epochs, batch_size=self.batch_size, accum_steps=self.accum_steps,
+                        eval_every=self.eval_every, keep_last=self.keep_last)
+        for name, value in positive.items():
+            if value < 1:
+                raise FixresError(f"{name} must be at least 1, got {value}")
+        if self.batch_size % self.accum_steps:
+            raise FixresError(f"batch_size {self.batch_size} is not divisible by accum_steps {self.accum_steps}")
+        for name in ("momentum", "hflip", "label_smoothing"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise FixresError(f"{name} must be in [0, 1], got {getattr(self, name)}")
+        if self.lr is not None and self.lr <= 0:
+            raise FixresError(f"lr must be positive, got {self.lr}")
+        if self.warmup_epochs < 0 or self.checkpoint_every < 0 or self.color_jitter < 0:
+            raise FixresError("warmup_epochs, checkpoint_every and color_jitter must not be negative")
+        if not 0 <= self.holdout < 1:
+            raise FixresError(f"holdout must be in [0, 1), got {self.holdout}")
+        if self.workers is not None and self.workers < 0:
+            raise FixresError(f"workers must not be negative, got {self.workers}")
+        if self.pretrained and self.weights:
+            raise FixresError("give either --pretrained or --weights, not both")
+        if self.progressive_from is not None and self.progressive_epochs is None and self.epochs >= 2:
+            object.__setattr__(self, "progressive_epochs", default_ramp(self.epochs))   # resolved once, stored
+        parse_model_kwargs(self.model_kwargs)
+        check_recipe(self)
+
+    @property
+    def eval_res(self) -> int:
+        return self.test_res or self.train_res
+
+    @property
+    def peak_lr(self) -> float:
+        if self.lr is not None:
+            return self.lr
+        return 0.1 * self.batch_size / 256 if sgd_family(self.optimizer) else 1e-3 * self.batch_size / 512
+
+    @property
+    def decay(self) -> float:
+        if self.weight_decay is not None:
+            return self.weight_decay
+        return 1e-4 if sgd_family(self.optimizer) else 0.05
+
+    @property
+    def mixes(self) -> bool:
+        """True when batches are mixed (mixup or CutMix): soft targets."""
+        return self.mixup > 0 or self.cutmix > 0
+
+
+# arguments fixres sets itself, from its own options or the data
+OWN_MODEL_ARGS = {"num_classes": "from the data's classes", "pretrained": "use --pretrained",
+                  "checkpoint_path": "use --weights", "drop_rate": "use --drop-rate",
+                  "drop_path_rate": "use --drop-path-rate", "pretrained_cfg": "from the model name",
+                  "pretrained_cfg_overlay": "from the model name"}
+
+
+def parse_model_kwargs(items) -> dict:
+    """``("patch_size=8", "act_layer=gelu")`` -> ``{"patch_size": 8, "act_layer": "gelu"}`` (values
+    read as YAML scalars or lists), refusing a malformed item or an argument fixres sets itself."""
+    kwargs = {}
+    for item in items:
+        key, sep, value = str(item).partition("=")
+        key = key.strip()
+        if not sep or not key.isidentifier():
+            raise FixresError(f"model_kwargs: expected KEY=VALUE, got {item!r}")
+        if key in OWN_MODEL_ARGS:
+            raise FixresError(f"model_kwargs: {key} is set by fixres ({OWN_MODEL_ARGS[key]})")
+        try:
+            kwargs[key] = yaml.safe_load(value) if value.strip() else None
+        except yaml.YAMLError:
+            raise FixresError(f"model_kwargs: cannot read the value of {key!r}: {value!r}") from None
+    return kwargs

@@ -1,0 +1,323 @@
+"""Today's training recipes, through timm: per-image augmentation policies, random erasing,
+mixup / CutMix with their losses, the weight EMA, timm's optimisers, progressive resizing.
+
+timm (and torchvision) provide every part; this module only configures them, validates the
+settings, and makes their randomness a function of the run's seed:
+
+- timm's RandAugment / AutoAugment / AugMix draw from Python's ``random`` and numpy's global
+  generators, torchvision's TrivialAugmentWide from torch's. :func:`seeded_rngs` runs a block
+  with those global generators seeded and restores them afterwards. A per-image policy is
+  seeded from the image's own generator (a function of ``(seed, epoch, index)``), so the same
+  image gets the same augmentation whatever worker runs it, and after a resume.
+- Random erasing and mixup act on the batch in the training process; they are seeded from
+  ``(seed, step, share of the global batch)`` (:meth:`BatchRecipe.__call__`), so a resumed
+  run replays them without storing their states, and two processes mix the same images as
+  one process with two accumulation steps.
+
+Nothing here imports the training configuration: functions take it as an argument.
+"""
+from __future__ import annotations
+
+import contextlib
+import difflib
+import random
+from dataclasses import dataclass
+from functools import cached_property
+from typing import Any, Callable, Iterator
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torchvision.transforms.v2 import functional as TF
+
+from ..core.errors import FixresError
+from ..data.transforms import TrainTransform, check_resolution, interpolation_mode
+
+TRIVIAL_AUGMENT = ("trivialaugment", "trivial")   # torchvision's TrivialAugmentWide (timm has none)
+# timm's optimisers with momentum-SGD-like learning rates (the others are Adam-like).
+SGD_FAMILY = ("sgd", "momentum", "nesterov", "sgdw", "sgdp", "nesterovw", "lars", "larc", "nlars", "nlarc")
+
+
+# ----------------------------------------------------------------------------- random state
+@contextlib.contextmanager
+def seeded_rngs(seed: int, device: torch.device | None = None) -> Iterator[None]:
+    """Run a block with Python's ``random``, numpy's and torch's global generators (the CPU one,
+    and ``device``'s when it is a GPU) seeded from ``seed``; restore all of them afterwards."""
+    py_state, np_state = random.getstate(), np.random.get_state()
+    gpus = [device.index or 0] if device is not None and device.type == "cuda" else []
+    try:
+        with torch.random.fork_rng(devices=gpus):
+            random.seed(seed)
+            np.random.seed(seed % 2**32)
+            torch.manual_seed(seed)
+            yield
+    finally:
+        random.setstate(py_state)
+        np.random.set_state(np_state)
+
+
+def _draw_seed(generator: torch.Generator | None) -> int:
+    return int(torch.randint(0, 2**62, (1,), generator=generator).item())
+
+
+# ----------------------------------------------------------------------------- optimisers
+def sgd_family(name: str) -> bool:
+    """True for timm optimisers whose learning rates are momentum SGD's (0.1 per 256 images)."""
+    return name.lower().split("_")[-1] in SGD_FAMILY
+
+
+def timm_optimizers() -> list[str]:
+    """Every optimiser name timm's ``create_optimizer_v2`` knows (without the ``lookahead_`` prefix)."""
+    from timm.optim import list_optimizers
+    return list(list_optimizers())
+
+
+def check_optimizer(name: str) -> str:
+    known = timm_optimizers()
+    base = name.lower().split("_")
+    if base[-1] in known and (len(base) == 1 or base[:-1] == ["lookahead"]):
+        return name
+    close = difflib.get_close_matches(name.lower(), known, n=3)
+    hint = f" (did you mean {' or '.join(close)}?)" if close else f"; timm knows: {', '.join(sorted(known))}"
+    raise FixresError(f"unknown optimizer {name!r}{hint}")
+
+
+# ----------------------------------------------------------------------------- per-image policies
+def augment_policy(policy: str, size: int, mean: tuple[float, ...] = (0.485, 0.456, 0.406),
+                   interpolation: str = "bilinear") -> Callable[[Image.Image], Image.Image]:
+    """The PIL -> PIL transform of an augmentation policy string, configured as timm's
+    ``transforms_imagenet_train`` configures it (translation 45% of the size, fill = mean).
+
+    Raises:
+        FixresError: a policy string timm's parser refuses (its own message, one line).
+    """
+    from timm.data.auto_augment import augment_and_mix_transform, auto_augment_transform, rand_augment_transform
+    if policy.lower() in TRIVIAL_AUGMENT:
+        from torchvision.transforms import TrivialAugmentWide
+        return TrivialAugmentWide(interpolation=interpolation_mode(interpolation))
+    hparams = dict(translate_const=int(size * 0.45), img_mean=tuple(min(255, round(255 * m)) for m in mean),
+                   interpolation=Image.Resampling.BICUBIC if interpolation == "bicubic" else Image.Resampling.BILINEAR)
+    try:
+        if policy.startswith("rand"):
+            return rand_augment_transform(policy, hparams)
+        if policy.startswith("augmix"):
+            hparams["translate_pct"] = 0.3
+            return augment_and_mix_transform(policy, hparams)
+        return auto_augment_transform(policy, hparams)
+    except (AssertionError, KeyError, ValueError, IndexError) as e:
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise FixresError(f"auto_augment {policy!r}: {reason} (timm's syntax: rand-m9-mstd0.5-inc1, original, v0, "
+                          f"3a, augmix-m5-w3; or trivialaugment)") from None
+
+
+@dataclass(frozen=True)
+class AugmentedTrainTransform:
+    """RandomResizedCrop + flip (:class:`TrainTransform`'s exact draws), then a per-image policy
+    (RandAugment, AutoAugment, AugMix or TrivialAugment), then colour jitter if any -- timm's
+    order. The policy's draws come from a seed drawn from the image's generator."""
+
+    base: TrainTransform
+    policy: str
+    mean: tuple[float, ...] = (0.485, 0.456, 0.406)
+
+    @property
+    def size(self) -> int:
+        return self.base.size
+
+    @property
+    def interpolation(self) -> str:
+        return self.base.interpolation
+
+    @property
+    def color_jitter(self) -> float:
+        return self.base.color_jitter
+
+    @cached_property
+    def _policy(self) -> Callable[[Image.Image], Image.Image]:
+        return augment_policy(self.policy, self.base.size, self.mean, self.base.interpolation)
+
+    def __call__(self, img: Image.Image, generator: torch.Generator | None = None) -> torch.Tensor:
+        img = self.base.crop_flip(img, generator)
+        with seeded_rngs(_draw_seed(generator)):
+            img = self._policy(img)
+        return TF.pil_to_tensor(self.base.jitter(img, generator))
+
+
+def train_transform(base: TrainTransform, auto_augment: str | None, mean: tuple[float, ...]):
+    """``base``, or ``base`` followed by the policy ``auto_augment``."""
+    return AugmentedTrainTransform(base, auto_augment, tuple(mean)) if auto_augment else base
+
+
+# ----------------------------------------------------------------------------- batch recipe
+class BatchRecipe:
+    """Random erasing and mixup / CutMix on a normalised device batch, and the loss that goes
+    with the targets they produce -- timm's ``RandomErasing``, ``Mixup``,
+    ``SoftTargetCrossEntropy`` and ``BinaryCrossEntropy``, chosen as timm's train.py chooses."""
+
+    def __init__(self, cfg: Any, num_classes: int, device: torch.device):
+        from timm.data import Mixup
+        from timm.data.random_erasing import RandomErasing
+        from timm.loss import BinaryCrossEntropy, SoftTargetCrossEntropy
+        self.device = device
+        self.erasing = (RandomErasing(cfg.random_erasing, mode=cfg.random_erasing_mode, max_count=cfg.random_erasing_count,
+                                      device=str(device)) if cfg.random_erasing > 0 else None)
+        self.mixup = (Mixup(mixup_alpha=cfg.mixup, cutmix_alpha=cfg.cutmix, prob=cfg.mixup_prob,
+                            switch_prob=cfg.mixup_switch_prob, mode=cfg.mixup_mode, label_smoothing=cfg.label_smoothing,
+                            num_classes=num_classes) if cfg.mixes else None)
+        if cfg.loss == "bce":   # smoothing applies to hard targets only: mixed ones are smoothed by Mixup
+            self.criterion = BinaryCrossEntropy(smoothing=cfg.label_smoothing, target_threshold=cfg.bce_target_thresh)
+        elif self.mixup is not None:
+            self.criterion = SoftTargetCrossEntropy()
+        else:
+            smoothing = cfg.label_smoothing
+            self.criterion = lambda logits, y: F.cross_entropy(logits, y, label_smoothing=smoothing)
+
+    @property
+    def active(self) -> bool:
+        return self.erasing is not None or self.mixup is not None
+
+    def __call__(self, x: torch.Tensor, y: torch.Tensor, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(images, targets)``: hard labels, or soft targets when mixed."""
+        if not self.active:
+            return x, y
+        with seeded_rngs(seed, self.device):
+            if self.erasing is not None:
+                x = self.erasing(x)
+            if self.mixup is not None:
+                if len(x) % 2:
+                    raise FixresError(f"mixup/CutMix needs an even number of images per process step, got {len(x)} "
+                                      "(an unreadable image was dropped from the batch?)")
+                x, y = self.mixup(x, y)
+        return x, y
+
+
+# ----------------------------------------------------------------------------- EMA
+def make_ema(model: torch.nn.Module, decay: float, warmup: bool):
+    """timm's ``ModelEmaV3`` of ``model`` (a float32 copy on the model's device)."""
+    from timm.utils import ModelEmaV3
+    return ModelEmaV3(model, decay=decay, use_warmup=warmup)
+
+
+# ----------------------------------------------------------------------------- progressive resizing
+@dataclass(frozen=True)
+class ResolutionSchedule:
+    """The training resolution of each epoch: ``start`` up to epoch ``ramp[0]``, ``end`` from
+    epoch ``ramp[1]`` on, linear in between rounded to a multiple of ``step`` (FFCV's
+    ``get_resolution``; epochs 0-based). ``start == end``: a constant resolution."""
+
+    start: int
+    end: int
+    ramp: tuple[int, int] = (0, 1)
+    step: int = 32
+
+    @classmethod
+    def of(cls, cfg: Any) -> "ResolutionSchedule":
+        if cfg.progressive_from is None:
+            return cls(cfg.train_res, cfg.train_res)
+        return cls(cfg.progressive_from, cfg.train_res, tuple(cfg.progressive_epochs), cfg.progressive_step)
+
+    @property
+    def progressive(self) -> bool:
+        return self.start != self.end
+
+    def res_at(self, epoch: int) -> int:
+        a, b = self.ramp
+        if not self.progressive or epoch <= a:
+            return self.start
+        if epoch >= b:
+            return self.end
+        value = self.start + (epoch - a) / (b - a) * (self.end - self.start)
+        return min(self.end, max(self.start, int(np.round(value / self.step)) * self.step))
+
+    def eval_res_at(self, epoch: int, test_res: int) -> int:
+        """The per-epoch evaluation resolution: ``test_res`` scaled by the ratio of the epoch's
+        training resolution to the final one (the run's train/test ratio kept throughout)."""
+        return max(8, round(test_res * self.res_at(epoch) / self.end))
+
+    def row(self) -> dict:
+        return {"start": self.start, "end": self.end, "ramp_epochs": list(self.ramp), "step": self.step,
+                "note": "train_res is the final training resolution; epochs are 0-based"}
+
+
+def default_ramp(epochs: int) -> tuple[int, int]:
+    """About FFCV's ratios (16 epochs: 11 -> 13; 88 epochs: 65 -> 76)."""
+    end = max(1, min(epochs - 1, round(0.83 * epochs)))
+    return min(end - 1, round(0.7 * epochs)), end
+
+
+# ----------------------------------------------------------------------------- validation
+def check_recipe(cfg: Any) -> None:
+    """Validate the recipe settings of a training configuration (one-line errors)."""
+    check_optimizer(cfg.optimizer)
+    if cfg.auto_augment is not None:
+        augment_policy(cfg.auto_augment, cfg.train_res)
+    for name in ("random_erasing", "mixup_prob", "mixup_switch_prob"):
+        if not 0 <= getattr(cfg, name) <= 1:
+            raise FixresError(f"{name} must be in [0, 1], got {getattr(cfg, name)}")
+    if cfg.random_erasing_count < 1:
+        raise FixresError(f"random_erasing_count must be at least 1, got {cfg.random_erasing_count}")
+    if cfg.mixup < 0 or cfg.cutmix < 0:
+        raise FixresError("mixup and cutmix alphas must not be negative")
+    micro = cfg.batch_size // cfg.accum_steps
+    if cfg.mixes and micro % 2:
+        raise FixresError(f"mixup/CutMix (timm Mixup) needs an even batch per step and process: batch_size "
+                          f"{cfg.batch_size} / accum_steps {cfg.accum_steps} = {micro} is odd")
+    if cfg.bce_target_thresh is not None:
+        if cfg.loss != "bce":
+            raise FixresError("bce_target_thresh applies to --loss bce only")
+        if not 0 < cfg.bce_target_thresh < 1:
+            raise FixresError(f"bce_target_thresh must be in (0, 1), got {cfg.bce_target_thresh}")
+    if cfg.ema_decay is not None and not 0 < cfg.ema_decay < 1:
+        raise FixresError(f"ema_decay must be in (0, 1) (e.g. 0.9998), got {cfg.ema_decay}")
+    if cfg.ema_warmup and cfg.ema_decay is None:
+        raise FixresError("--ema-warmup needs --ema-decay")
+    if cfg.aug_repeats < 1:
+        raise FixresError(f"aug_repeats must be at least 1, got {cfg.aug_repeats}")
+    check_progressive(cfg)
+
+
+def check_progressive(cfg: Any) -> None:
+    if cfg.progressive_from is None:
+        if cfg.progressive_epochs is not None:
+            raise FixresError("--progressive-epochs needs --progressive-from (the first, lower, resolution)")
+        return
+    check_resolution(cfg.progressive_from, "progressive_from")
+    if cfg.progressive_from >= cfg.train_res:
+        raise FixresError(f"progressive resizing must increase: progressive_from {cfg.progressive_from} is not below "
+                          f"train_res {cfg.train_res} (the final training resolution)")
+    if cfg.progressive_step < 1:
+        raise FixresError(f"progressive_step must be at least 1, got {cfg.progressive_step}")
+    if cfg.epochs < 2:
+        raise FixresError("progressive resizing needs at least 2 epochs")
+    a, b = cfg.progressive_epochs
+    if not 0 <= a < b <= cfg.epochs - 1:
+        raise FixresError(f"progressive_epochs {a} {b}: the ramp must lie within the epochs, 0 <= A < B <= "
+                          f"{cfg.epochs - 1} (0-based; the final resolution is trained from epoch B on)")
+
+
+def check_pipeline(cfg: Any, pipeline: str) -> None:
+    """Refuse what the resolved data pipeline cannot do. The fast pipeline crops and resizes
+    whole batches (on the GPU with the device decoder): mixup/CutMix, random erasing, EMA,
+    repeated augmentation and progressive resizing work with it; the per-image PIL policies
+    (RandAugment, AutoAugment, AugMix, TrivialAugment) do not."""
+    if pipeline == "fast" and cfg.auto_augment:
+        raise FixresError(f"--auto-augment {cfg.auto_augment} is a per-image PIL transform that the fast pipeline "
+                          "does not run; use --pipeline pil (the fast pipeline supports mixup/CutMix, random "
+                          "erasing, EMA, repeated augmentation and progressive resizing)")
+
+
+def recipe_record(cfg: Any, schedule: ResolutionSchedule) -> dict:
+    """What a checkpoint records of its training recipe (beyond the crop settings in its
+    preprocessing record)."""
+    return {"optimizer": cfg.optimizer, "schedule": cfg.schedule, "loss": cfg.loss,
+            "label_smoothing": cfg.label_smoothing, "bce_target_thresh": cfg.bce_target_thresh,
+            "auto_augment": cfg.auto_augment,
+            "random_erasing": {"prob": cfg.random_erasing, "mode": cfg.random_erasing_mode,
+                               "count": cfg.random_erasing_count} if cfg.random_erasing else None,
+            "mixup": {"mixup_alpha": cfg.mixup, "cutmix_alpha": cfg.cutmix, "prob": cfg.mixup_prob,
+                      "switch_prob": cfg.mixup_switch_prob, "mode": cfg.mixup_mode} if cfg.mixes else None,
+            "aug_repeats": cfg.aug_repeats,
+            "ema": {"decay": cfg.ema_decay, "warmup": cfg.ema_warmup} if cfg.ema_decay else None,
+            "train_res_schedule": schedule.row() if schedule.progressive else None,
+            "weights": "model"}

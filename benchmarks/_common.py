@@ -75,7 +75,8 @@ def make_photos(root: Path, *, classes: int, per_class: int, unique: int, worker
 
 def torchvision_loader(root: Path, size: int, *, batch_size: int, workers: int, pin_memory: bool, eval_res=None):
     """The usual PyTorch pipeline: ImageFolder, PIL decode, torchvision transforms, DataLoader."""
-    from torchvision import datasets, transforms as T
+    from torchvision import datasets
+    from torchvision import transforms as T
     mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
     if eval_res is None:
         tf = T.Compose([T.RandomResizedCrop(size), T.RandomHorizontalFlip(), T.ToTensor(), T.Normalize(mean, std)])
@@ -93,8 +94,8 @@ class Stepper:
     the device (no per-step host sync)."""
 
     def __init__(self, model: torch.nn.Module, device: torch.device, channels_last: bool):
-        from fixres.data.transforms import Normalizer
         from fixres.core.runtime import autocast_dtype
+        from fixres.data.transforms import Normalizer
         self.model, self.device = model.to(device).train(), device
         if channels_last:
             self.model.to(memory_format=torch.channels_last)

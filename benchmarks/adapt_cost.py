@@ -31,8 +31,8 @@ from fixres.models.checkpoint import versions
 
 def make_checkpoint(root: Path, workers: int) -> tuple[Path, Path]:
     from fixres.data.synth import synthesize
-    from fixres.train.loop import fit
     from fixres.train.config import TrainConfig
+    from fixres.train.loop import fit
     data = root / "synth"
     synthesize(data, classes=4, train_per_class=100, val_per_class=50, seed=0, workers=workers, progress=False)
     cfg = TrainConfig(data=str(data), out=str(root / "run"), model="resnet10t", train_res=48, test_res=48,

@@ -24,8 +24,8 @@ from pathlib import Path
 from fixres.adapt import adapt_checkpoint
 from fixres.data.synth import synthesize
 from fixres.measure.sweep import sweep_checkpoint
-from fixres.train.loop import fit
 from fixres.train.config import TrainConfig
+from fixres.train.loop import fit
 
 # Per family: the timm model and architecture arguments that learn the embedded dataset at 64 px on a CPU.
 # A patch-16 ViT (vit_tiny_patch16_224, test_vit) stayed at chance there (4 x 4 tokens); patch 8 learns.

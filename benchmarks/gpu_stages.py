@@ -21,13 +21,13 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 from _common import cores, make_photos  # noqa: E402
 
+from fixres.core.runtime import Runtime  # noqa: E402
 from fixres.data import scan_split  # noqa: E402
 from fixres.data.fast import decode_on_device  # noqa: E402
 from fixres.data.loader import TrainBatches, default_workers  # noqa: E402
 from fixres.data.packer import PackOptions, pack  # noqa: E402
 from fixres.data.pipeline import DeviceFinisher, train_batches  # noqa: E402
 from fixres.data.transforms import TrainTransform  # noqa: E402
-from fixres.core.runtime import Runtime  # noqa: E402
 
 
 def rate(batches, n: int, sync) -> float:

@@ -41,14 +41,14 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 from _common import Stepper, cores, cycle, make_photos, timed_steps, torchvision_loader  # noqa: E402
 
-from fixres.models.checkpoint import versions  # noqa: E402
+from fixres.core.runtime import Runtime, autocast, autocast_dtype  # noqa: E402
 from fixres.data import scan_split  # noqa: E402
 from fixres.data.loader import TrainBatches, default_workers  # noqa: E402
 from fixres.data.packer import PackOptions, pack  # noqa: E402
 from fixres.data.pipeline import eval_batches, sweep_batches, train_batches  # noqa: E402
 from fixres.data.transforms import EvalTransform, Normalizer, TrainTransform  # noqa: E402
 from fixres.models import create_model  # noqa: E402
-from fixres.core.runtime import Runtime, autocast, autocast_dtype  # noqa: E402
+from fixres.models.checkpoint import versions  # noqa: E402
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 

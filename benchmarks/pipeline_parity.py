@@ -26,10 +26,10 @@ from pathlib import Path
 
 import torch
 
+from fixres.core.runtime import Dist, Runtime, autocast_dtype
 from fixres.data import scan_dataset
 from fixres.data.pipeline import eval_batches
 from fixres.measure.infer import Tally, infer
-from fixres.core.runtime import Dist, Runtime, autocast_dtype
 from fixres.models.sources import open_checkpoint
 
 # name -> (pipeline, eval_batches keywords)

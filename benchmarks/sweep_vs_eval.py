@@ -27,18 +27,17 @@ from pathlib import Path
 
 import torch
 
-from fixres.models.checkpoint import CheckpointMeta, save_checkpoint
+from fixres.core.runtime import Runtime
 from fixres.data.folder import list_classes, scan_split
 from fixres.data.pipeline import eval_batches, sweep_batches
 from fixres.data.preprocessing import Preprocessing
 from fixres.data.synth import synthesize
 from fixres.data.transforms import parse_resolutions
 from fixres.measure.infer import evaluate
-from fixres.models import create_model
-from fixres.models.factory import model_preprocessing
-from fixres.core.runtime import Runtime
-from fixres.models.sources import open_checkpoint
 from fixres.measure.sweep import sweep_model
+from fixres.models import create_model
+from fixres.models.checkpoint import CheckpointMeta, save_checkpoint
+from fixres.models.sources import open_checkpoint
 
 
 def drain(loader) -> None:
@@ -49,9 +48,9 @@ def drain(loader) -> None:
 def make_checkpoint(directory: Path, model_name: str, classes: tuple[str, ...], train_res: int) -> Path:
     torch.manual_seed(0)
     model = create_model(model_name, len(classes))
-    prep = model_preprocessing(model)
+    declared = Preprocessing.from_pretrained_cfg(model.pretrained_cfg, model_name, sizes=False)
     meta = CheckpointMeta(model=model_name, class_names=classes,
-                          preprocessing=Preprocessing(prep["mean"], prep["std"], train_res=train_res, test_res=train_res))
+                          preprocessing=Preprocessing(declared.mean, declared.std, train_res=train_res, test_res=train_res))
     save_checkpoint(directory, model, meta)
     return directory
 

@@ -5,21 +5,21 @@ import json
 import pytest
 import timm
 import torch
+from helpers import one_line_error, run_cli
 
 from fixres.adapt import adapt_checkpoint
 from fixres.adapt.data import ShiftedCentreCrop, adaptation_images, horizontal_shift
-from fixres.data.pipeline import ordered_batches
-from fixres.models.pooled import collect_pooled
 from fixres.adapt.parametric import fit_gev, fit_law
-from fixres.models.checkpoint import CheckpointMeta, read_meta, save_checkpoint
+from fixres.core.runtime import Runtime
 from fixres.data.decode import load_rgb
+from fixres.data.pipeline import ordered_batches
 from fixres.data.preprocessing import Preprocessing
 from fixres.data.transforms import EvalTransform
 from fixres.measure.infer import evaluate_checkpoint
+from fixres.models.checkpoint import CheckpointMeta, read_meta, save_checkpoint
 from fixres.models.equaliser import Equaliser, Law, gev_quantile
-from fixres.core.runtime import Runtime
+from fixres.models.pooled import collect_pooled
 from fixres.models.sources import open_checkpoint
-from helpers import run_cli, one_line_error
 
 K = 48
 FAST = dict(test_res=K, epochs=2, batch_size=16, lr=0.05, workers=0, quiet=True)

@@ -9,14 +9,25 @@ import pytest
 import torch
 from PIL import Image
 
-from fixres.analyze import (STATISTICS, compare_statistics, crop_extents, image_sizes, plot_apparent_size,
-                            predict_test_res, read_size, rrc_moments, sample_rrc_sizes, scan_sizes, sensitivity)
+from fixres.analyze import (
+    STATISTICS,
+    compare_statistics,
+    crop_extents,
+    image_sizes,
+    plot_apparent_size,
+    predict_test_res,
+    read_size,
+    rrc_moments,
+    sample_rrc_sizes,
+    scan_sizes,
+    sensitivity,
+)
 from fixres.analyze.geometry import solve_test_res
 from fixres.cli import main
+from fixres.core.errors import FixresError
 from fixres.data import load_rgb
 from fixres.data.folder import scan_split
 from fixres.data.transforms import eval_geometry, sample_rrc_params
-from fixres.core.errors import FixresError
 
 RATIO = (3 / 4, 4 / 3)
 trapezoid = getattr(np, "trapezoid", None) or np.trapz   # numpy < 2 has only trapz

@@ -6,7 +6,6 @@ import shutil
 import pytest
 import timm
 import torch
-
 from helpers import one_line_error, run_cli
 
 TRAIN = ["--model", "test_resnet", "--train-res", "32", "--test-res", "40", "--epochs", "2", "--batch-size", "24",
@@ -38,7 +37,7 @@ def test_train_writes_a_complete_run_directory(trained):
         assert prep["scale"] == [0.25, 1.0] and prep["ratio"] == pytest.approx([3 / 4, 4 / 3])
         assert (prep["hflip"], prep["color_jitter"]) == (0.5, 0.0)
         assert prep["mean"] == pytest.approx(declared["mean"]) and prep["std"] == pytest.approx(declared["std"])
-        assert prep["origin"]["mean"] == "model pretrained_cfg" and prep["origin"]["scale"] == "fixres train"
+        assert prep["origin"]["mean"] == "timm pretrained_cfg of test_resnet" and prep["origin"]["scale"] == "fixres train"
         assert len(meta["data_digest"]) == 33
     assert (trained / "last" / "state.pt").is_file()
 

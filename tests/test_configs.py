@@ -4,10 +4,10 @@ from pathlib import Path
 
 import pytest
 
-from fixres.measure.costs import expected_hours
 from fixres.experiments.grid import GridConfig
 from fixres.experiments.grid.config import adapt_options
 from fixres.experiments.transfer import TransferConfig, load_experiment
+from fixres.measure.costs import expected_hours
 
 CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
 IMAGENET_TRAIN = 1_281_167

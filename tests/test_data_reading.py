@@ -5,10 +5,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from fixres.core.errors import FixresError
 from fixres.data import EvalTransform, ImageDataset, load_rgb, read_header, scan_dataset, scan_split
 from fixres.data.decode import MAX_IMAGE_PIXELS, UnreadableImage
 from fixres.data.loader import EvalShard, make_loader
-from fixres.core.errors import FixresError
 
 RGB = np.zeros((30, 40, 3), np.uint8)
 RGB[:, :20] = (200, 40, 10)

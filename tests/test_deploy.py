@@ -7,13 +7,20 @@ import pytest
 import torch
 from torch import nn
 
-from fixres.measure.choose import deployments, fits_budget, pareto_front, under_budget, within_best
 from fixres.core.errors import FixresError
 from fixres.core.plots import cost_figure
 from fixres.core.runtime import Runtime
+from fixres.measure.choose import deployments, fits_budget, pareto_front, under_budget, within_best
 from fixres.measure.sweep_report import deployment_sentence
-from fixres.measure.timing import (BATCH_MIN_REPEATS, BATCH_WARMUP, MIN_REPEATS, WARMUP, median_iqr, repeat_timed,
-                           time_model)
+from fixres.measure.timing import (
+    BATCH_MIN_REPEATS,
+    BATCH_WARMUP,
+    MIN_REPEATS,
+    WARMUP,
+    median_iqr,
+    repeat_timed,
+    time_model,
+)
 
 
 @dataclass(frozen=True)

@@ -11,10 +11,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file
-
 from conftest import write_colour_folder
 from helpers import run_cli
+from safetensors.torch import load_file
 
 pytestmark = pytest.mark.slow
 

@@ -7,15 +7,15 @@ from pathlib import Path
 import pytest
 import timm
 import torch
+from helpers import one_line_error
 from PIL import Image
 
 from fixres.cli import main
-from fixres.data import EvalTransform, Normalizer, load_rgb
 from fixres.core.errors import FixresError
+from fixres.data import EvalTransform, Normalizer, load_rgb
 from fixres.deploy.export import export_checkpoint
 from fixres.deploy.predict import predict
 from fixres.models.sources import open_checkpoint
-from helpers import one_line_error
 
 TRAIN_RES, ADAPTED_RES = 32, 48
 

@@ -8,18 +8,18 @@ import multiprocessing
 import pytest
 import timm
 import torch
+from helpers import one_line_error, run_cli
 from PIL import Image
 from timm.data import create_transform, resolve_data_config
 
 from fixres.adapt import adapt_checkpoint
-from fixres.models.checkpoint import CheckpointMeta, save_checkpoint
-from fixres.data.preprocessing import Preprocessing
 from fixres.core.errors import FixresError
+from fixres.data.preprocessing import Preprocessing
 from fixres.deploy.export import export_checkpoint
-from fixres.models import create_model
-from fixres.models.sources import open_checkpoint
 from fixres.measure.sweep import sweep_checkpoint
-from helpers import one_line_error, run_cli
+from fixres.models import create_model
+from fixres.models.checkpoint import CheckpointMeta, save_checkpoint
+from fixres.models.sources import open_checkpoint
 
 TINY_VIT = dict(embed_dim=32, depth=1, num_heads=1)
 FAMILIES = {   # name -> (timm kwargs, label-free methods that apply, what fixres trains besides the heads)

@@ -20,14 +20,14 @@ from torchvision.transforms import RandomResizedCrop
 from torchvision.transforms.v2 import functional as F
 
 from fixres.cli import main
+from fixres.core.errors import FixresError
+from fixres.core.runtime import Dist, Runtime
 from fixres.data import scan_dataset, scan_split
 from fixres.data.device_transforms import crop_axes, draw_train, eval_axes, flatten, resample
 from fixres.data.loader import TrainBatches, mix_seed
 from fixres.data.pipeline import eval_batches, sweep_batches, train_batches
 from fixres.data.transforms import EvalTransform, TrainTransform
 from fixres.measure.infer import Tally, infer
-from fixres.core.errors import FixresError
-from fixres.core.runtime import Dist, Runtime
 from fixres.models.sources import open_checkpoint
 
 CPU = torch.device("cpu")

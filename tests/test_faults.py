@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import one_line_error
 from safetensors.torch import load_file
 
 from fixres.cli import main
-from helpers import one_line_error
 
 pytestmark = pytest.mark.slow
 

@@ -6,9 +6,9 @@ import os
 from pathlib import Path
 
 import pytest
+from helpers import one_line_error, run_cli
 
 import fixres.models.sources
-from helpers import one_line_error, run_cli
 
 
 def _unusable(tmp_path: Path) -> list[tuple[Path, str]]:

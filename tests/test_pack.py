@@ -9,12 +9,12 @@ import torch
 from PIL import Image
 
 from fixres.cli import main
+from fixres.core.errors import FixresError
 from fixres.data import ImageDataset, scan_dataset, scan_split
 from fixres.data.loader import Skipped
 from fixres.data.pack import HEADER, INDEX, PackedStore, verify_store
 from fixres.data.packer import PackOptions, pack
 from fixres.data.transforms import EvalTransform
-from fixres.core.errors import FixresError
 from fixres.measure.infer import evaluate_checkpoint
 
 QUIET = dict(progress=False)

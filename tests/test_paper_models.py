@@ -5,11 +5,13 @@ import timm
 import torch
 
 from fixres.adapt import find_adaptable_layers, make_plan
-from fixres.measure.costs import count_flops, model_flops
 from fixres.core.errors import FixresError
+from fixres.data.preprocessing import Preprocessing
 from fixres.experiments.grid.config import train_config
-from fixres.models import create_model, model_preprocessing
 from fixres.experiments.transfer import RESNEXT_WSL, check_tagged
+from fixres.measure.costs import count_flops, model_flops
+from fixres.models import create_model
+from fixres.train.loop import train_preprocessing
 
 IMAGENET = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 INCEPTION = ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))     # AdvProp and PNASNet weights were trained with these
@@ -48,10 +50,11 @@ def meta_model(name: str, **kwargs):
 def test_preprocessing_follows_the_weights_tag(name):
     (mean, std), crop_pct, interpolation, size = EXPECTED[name]
     model = meta_model(name)
-    prep = model_preprocessing(model)
-    assert prep["mean"] == pytest.approx(mean) and prep["std"] == pytest.approx(std)
-    assert prep["crop_pct"] == pytest.approx(crop_pct)
-    assert prep["interpolation"] == interpolation
+    prep = Preprocessing.from_pretrained_cfg(model.pretrained_cfg, name, sizes=False)   # at the training size
+    assert prep.mean == pytest.approx(mean) and prep.std == pytest.approx(std)
+    assert prep.crop_pct == pytest.approx(crop_pct)
+    assert prep.interpolation == interpolation
+    assert Preprocessing.from_pretrained_cfg(model.pretrained_cfg, name).train_res == size
     assert model.pretrained_cfg["input_size"] == (3, size, size)
 
 
@@ -59,16 +62,24 @@ def test_a_new_classifier_keeps_the_tags_preprocessing():
     """fixres builds models with its own number of classes: the tag's normalisation must survive it."""
     model = create_model("tf_efficientnet_b0.ap_in1k", 3)
     assert model.get_classifier().out_features == 3
-    assert model_preprocessing(model)["mean"] == INCEPTION[0]
+    assert Preprocessing.from_pretrained_cfg(model.pretrained_cfg, "b0").mean == INCEPTION[0]
 
 
 def test_runs_from_weights_take_crop_and_interpolation_from_the_tag():
-    cfg = train_config({}, model="tf_efficientnet_b3.ap_in1k", train_res=300, out="o", data="d", weights="w.pt")
-    assert (cfg.crop_pct, cfg.interpolation) == (0.904, "bicubic")
-    explicit = train_config({"crop_pct": 0.875}, model="tf_efficientnet_b3.ap_in1k", train_res=300, out="o",
-                            data="d", weights="w.pt")
-    assert explicit.crop_pct == 0.875
-    scratch = train_config({}, model="tf_efficientnet_b3.ap_in1k", train_res=300, out="o", data="d")
+    """fixres train --pretrained / --weights (and grid and transfer, which build its config) take the
+    tag's crop_pct and interpolation unless given; a run from scratch takes fixres's defaults."""
+    declared = Preprocessing.from_pretrained_cfg(meta_model("tf_efficientnet_b3.ap_in1k").pretrained_cfg, "b3",
+                                                 sizes=False)
+
+    def run_prep(section, **kw):
+        cfg = train_config(section, model="tf_efficientnet_b3.ap_in1k", train_res=300, out="o", data="d", **kw)
+        return train_preprocessing(cfg, declared)
+
+    prep = run_prep({}, weights="w.pt")
+    assert (prep.crop_pct, prep.interpolation) == (0.904, "bicubic")
+    assert run_prep({}, pretrained=True).crop_pct == 0.904
+    assert run_prep({"crop_pct": 0.875}, weights="w.pt").crop_pct == 0.875
+    scratch = run_prep({})
     assert (scratch.crop_pct, scratch.interpolation) == (0.875, "bilinear")    # fixres train's defaults
 
 

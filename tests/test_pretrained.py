@@ -11,20 +11,21 @@ import pytest
 import timm
 import torch
 import torch.nn.functional as F
+from helpers import one_line_error, run_cli
 from PIL import Image
 from safetensors.torch import load_file, save_file
 from timm.data import ImageNetInfo, create_transform, resolve_data_config
 
 import fixres.models.sources
 from fixres.adapt import adapt_checkpoint
-from fixres.data.synth import synthesize
 from fixres.core.errors import FixresError
-from fixres.measure.infer import evaluate_checkpoint
+from fixres.data.preprocessing import Preprocessing
+from fixres.data.synth import synthesize
 from fixres.deploy.export import export_checkpoint
 from fixres.deploy.predict import predict
-from fixres.models.sources import ModelSource, open_model
+from fixres.measure.infer import evaluate_checkpoint
 from fixres.measure.sweep import sweep_checkpoint
-from helpers import one_line_error, run_cli
+from fixres.models.sources import ModelSource, open_model
 
 WNIDS = ("n01440764", "n01443537", "n01484850", "n01491361")     # tench, goldfish, great white shark, tiger shark
 FOLDERS = ("n01440764", "goldfish", "n01484850", "n01491361")     # goldfish's folder named by its description
@@ -105,8 +106,8 @@ def test_test_size_and_crop_of_the_weights_tag_are_the_default_test_geometry(tmp
     """resnet50.a1_in1k declares input 224 / crop 0.95 and test 288 / crop 1.0 (timm validate.py's default)."""
     torch.manual_seed(0)
     with torch.device("meta"):
-        from fixres.models.sources import foreign_preprocessing
-        prep = foreign_preprocessing(timm.create_model("resnet50.a1_in1k"), "resnet50.a1_in1k")
+        model = timm.create_model("resnet50.a1_in1k")
+    prep = Preprocessing.from_pretrained_cfg(model.pretrained_cfg, "resnet50.a1_in1k")
     assert (prep.train_res, prep.test_res, prep.crop_pct, prep.interpolation) == (224, 288, 1.0, "bicubic")
 
 

@@ -16,12 +16,12 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
-from fixres.models import checkpoint as ckpt
 from fixres.cli import main
 from fixres.data.repeat_aug import RepeatedBatches, repeat_order
 from fixres.data.transforms import TrainTransform
-from fixres.train.recipes import AugmentedTrainTransform, BatchRecipe, ResolutionSchedule, seeded_rngs
+from fixres.models import checkpoint as ckpt
 from fixres.train.config import TrainConfig
+from fixres.train.recipes import AugmentedTrainTransform, BatchRecipe, ResolutionSchedule, seeded_rngs
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 

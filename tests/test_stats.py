@@ -7,21 +7,21 @@ import json
 import numpy as np
 import pytest
 import torch
+from helpers import one_line_error
 from torch import nn
 
 from fixres.adapt import Equaliser, adapt_checkpoint, pooled_features
-from fixres.models.checkpoint import save_checkpoint
 from fixres.cli import main
+from fixres.core.errors import FixresError
 from fixres.data.decode import load_rgb
 from fixres.data.index import balanced_sample
 from fixres.data.loader import mix_seed
 from fixres.data.transforms import EvalTransform, TrainTransform
-from fixres.core.errors import FixresError
 from fixres.measure.infer import load_split
-from fixres.models.sources import open_checkpoint
 from fixres.measure.stats import channel_shift, describe, feature_stats, features, ks_statistic, wasserstein1
 from fixres.measure.stats_plots import cdf_figure, vs_resolution_figure
-from helpers import one_line_error
+from fixres.models.checkpoint import save_checkpoint
+from fixres.models.sources import open_checkpoint
 
 FAST = dict(batch_size=16, workers=0, device="cpu")   # compared with CPU forwards below
 CPU = torch.device("cpu")

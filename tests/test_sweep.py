@@ -6,18 +6,18 @@ import shutil
 import types
 
 import pytest
+from helpers import one_line_error, run_cli
 
-from fixres.models.checkpoint import find_checkpoint, read_meta, save_checkpoint
+from fixres.core.errors import FixresError
+from fixres.core.plots import plot_sweep, sweep_figure
 from fixres.data.folder import scan_split
 from fixres.data.index import split_holdout
 from fixres.data.transforms import parse_resolutions
-from fixres.core.errors import FixresError
 from fixres.measure.infer import evaluate_checkpoint
-from fixres.core.plots import plot_sweep, sweep_figure
-from fixres.models.sources import open_checkpoint
 from fixres.measure.sweep import choose_best, sweep_checkpoint
 from fixres.measure.sweep_report import sweep_json, sweep_table
-from helpers import one_line_error, run_cli
+from fixres.models.checkpoint import find_checkpoint, read_meta, save_checkpoint
+from fixres.models.sources import open_checkpoint
 
 FAST = dict(batch_size=12, workers=0)
 UNTIMED = dict(timing=False)      # the tests of cost columns time; the others need not (the CPU is scarce)
@@ -225,8 +225,8 @@ def test_plot_draws_every_row_and_marker(tmp_path):
 
 # ----------------------------------------------------------------------------- cost and deployment
 def test_rows_carry_the_cost_and_the_choices_are_made_on_the_selection_split(run, colour_data):
-    from fixres.measure.costs import model_flops
     from fixres.measure.choose import choose_best, deployment, under_budget, within_best
+    from fixres.measure.costs import model_flops
     flops = model_flops("test_resnet", 3, [24, 32, 48])
     budget = flops[32] / 1e9
     result = sweep_checkpoint(run, colour_data, test_res=[24, 32, 48], within=100, budget_gflops=budget,

@@ -9,14 +9,14 @@ import torch
 from safetensors.torch import load_file, save_file
 
 import fixres.experiments.grid.run as grid_run
+from fixres.cli import main
+from fixres.core.errors import FixresError
+from fixres.data.synth import CLASS_NAMES, synthesize
+from fixres.experiments.grid.config import load_config
+from fixres.experiments.transfer import TransferConfig, load_experiment, run_transfer, weights_fit
+from fixres.models import create_model
 from fixres.models.checkpoint import read_meta
 from fixres.models.sources import open_checkpoint
-from fixres.cli import main
-from fixres.data.synth import CLASS_NAMES, synthesize
-from fixres.core.errors import FixresError
-from fixres.experiments.grid.config import load_config
-from fixres.models import create_model
-from fixres.experiments.transfer import TransferConfig, load_experiment, run_transfer, weights_fit
 
 FAST = ["--workers", "0", "--quiet"]
 SETS = ["--set", "train.epochs=1", "--set", "train.batch_size=12", "--set", "train.holdout=0.25",

@@ -6,9 +6,9 @@ import torch
 from torchvision import transforms as T
 from torchvision.transforms import v2
 
-from fixres.data import load_rgb
-from fixres.data.transforms import EvalTransform, TrainTransform, normalize, sample_rrc_params, eval_geometry
 from fixres.core.errors import FixresError
+from fixres.data import load_rgb
+from fixres.data.transforms import EvalTransform, TrainTransform, eval_geometry, normalize, sample_rrc_params
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 

@@ -13,13 +13,11 @@ from pathlib import Path
 
 import torch
 from PIL import Image
-from torch.utils.data import Sampler
 from torchvision.transforms.v2 import functional as F
 
 from ..core.errors import FixresError
-from ..core.runtime import Dist
 from ..data.index import SplitIndex, split_holdout
-from ..data.loader import ImageDataset, make_loader, mix_seed
+from ..data.loader import mix_seed
 from ..data.preprocessing import Preprocessing
 from ..data.transforms import eval_geometry, flip_and_jitter, interpolation_mode
 from ..measure.infer import load_split

@@ -28,6 +28,6 @@ def run(args) -> int:
     print("\nval top-1 at each test resolution (held-out: the training images that chose the resolution):\n")
     print(demo_table(summary))
     t = summary["timings"]
-    print(f"\ntimings (s): " + ", ".join(f"{k} {v}" for k, v in t.items()) + f"; total {sum(t.values()):.0f}")
+    print("\ntimings (s): " + ", ".join(f"{k} {v}" for k, v in t.items()) + f"; total {sum(t.values()):.0f}")
     print(f"report: {summary['report']['html']} (and report.md, PNGs, demo.json)")
     return 0

@@ -9,7 +9,7 @@ def register(sub) -> None:
     p = sub.add_parser("export", help="write a timm-loadable folder (and optionally ONNX) for a checkpoint",
                        description="Write OUT/config.json + OUT/model.safetensors so that "
                                    "timm.create_model('local-dir:OUT', pretrained=True) builds the model and "
-                                   "timm.data.resolve_data_config(model=m) gives the test preprocessing "
+                                   "timm's data config of that model gives the test preprocessing "
                                    "(resize floor(test_res / crop_pct), centre crop test_res). Both input_size and "
                                    "test_input_size are the test resolution; the training resolution is recorded "
                                    "under config.json's 'fixres' key. OUT must not exist or be empty.")

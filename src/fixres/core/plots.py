@@ -15,7 +15,7 @@ import matplotlib
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from ..measure.choose import pareto_front
+from .pareto import pareto_front
 from .rundir import atomic_path
 
 STYLE = {

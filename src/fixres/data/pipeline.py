@@ -54,12 +54,12 @@ from .device_transforms import (
     flatten,
     resample,
 )
-from .fast import RESAMPLE, DecodeStats, as_byte_tensor, decode_on_device, full_pixels, gpu_decode_available, resize_box
+from .fast import DecodeStats, as_byte_tensor, decode_on_device, full_pixels, gpu_decode_available, resize_box
 from .index import Sample, SplitIndex
 from .loader import Batch, EvalShard, ImageDataset, MultiView, OrderedBatches, Skipped, collate, make_loader
 from .pack import CODEC_JPEG, CODEC_OTHER, CODEC_RAW, classify, open_store, sample_bytes
 from .prefetch import Prefetched
-from .transforms import EvalTransform, TrainTransform, _color_jitter
+from .transforms import EvalTransform, TrainTransform, color_jitter_image
 
 PIPELINES = ("auto", "pil", "fast")
 DECODERS = ("auto", "workers", "device")
@@ -179,7 +179,7 @@ class FastDataset(Dataset):
             out = resize_box(img, (left * fx, top * fy, (left + w) * fx, (top + h) * fy), task.size,
                              task.interpolation, flip, crop_first=True)
             if task.color_jitter > 0:
-                out = _color_jitter(out, task.color_jitter, generator)
+                out = color_jitter_image(out, task.color_jitter, generator)
             return F.pil_to_tensor(out)
         if not self.draft or any(v.crop_mode != "center" for v in task.views):
             img = decode_reduced(data)[0]            # full size: exactly the PIL path's pixels

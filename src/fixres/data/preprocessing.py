@@ -1,8 +1,8 @@
 """The preprocessing of a model, as one record resolved once per command.
 
-What timm splits between ``PretrainedCfg`` (what travels with the weights) and
-``resolve_data_config`` (what a command resolves from them and its flags), fixres holds in
-one frozen :class:`Preprocessing`: the normalisation, the test geometry (resolution,
+What timm splits between ``PretrainedCfg`` (what travels with the weights) and its data-config
+resolver (what a command resolves from them and its flags), fixres holds in one frozen
+:class:`Preprocessing`: the normalisation, the test geometry (resolution,
 centre-crop fraction, interpolation) and the training crop settings (resolution,
 RandomResizedCrop scale and ratio, flip, colour jitter). A checkpoint stores it whole
 (``meta.json["preprocessing"]``); a command resolves it ONCE from the checkpoint (or the
@@ -10,6 +10,11 @@ model) and the user's flags (:meth:`Preprocessing.override`), then passes it dow
 transforms every stage runs are made from it: :meth:`test_view` (``fixres eval``, sweep,
 adaptation), :meth:`train_view` (training, the ``parametric`` method's train-time law,
 ``fixres stats``' reference) and :meth:`normalizer`.
+
+:meth:`Preprocessing.from_pretrained_cfg` is THE reader of what a model's timm pretrained config
+declares (the only caller of timm's ``resolve_data_config`` in fixres): every command that takes a
+model someone else trained, ``fixres train --pretrained / --weights``, grid, transfer, analyze
+and stats go through it, with timm's defaults where the config declares nothing.
 
 ``origin`` says where each value came from (``"checkpoint"``, ``"flag"``, ``"defaults"``,
 a run's ``config.yaml``...); it is reported, never compared.
@@ -22,9 +27,11 @@ from typing import Any, Mapping
 
 from ..core.errors import FixresError
 from .transforms import (
+    CROP_MODES,
     DEFAULT_CROP_PCT,
     DEFAULT_RATIO,
     DEFAULT_SCALE,
+    INTERPOLATIONS,
     EvalTransform,
     Normalizer,
     TrainTransform,
@@ -98,6 +105,41 @@ class Preprocessing:
 
     def source_of(self, name: str) -> str:
         return self.origin.get(name, "defaults")
+
+    # ------------------------------------------------------------------ what a model declares
+    @classmethod
+    def from_pretrained_cfg(cls, pretrained_cfg: Mapping[str, Any] | None, where: str, *,
+                            sizes: bool = True) -> "Preprocessing":
+        """The preprocessing a timm pretrained config declares, resolved by timm's own data-config
+        resolver, with timm's defaults where it declares nothing (ImageNet mean/std, bicubic,
+        crop 0.875, 224 px): normalisation, interpolation and crop mode; the training resolution
+        (``input_size``) and the TEST geometry (``test_input_size`` / ``test_crop_pct`` where
+        declared, as timm's validate.py evaluates). Weights do not record their training crops:
+        the RandomResizedCrop defaults, said so in ``origin``.
+
+        ``sizes=False``: for a caller that sets its own resolutions (training): the crop
+        fraction declared at ``input_size`` (the weights' own evaluation), the sizes not read.
+        """
+        from timm.data import resolve_data_config
+        cfg = dict(pretrained_cfg or {}) or {"architecture": where}     # timm refuses an empty config
+        train = resolve_data_config(pretrained_cfg=cfg)
+        test = resolve_data_config(pretrained_cfg=cfg, use_test_size=True) if sizes else train
+        values = dict(mean=train["mean"], std=train["std"], interpolation=test.get("interpolation") or "bicubic",
+                      crop_pct=float(test["crop_pct"]), crop_mode=test.get("crop_mode") or "center")
+        if sizes:
+            shapes = [tuple(train["input_size"][1:]), tuple(test["input_size"][1:])]
+            if any(h != w for h, w in shapes):
+                raise FixresError(f"{where} declares a non-square input size {shapes[0]}: fixres evaluates square "
+                                  "crops; give --test-res and --train-res")
+            values.update(train_res=int(shapes[0][0]), test_res=int(shapes[1][0]))
+        if values["interpolation"] not in INTERPOLATIONS:
+            raise FixresError(f"{where} declares interpolation {values['interpolation']!r}; give --interpolation "
+                              "bilinear or bicubic")
+        if values["crop_mode"] not in CROP_MODES:
+            raise FixresError(f"{where} declares crop_mode {values['crop_mode']!r}; give --crop-mode")
+        prep = cls.from_dict(values, origin=f"timm pretrained_cfg of {where}")
+        return prep.override("defaults (not recorded by the weights)", scale=prep.scale, ratio=prep.ratio,
+                             hflip=prep.hflip, color_jitter=prep.color_jitter)
 
     # ------------------------------------------------------------------ storage
     def to_dict(self) -> dict:

@@ -41,7 +41,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from ..core.rundir import atomic_path
-from .synth_patterns import _PATTERN_FUNCS, CLASS_NAMES, MAX_CLASSES, _aa, _check_class_index, pattern_texture
+from .synth_patterns import CLASS_NAMES, MAX_CLASSES, coverage, pattern_function, pattern_texture
 
 __all__ = [
     "CLASS_NAMES",
@@ -269,11 +269,11 @@ def _draw_badge(
     u = c * X + s * Y
     v = -s * X + c * Y
     sdf = _silhouette_sdf(sil, u, v)
-    alpha = _aa(sdf, R)
+    alpha = coverage(sdf, R)
     t = fill(u, v, R).astype(np.float32)
     col = paper[None, None, :] + t[..., None] * (ink - paper)[None, None, :]
     if rim > 0:
-        r_t = _aa(rim - sdf, R)[..., None]
+        r_t = coverage(rim - sdf, R)[..., None]
         col = col * (1.0 - r_t) + rim_col * r_t
     shade = (1.0 + g_amp * (math.cos(g_ang) * u + math.sin(g_ang) * v)
              + hl_amp * np.exp(-((u - hl_x) ** 2 + (v - hl_y) ** 2) * 2.5))
@@ -314,8 +314,7 @@ def _photometric(rng: np.random.Generator, img: np.ndarray) -> np.ndarray:
 
 def render_image(class_index: int, rng: np.random.Generator) -> Image.Image:
     """Render one RGB image of class ``class_index`` (index into :data:`CLASS_NAMES`)."""
-    _check_class_index(class_index)
-    pattern = _PATTERN_FUNCS[int(class_index)]
+    pattern = pattern_function(class_index)
     W, H = _canvas_size(rng)
     short = min(W, H)
     bg = _background(rng, W, H)

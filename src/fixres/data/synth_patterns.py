@@ -37,7 +37,7 @@ def _band(s: np.ndarray, p: float, duty: float = 0.5) -> np.ndarray:
     return duty * p * 0.5 - np.abs(s - p * np.round(s / p))
 
 
-def _aa(sdf: np.ndarray, R: float) -> np.ndarray:
+def coverage(sdf: np.ndarray, R: float) -> np.ndarray:
     """Coverage of a pixel (box filter, 1-px ramp) from a signed distance in badge units."""
     return np.clip(sdf * R + 0.5, 0.0, 1.0)
 
@@ -52,16 +52,16 @@ def _lat(s: np.ndarray, p: float) -> np.ndarray:
 
 
 def _pat_hstripes(u, v, p, R, ph):
-    return _aa(_band(v + ph[1] * p, p), R)
+    return coverage(_band(v + ph[1] * p, p), R)
 
 
 def _pat_vstripes(u, v, p, R, ph):
-    return _aa(_band(u + ph[0] * p, p), R)
+    return coverage(_band(u + ph[0] * p, p), R)
 
 
 def _pat_dstripes(u, v, p, R, ph):
     # Only one diagonal direction is a class: its mirror image ("\") is not a class.
-    return _aa(_band((u + v) / _SQ2 + ph[0] * p, p), R)
+    return coverage(_band((u + v) / _SQ2 + ph[0] * p, p), R)
 
 
 def _checker(a, b, p, R):
@@ -75,11 +75,11 @@ def _pat_checker(u, v, p, R, ph):
 def _pat_dots(u, v, p, R, ph):
     a = _lat(u + ph[0] * p, p)
     b = _lat(v + ph[1] * p, p)
-    return _aa(0.4 * p - np.sqrt(a * a + b * b), R)
+    return coverage(0.4 * p - np.sqrt(a * a + b * b), R)
 
 
 def _pat_rings(u, v, p, R, ph):
-    return _aa(_band(np.sqrt(u * u + v * v) + ph[0] * p, p), R)
+    return coverage(_band(np.sqrt(u * u + v * v) + ph[0] * p, p), R)
 
 
 def _pat_spokes(u, v, p, R, ph):
@@ -88,14 +88,14 @@ def _pat_spokes(u, v, p, R, ph):
     step = 2.0 * math.pi / m
     ang = np.arctan2(v, u) + ph[0] * step
     d = np.abs(ang - step * np.round(ang / step))  # angular distance to nearest spoke axis
-    t = _aa(r * (step * 0.25 - d), R)
+    t = coverage(r * (step * 0.25 - d), R)
     # Fade to the mean near the centre where the spokes get closer than ~2 px.
     fade = np.clip((r * step * R - 2.0) / 2.0, 0.0, 1.0)
     return fade * t + (1.0 - fade) * 0.5
 
 
 def _pat_grid(u, v, p, R, ph):
-    return _aa(np.maximum(_band(u + ph[0] * p, p, 0.29), _band(v + ph[1] * p, p, 0.29)), R)
+    return coverage(np.maximum(_band(u + ph[0] * p, p, 0.29), _band(v + ph[1] * p, p, 0.29)), R)
 
 
 def _pat_zigzag(u, v, p, R, ph):
@@ -103,7 +103,7 @@ def _pat_zigzag(u, v, p, R, ph):
     x = (u + ph[0] * p) / p
     tri = 2.0 * np.abs(x - np.round(x))  # 0..1, period p
     s = v + 0.5 * p * tri + ph[1] * p
-    return _aa(_band(s, p) / _SQ2, R)
+    return coverage(_band(s, p) / _SQ2, R)
 
 
 def _pat_diamonds(u, v, p, R, ph):
@@ -125,7 +125,7 @@ def _pat_honeycomb(u, v, p, R, ph):
     gy = np.abs(np.where(use_a, ay, by))
     hexd = np.maximum(gx, 0.5 * gx + 0.5 * _SQ3 * gy)
     edge = 0.5 - hexd  # distance to the cell border, in cells
-    return _aa((0.1 - edge) * p, R)
+    return coverage((0.1 - edge) * p, R)
 
 
 def _pat_crosses(u, v, p, R, ph):
@@ -133,11 +133,11 @@ def _pat_crosses(u, v, p, R, ph):
     b = np.abs(_lat(v + ph[1] * p, p))
     L, W = 0.4 * p, 0.14 * p
     sdf = np.maximum(np.minimum(L - a, W - b), np.minimum(W - a, L - b))
-    return _aa(sdf, R)
+    return coverage(sdf, R)
 
 
 def _pat_squares(u, v, p, R, ph):
-    return _aa(_band(np.maximum(np.abs(u), np.abs(v)) + ph[0] * p, p), R)
+    return coverage(_band(np.maximum(np.abs(u), np.abs(v)) + ph[0] * p, p), R)
 
 
 def _pat_waves(u, v, p, R, ph):
@@ -148,7 +148,7 @@ def _pat_waves(u, v, p, R, ph):
     arg = w * (v + ph[1] * q)
     s = u + A * np.sin(arg) + ph[0] * p
     grad = np.sqrt(1.0 + (A * w * np.cos(arg)) ** 2)
-    return _aa(_band(s, p) / grad, R)
+    return coverage(_band(s, p) / grad, R)
 
 
 def _pat_triangles(u, v, p, R, ph):
@@ -159,7 +159,7 @@ def _pat_triangles(u, v, p, R, ph):
     e1 = b  # base (outward normal pointing down the screen)
     e2 = -0.5 * _SQ3 * a - 0.5 * b
     e3 = 0.5 * _SQ3 * a - 0.5 * b
-    return _aa(0.5 * rr - np.maximum(e1, np.maximum(e2, e3)), R)
+    return coverage(0.5 * rr - np.maximum(e1, np.maximum(e2, e3)), R)
 
 
 def _pat_bricks(u, v, p, R, ph):
@@ -168,20 +168,20 @@ def _pat_bricks(u, v, p, R, ph):
     row = np.floor(y / h)
     x = u + ph[0] * p + 0.5 * p * np.mod(row, 2.0)
     m = 0.12 * p
-    return _aa(np.maximum(_band(y, h, m / h), _band(x, p, m / p)), R)
+    return coverage(np.maximum(_band(y, h, m / h), _band(x, p, m / p)), R)
 
 
 def _pat_ringdots(u, v, p, R, ph):
     a = _lat(u + ph[0] * p, p)
     b = _lat(v + ph[1] * p, p)
     r = np.sqrt(a * a + b * b)
-    return _aa(0.09 * p - np.abs(r - 0.3 * p), R)
+    return coverage(0.09 * p - np.abs(r - 0.3 * p), R)
 
 
 def _pat_xgrid(u, v, p, R, ph):
     a = (u + v) / _SQ2 + ph[0] * p
     b = (u - v) / _SQ2 + ph[1] * p
-    return _aa(np.maximum(_band(a, p, 0.29), _band(b, p, 0.29)), R)
+    return coverage(np.maximum(_band(a, p, 0.29), _band(b, p, 0.29)), R)
 
 
 _PATTERNS: tuple[tuple[str, Callable], ...] = (
@@ -212,6 +212,12 @@ MAX_CLASSES: int = len(CLASS_NAMES)
 _PATTERN_FUNCS = tuple(f for _, f in _PATTERNS)
 
 
+def pattern_function(class_index: int):
+    """The texture function of class ``class_index``: ``(u, v, period, R, phase) -> coverage``."""
+    _check_class_index(class_index)
+    return _PATTERN_FUNCS[int(class_index)]
+
+
 def pattern_texture(
     class_index: int,
     size: int = 128,
@@ -224,14 +230,14 @@ def pattern_texture(
     Rendered over the square [-1, 1]^2 (the badge's bounding square) with the badge frame
     rotated by ``angle_deg``; used by the tests (mirror-image check) and the docs.
     """
-    _check_class_index(class_index)
+    pattern = pattern_function(class_index)
     R = size / 2.0
     c = (np.arange(size, dtype=np.float64) + 0.5) / R - 1.0
     x, y = np.meshgrid(c, c)
     t = math.radians(angle_deg)
     u = math.cos(t) * x + math.sin(t) * y
     v = -math.sin(t) * x + math.cos(t) * y
-    return _PATTERN_FUNCS[class_index](u, v, 2.0 / periods, R, phase).astype(np.float32)
+    return pattern(u, v, 2.0 / periods, R, phase).astype(np.float32)
 
 
 def _check_class_index(class_index: int) -> None:

@@ -190,11 +190,11 @@ def flip_and_jitter(img: Image.Image, hflip: float, color_jitter: float,
     if hflip > 0 and torch.rand(1, generator=generator).item() < hflip:
         img = F.horizontal_flip(img)
     if color_jitter > 0:
-        img = _color_jitter(img, color_jitter, generator)
+        img = color_jitter_image(img, color_jitter, generator)
     return img
 
 
-def _color_jitter(img: Image.Image, strength: float, generator: torch.Generator | None) -> Image.Image:
+def color_jitter_image(img: Image.Image, strength: float, generator: torch.Generator | None) -> Image.Image:
     """torchvision ``ColorJitter(strength, strength, strength)`` (no hue), same draws."""
     lo, hi = max(0.0, 1 - strength), 1 + strength
     order = torch.randperm(4, generator=generator).tolist()

@@ -12,11 +12,11 @@ The folder::
 
 so that ``timm.create_model("local-dir:DIR", pretrained=True)`` builds the model with
 these weights (``pretrained=True`` is what makes timm read them; without it timm builds
-the architecture with random weights) and ``timm.data.resolve_data_config(model=m)``
+the architecture with random weights) and timm's data config of ``m`` (``timm.data``'s resolver)
 gives the preprocessing fixres tested it with.
 
 Which size goes where: timm's convention is ``input_size`` = the training size and
-``test_input_size`` = a better size for testing, but a plain ``resolve_data_config(model=m)``
+``test_input_size`` = a better size for testing, but timm's plain data-config resolution of ``m``
 (what most timm code calls) reads ``input_size`` and ignores ``test_input_size``. An
 exported model is meant to be *used*, at the resolution it was adapted to, so both are the
 test resolution here, as are ``crop_pct`` and ``test_crop_pct``; the training resolution
@@ -144,7 +144,7 @@ def timm_config(meta: CheckpointMeta, model: nn.Module, prep: Preprocessing) -> 
     chans = len(prep.mean)
     size = [chans, test_res, test_res]
     pretrained_cfg = {
-        "input_size": size,               # = test size: what a plain resolve_data_config(model=m) uses
+        "input_size": size,               # = test size: what timm's plain data config of the model uses
         "test_input_size": size,
         "fixed_input_size": bool(declared.get("fixed_input_size", False)),
         "interpolation": prep.interpolation,

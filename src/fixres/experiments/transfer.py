@@ -33,7 +33,8 @@ from ..core.options import option
 from ..core.progress import Progress
 from ..core.rundir import write_json, write_text
 from ..data.folder import list_classes
-from ..models import create_model, model_preprocessing
+from ..data.preprocessing import Preprocessing
+from ..models import create_model
 from ..models.checkpoint import WEIGHTS, CheckpointMeta, find_checkpoint, read_meta, save_checkpoint
 from ..models.factory import check_model_name, classifier_keys, load_weights, read_state_dict
 from ..models.paper import RESNEXT_WSL, register_paper_models
@@ -44,7 +45,6 @@ from .grid.config import (
     check_common,
     check_data_fits,
     config_dict,
-    declared_preprocessing,
     section_field,
     train_config,
 )
@@ -63,6 +63,18 @@ def check_tagged(model: str) -> None:
         kinds = "; ".join(f"{', '.join(tags)}: mean {m}, std {s}" for (m, s), tags in seen.items())
         raise FixresError(f"model {model!r} has pretrained tags with different normalisations ({kinds}): name the "
                           f"tag of your weights file (e.g. {next(iter(seen.values()))[0]})")
+
+
+def declared_by(model, name: str) -> Preprocessing:
+    """What ``model``'s timm pretrained config declares (fixres's one resolver), sizes not read."""
+    return Preprocessing.from_pretrained_cfg(getattr(model, "pretrained_cfg", None), name, sizes=False)
+
+
+def declared_crop(name: str) -> dict:
+    """The crop_pct and interpolation the weights of ``name`` declare (recorded beside the transfer)."""
+    with torch.device("meta"):
+        prep = declared_by(timm.create_model(name, pretrained=False), name)
+    return {"crop_pct": prep.crop_pct, "interpolation": prep.interpolation}
 
 
 def weights_fit(model: str, num_classes: int, path: Path) -> list[str]:
@@ -205,7 +217,7 @@ def ensure_imported(gdir: GridDir, cfg: TransferConfig, model_name: str, weights
     tcfg = train_config(cfg.train, model=model_name, train_res=cfg.train_res, out="-", data=cfg.data,
                         pretrained=cfg.pretrained, weights=str(weights) if weights else None)
     meta = CheckpointMeta(model=model_name, class_names=classes,
-                          preprocessing=train_preprocessing(tcfg, model_preprocessing(model)), metrics={})
+                          preprocessing=train_preprocessing(tcfg, declared_by(model, model_name)), metrics={})
     save_checkpoint(gdir.root / "pretrained", model, meta)
     log(f"imported {model_name} ({'timm pretrained' if cfg.pretrained else weights}) as {gdir.root / 'pretrained'}")
     return gdir.save("import", {"checkpoint": str(gdir.root / "pretrained"), "model": model_name,
@@ -230,7 +242,7 @@ class TransferResult:
                 "after": adapt["after"]["top1"] if adapt else None}
 
     def markdown(self) -> str:
-        from .grid.report import _markdown
+        from .grid.report import markdown_table
         s, cfg, src = self.summary(), self.config, self.source
         train = self.cells.get("train")
         lines = [f"# Transfer: {s['model']} -> `{cfg['data']}`", ""]
@@ -249,7 +261,7 @@ class TransferResult:
                   "## Sweep before adaptation", ""]
         columns = [("test_res", "test res", "d"), ("resize_size", "resize", "d"), ("top1", "top-1", ".2f"),
                    ("top5", "top-5", ".2f"), ("loss", "loss", ".4f"), ("n", "images", "d")]
-        lines += [_markdown(self.cells["sweep"]["rows"], columns), ""]
+        lines += [markdown_table(self.cells["sweep"]["rows"], columns), ""]
         chosen = s["chosen"]
         if chosen:
             lines += [f"Chosen without val: {chosen['test_res']} px ({self.cells['sweep']['selection']['note']}).", ""]
@@ -288,7 +300,7 @@ def run_transfer(cfg: TransferConfig, *, quiet: bool = False, log: Callable[[str
         note += " (a plain weights file does not name its classes)"
     source = {"model": model_name, "weights": str(weights) if weights else None, "pretrained": cfg.pretrained,
               "source_weights": cfg.weights, "reinitialised": reinit, "classifier_note": note,
-              "classes": len(classes), "preprocessing": declared_preprocessing(model_name)}
+              "classes": len(classes), "preprocessing": declared_crop(model_name)}
     cells: dict = {}
     data = Path(cfg.data)
     if cfg.finetune:

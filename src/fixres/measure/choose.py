@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass
 from typing import Any, Sequence
 
 from ..core.errors import FixresError
+from ..core.pareto import pareto_front  # noqa: F401  (a deployment rule too: re-exported)
 
 # Cost field of a row -> (its flag, its unit).
 BUDGETS = {"latency_ms": ("--budget-ms", "ms"), "gflops": ("--budget-gflops", "GFLOPs")}
@@ -73,18 +74,6 @@ def fits_budget(rows: Sequence[Any], *, ms: float | None = None, gflops: float |
 def under_budget(rows: Sequence[Any], *, ms: float | None = None, gflops: float | None = None) -> Any:
     """The most accurate row (as :func:`choose_best`) among those within the budget."""
     return choose_best(fits_budget(rows, ms=ms, gflops=gflops))
-
-
-def pareto_front(points: Sequence[tuple[float, float]]) -> list[int]:
-    """Indices of the points ``(cost, accuracy)`` that no other point beats, i.e. has a lower
-    or equal cost and a higher accuracy, or a lower cost and an equal one; in increasing cost."""
-    order = sorted(range(len(points)), key=lambda i: (points[i][0], -points[i][1]))
-    front, top = [], float("-inf")
-    for i in order:
-        if points[i][1] > top:
-            front.append(i)
-            top = points[i][1]
-    return front
 
 
 @dataclass(frozen=True)

@@ -34,7 +34,7 @@ from ..core.errors import FixresError
 from ..core.faults import pause_point
 from ..core.options import read_yaml
 from ..core.progress import notice
-from ..core.rundir import TEMP_PREFIX, TRASH_PREFIX, atomic_path, fsync_path, sha256_file
+from ..core.rundir import TEMP_PREFIX, TRASH_PREFIX, atomic_path, sha256_file
 from ..data.preprocessing import TRAIN_CROP_FIELDS, Preprocessing
 
 FORMAT = "fixres-checkpoint/2"

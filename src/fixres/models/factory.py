@@ -122,18 +122,3 @@ def load_weights(model: nn.Module, path: str | Path, *, strict: bool = True, new
                           + ", ".join(problems))
     model.load_state_dict(state, strict=False)
     return skipped
-
-
-def model_preprocessing(model: nn.Module) -> dict:
-    """Normalisation and resize settings the model declares (timm's pretrained config, read
-    by ``timm.data.resolve_data_config``; ImageNet mean/std and crop 0.875 where it has none)."""
-    # bilinear where the model declares no interpolation (timm would say bicubic); never empty,
-    # so timm does not refuse a model without a pretrained config
-    cfg = {"interpolation": "bilinear", **(getattr(model, "pretrained_cfg", None) or {})}
-    data = timm.data.resolve_data_config(pretrained_cfg=cfg)
-    return {
-        "mean": tuple(float(v) for v in data["mean"]),
-        "std": tuple(float(v) for v in data["std"]),
-        "interpolation": data["interpolation"],
-        "crop_pct": float(data["crop_pct"]),
-    }

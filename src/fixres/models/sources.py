@@ -41,7 +41,7 @@ from ..core.options import option
 from ..core.rundir import sha256_file
 from ..data.folder import list_classes
 from ..data.preprocessing import Preprocessing
-from ..data.transforms import CROP_MODES, check_resolution
+from ..data.transforms import check_resolution
 from .checkpoint import CheckpointMeta, find_checkpoint, load_checkpoint, read_meta
 from .equaliser import reapply_adaptation
 from .factory import check_model_name, create_model, read_state_dict
@@ -221,7 +221,7 @@ def _open_foreign(source: ModelSource) -> Opened:
                                                        or cfg.get("label_descriptions"), space.names)
     recorded = (config.get("fixres") or {}).get("preprocessing")     # a fixres export records its whole record
     prep = (Preprocessing.from_dict(recorded, origin=f"{where} (fixres export)") if recorded
-            else foreign_preprocessing(model, where))
+            else Preprocessing.from_pretrained_cfg(model.pretrained_cfg, where))
     rebuilt_as = name if not (hub or local) else config.get("architecture") or cfg.get("architecture") or name
     meta = CheckpointMeta(model=rebuilt_as, class_names=space.names, preprocessing=prep, label_descriptions=descriptions,
                           label_source=space.source, model_kwargs=dict(config.get("model_args") or {}),
@@ -328,30 +328,6 @@ def _hub_config(name: str) -> dict:
     return {"architecture": architecture, "model_args": args or {}, "label_names": cfg.get("label_names")}
 
 
-def foreign_preprocessing(model: nn.Module, where: str) -> Preprocessing:
-    """The preprocessing a foreign model declares (timm's resolution of its pretrained config):
-    its normalisation, interpolation and crop mode; its training resolution (``input_size``);
-    its test geometry (``test_input_size`` / ``test_crop_pct`` where declared, as timm's
-    validate.py evaluates); the training crops are the defaults (not recorded by weights)."""
-    from timm.data import resolve_data_config
-    train = resolve_data_config(model=model)
-    test = resolve_data_config(model=model, use_test_size=True)
-    sizes = [tuple(train["input_size"][1:]), tuple(test["input_size"][1:])]
-    if any(h != w for h, w in sizes):
-        raise FixresError(f"{where} declares a non-square input size {sizes[0]}: fixres evaluates square crops; "
-                          "give --test-res and --train-res")
-    interpolation = test.get("interpolation", "bilinear")
-    if interpolation not in ("bilinear", "bicubic", "nearest"):
-        raise FixresError(f"{where} declares interpolation {interpolation!r}; give --interpolation bilinear or bicubic")
-    values = dict(mean=test["mean"], std=test["std"], interpolation=interpolation, crop_pct=float(test["crop_pct"]),
-                  crop_mode=test.get("crop_mode") or "center", train_res=int(sizes[0][0]), test_res=int(sizes[1][0]))
-    if values["crop_mode"] not in CROP_MODES:
-        raise FixresError(f"{where} declares crop_mode {values['crop_mode']!r}; give --crop-mode")
-    prep = Preprocessing.from_dict(values, origin=f"timm pretrained_cfg of {where}")
-    return prep.override("defaults (not recorded by the weights)", scale=prep.scale, ratio=prep.ratio,
-                         hflip=prep.hflip, color_jitter=prep.color_jitter)
-
-
 def declared_preprocessing(source: ModelSource) -> Preprocessing:
     """The preprocessing a model records (checkpoint) or declares (timm config), without its
     weights: a timm model is built on the meta device, a checkpoint's metadata is read."""
@@ -366,7 +342,7 @@ def declared_preprocessing(source: ModelSource) -> Preprocessing:
             return Preprocessing.from_dict(recorded, origin=f"{name} (fixres export)")
     with torch.device("meta"):
         model = _timm_create(name, pretrained=False)
-    return foreign_preprocessing(model, name)
+    return Preprocessing.from_pretrained_cfg(model.pretrained_cfg, name)
 
 
 # ----------------------------------------------------------------------------- binding a dataset

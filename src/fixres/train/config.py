@@ -28,8 +28,12 @@ class TrainConfig:
                                          "(transfer to other classes that happen to be as many)")
     train_res: int = option(224, "training resolution K_train (pixels)")
     test_res: Optional[int] = option(None, "resolution of the per-epoch evaluation (default: the training resolution)")
-    crop_pct: float = option(DEFAULT_CROP_PCT, "test-time centre crop fraction: resize shorter side to test_res/crop_pct")
-    interpolation: Literal["bilinear", "bicubic"] = option("bilinear", "resampling filter for train and test resizes")
+    crop_pct: Optional[float] = option(None, "test-time centre crop fraction: resize shorter side to test_res/crop_pct "
+                                             f"(default: the one the --pretrained / --weights model declares, else "
+                                             f"{DEFAULT_CROP_PCT})")
+    interpolation: Optional[Literal["bilinear", "bicubic"]] = option(
+        None, "resampling filter for train and test resizes (default: the one the --pretrained / --weights model "
+              "declares, else bilinear)")
     scale: tuple[float, float] = option((0.08, 1.0), "RandomResizedCrop area range", metavar=("MIN", "MAX"))
     ratio: tuple[float, float] = option((3 / 4, 4 / 3), "RandomResizedCrop aspect-ratio range", metavar=("MIN", "MAX"))
     hflip: float = option(0.5, "horizontal flip probability")
@@ -115,8 +119,10 @@ class TrainConfig:
         check_resolution(self.train_res, "train_res")
         if self.test_res is not None:
             check_resolution(self.test_res, "test_res")
-        check_crop_pct(self.crop_pct)
-        interpolation_mode(self.interpolation)
+        if self.crop_pct is not None:
+            check_crop_pct(self.crop_pct)
+        if self.interpolation is not None:
+            interpolation_mode(self.interpolation)
         positive = dict(epochs=self.epochs, batch_size=self.batch_size, accum_steps=self.accum_steps,
                         eval_every=self.eval_every, keep_last=self.keep_last)
         for name, value in positive.items():
@@ -141,6 +147,11 @@ class TrainConfig:
             object.__setattr__(self, "progressive_epochs", default_ramp(self.epochs))   # resolved once, stored
         parse_model_kwargs(self.model_kwargs)
         check_recipe(self)
+
+    @property
+    def starts_from_weights(self) -> bool:
+        """True when the run starts from weights someone trained (their preprocessing then applies)."""
+        return bool(self.pretrained or self.weights)
 
     @property
     def eval_res(self) -> int:

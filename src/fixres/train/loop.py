@@ -16,9 +16,8 @@ of ``epoch``, and the EMA weights are saved with the model (tests/test_recipes.p
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
-import math
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,9 +46,10 @@ from ..data.loader import TrainBatches, mix_seed, stop_workers
 from ..data.pipeline import resolve_pipeline, train_batches
 from ..data.preprocessing import Preprocessing
 from ..data.repeat_aug import RepeatedBatches
+from ..data.transforms import DEFAULT_CROP_PCT
 from ..measure.infer import evaluate
 from ..models import checkpoint as ckpt
-from ..models import create_model, model_preprocessing
+from ..models import create_model
 from ..models.sizes import check_input_size
 from .config import RESUMABLE_CHANGES, TrainConfig, parse_model_kwargs
 from .metrics_log import MetricSinks, check_sinks
@@ -104,7 +104,7 @@ class Trainer:
             raise FixresError("--sync-bn needs CUDA GPUs (torch's SyncBatchNorm has no CPU kernel); without it the "
                               "batch-norm statistics are still averaged across processes before each evaluation "
                               "and checkpoint")
-        check_pipeline(cfg, resolve_pipeline(cfg.pipeline, self.device, cfg.interpolation))
+        check_pipeline(cfg, resolve_pipeline(cfg.pipeline, self.device, cfg.interpolation or "bilinear"))
         check_sinks(cfg.log_tensorboard, cfg.log_wandb)
         if self.dist.is_main:
             prepare_run_dir(self.run_dir, resume=resume, overwrite=overwrite)
@@ -119,10 +119,11 @@ class Trainer:
         seed_everything(cfg.seed)  # identical initial weights on every rank
         self.model = create_model(cfg.model, len(self.classes), pretrained=cfg.pretrained, weights=cfg.weights,
                                   new_classifier=cfg.new_classifier, **self.model_kwargs)
-        self.prep = train_preprocessing(cfg, model_preprocessing(self.model))
+        self.prep = train_preprocessing(cfg, Preprocessing.from_pretrained_cfg(self.model.pretrained_cfg, cfg.model,
+                                                                               sizes=False))
         check_input_size(self.model, [cfg.train_res, cfg.eval_res], "training or evaluation resolution")
         if self.dist.is_main:   # after the data and the model are known good: a run that cannot start leaves no file
-            write_text(self.run_dir / "config.yaml", dump_yaml(cfg))
+            write_text(self.run_dir / "config.yaml", dump_yaml(resolved_config(cfg, self.prep)))
         self.normalizer = self.prep.normalizer(cfg.channels_last)
         self.model.to(self.device)
         if cfg.channels_last:
@@ -451,12 +452,20 @@ def _epoch_line(row: dict, epochs: int) -> str:
     return text
 
 
-def train_preprocessing(cfg: TrainConfig, model_prep: dict) -> Preprocessing:
-    """The run's preprocessing record: the model's normalisation (its timm pretrained config)
-    and the run's geometry and training crop settings."""
-    prep = Preprocessing(mean=model_prep["mean"], std=model_prep["std"],
-                         origin={"mean": "model pretrained_cfg", "std": "model pretrained_cfg"})
-    return prep.override("fixres train", interpolation=cfg.interpolation, crop_pct=cfg.crop_pct,
+def resolved_config(cfg: TrainConfig, prep: Preprocessing) -> TrainConfig:
+    """``cfg`` with the settings resolved from the model filled in (what ``config.yaml`` records)."""
+    return dataclasses.replace(cfg, crop_pct=prep.crop_pct, interpolation=prep.interpolation)
+
+
+def train_preprocessing(cfg: TrainConfig, declared: Preprocessing) -> Preprocessing:
+    """The run's preprocessing record: the normalisation the model declares (its timm pretrained
+    config, :meth:`Preprocessing.from_pretrained_cfg`); the test crop fraction and interpolation of
+    the weights it starts from (``--pretrained`` / ``--weights``: the preprocessing they were trained
+    with) unless given, else fixres's defaults (a new model has none of its own: 0.875, bilinear);
+    the run's geometry and training crop settings."""
+    base = declared if cfg.starts_from_weights else declared.override(
+        "fixres train defaults", crop_pct=DEFAULT_CROP_PCT, interpolation="bilinear")
+    return base.override("fixres train", interpolation=cfg.interpolation, crop_pct=cfg.crop_pct,
                          train_res=cfg.train_res, test_res=cfg.eval_res, scale=cfg.scale, ratio=cfg.ratio,
                          hflip=cfg.hflip, color_jitter=cfg.color_jitter)
 

@@ -15,7 +15,6 @@ from a measured throughput, :class:`~fixres.measure.costs.ExpectedCost`).
 from __future__ import annotations
 
 import dataclasses
-import functools
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -171,35 +170,14 @@ def run_dir(out: str | Path, train_res: int) -> Path:
 # ----------------------------------------------------------------------------- sections
 def train_config(section: dict, **fixed) -> TrainConfig:
     """``section`` (TrainConfig settings) completed by ``fixed`` (what the grid sets), validated.
-
-    When the run starts from pretrained or local weights and the section does not set
-    ``crop_pct`` / ``interpolation``, they come from the model's timm pretrained config
-    (the preprocessing those weights were trained with)."""
-    defaults = {}
-    if any(src.get("pretrained") or src.get("weights") for src in (section, fixed)):
-        prep = declared_preprocessing(fixed["model"])
-        defaults = {k: prep[k] for k in ("crop_pct", "interpolation") if k not in section and k in prep}
-    return build(TrainConfig, defaults, section, {k: v for k, v in fixed.items() if v is not None}, where="train")
+    A run that starts from pretrained or local weights takes their crop_pct and interpolation
+    where the section does not set them (resolved by ``fixres train`` itself)."""
+    return build(TrainConfig, section, {k: v for k, v in fixed.items() if v is not None}, where="train")
 
 
 def adapt_options(section: dict, test_res: int, **runtime) -> AdaptOptions:
     return build(AdaptOptions, section, {"test_res": test_res, **{k: v for k, v in runtime.items() if v is not None}},
                  where="adapt")
-
-
-@functools.lru_cache(maxsize=32)
-def declared_preprocessing(model: str) -> dict:
-    """crop_pct and interpolation from timm's pretrained config of ``model`` (built on the meta device)."""
-    import timm
-    import torch
-
-    from ...models import model_preprocessing
-    check_model_name(model)
-    if not timm.is_model(model):
-        return {}
-    with torch.device("meta"):
-        prep = model_preprocessing(timm.create_model(model, pretrained=False))
-    return {k: v for k, v in prep.items() if k != "interpolation" or v in ("bilinear", "bicubic")}
 
 
 def _check_section(name: str, value: Any, cls: type, where: str, set_by: dict) -> dict:

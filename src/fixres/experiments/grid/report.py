@@ -124,13 +124,13 @@ class GridReport:
                    ("memory_at_start_mb", "at start (MiB)", ".0f"),
                    ("gflops_train_res", "GFLOPs/img at train res", ".3f"), ("sweep_seconds", "sweep (s)", ".1f"),
                    ("adapt_seconds", "adapt (s)", ".1f")]
-        return _markdown(self.costs, columns) if markdown else table(self.costs, columns)
+        return markdown_table(self.costs, columns) if markdown else table(self.costs, columns)
 
     def flops_table(self, *, markdown: bool) -> str:
         counted = self.flops[self.train_res[0]]
         row = {str(k): counted[k] / 1e9 if k in counted else None for k in self.test_res}
         columns = [(str(k), f"{k}px", ".3f") for k in self.test_res]
-        return _markdown([row], columns) if markdown else table([row], columns)
+        return markdown_table([row], columns) if markdown else table([row], columns)
 
     def expected_rows(self) -> list[dict]:
         out = []
@@ -174,17 +174,17 @@ class GridReport:
             columns = [("train_res", "train", "d"), ("test_res", "test", "d"), ("adapted", "adapted", "s"),
                        ("top1", "published top-1", ".1f"), ("measured", "measured top-1", ".2f"),
                        ("difference", "difference", "+.2f"), ("source", "source", "s")]
-            parts += ["## Published numbers beside ours", "", _markdown(expected, columns), ""]
+            parts += ["## Published numbers beside ours", "", markdown_table(expected, columns), ""]
         if cfg.get("expected_cost"):
             columns = [("stage", "stage", "s"), ("images", "images", ",d"), ("images_per_s", "img/s", ",.0f"),
                        ("hours", "hours", ".2f"), ("basis", "throughput measured", "s")]
-            parts += ["## Expected cost of the full-size run", "", _markdown(cfg["expected_cost"], columns), "",
+            parts += ["## Expected cost of the full-size run", "", markdown_table(cfg["expected_cost"], columns), "",
                       "hours = images / (img/s) / 3600.", ""]
         return "\n".join(parts)
 
     def text(self) -> str:
-        lines = [f"top-1 (%) on val without adaptation (rows: train res, columns: test res; *: best of the row "
-                 f"on val, ^: chosen without val)", self.matrix(False, markdown=False)]
+        lines = ["top-1 (%) on val without adaptation (rows: train res, columns: test res; *: best of the row "
+                 "on val, ^: chosen without val)", self.matrix(False, markdown=False)]
         if self.method:
             lines += ["", f"top-1 (%) on val after adaptation ({self.method}) at the test resolution",
                       self.matrix(True, markdown=False)]
@@ -226,7 +226,7 @@ class GridReport:
             return save(fig, path)
 
 
-def _markdown(rows: list[dict], columns: list[tuple[str, str, str]]) -> str:
+def markdown_table(rows: list[dict], columns: list[tuple[str, str, str]]) -> str:
     lines = ["| " + " | ".join(h for _, h, _ in columns) + " |", "|" + "---|" * len(columns)]
     for r in rows:
         lines.append("| " + " | ".join("" if r.get(k) is None else format(r[k], f) for k, _, f in columns) + " |")

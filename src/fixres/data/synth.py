@@ -216,6 +216,41 @@ def _fill_nonclass(rng: np.random.Generator, u, v, R):
     return np.clip(0.5 + 0.35 * val, 0.0, 1.0)
 
 
+@dataclass(frozen=True)
+class _BadgeLook:
+    """Everything about a badge's appearance that is drawn independently of its class."""
+
+    silhouette: tuple
+    theta: float                 # rotation, radians
+    ink: np.ndarray
+    paper: np.ndarray
+    shadow: tuple                # (dx, dy, softness, strength), pixels / fraction
+    gradient: tuple              # (amplitude, angle) of a linear light gradient
+    highlight: tuple             # (amplitude, x, y) of a soft highlight, badge units
+    rim: float                   # rim width (badge units), 0: none
+    rim_colour: np.ndarray
+    reach: float                 # how far (pixels, beyond the radius) the badge and its shadow reach
+
+    @classmethod
+    def draw(cls, rng: np.random.Generator, R: float) -> "_BadgeLook":
+        sil = _silhouette_params(rng)
+        theta = math.radians(float(rng.uniform(-MAX_ROTATION_DEG, MAX_ROTATION_DEG)))
+        ink, paper = _colour_pair(rng)
+        if rng.random() < 0.5:
+            ink, paper = paper, ink
+        # Drop shadow: direction mostly from the upper left, soft edge.
+        sh_ang = float(rng.uniform(math.radians(10), math.radians(80)))
+        sh_off = R * float(rng.uniform(0.03, 0.12))
+        sh_soft = max(1.0, R * float(rng.uniform(0.04, 0.18)))
+        shadow = (sh_off * math.cos(sh_ang), sh_off * math.sin(sh_ang), sh_soft, float(rng.uniform(0.25, 0.6)))
+        gradient = (float(rng.uniform(0.0, 0.35)), float(rng.uniform(0, 2 * math.pi)))
+        hl_amp = float(rng.uniform(0.0, 0.25))
+        hl_x, hl_y = rng.uniform(-0.6, 0.6, 2)
+        rim = float(rng.uniform(0.03, 0.08)) if rng.random() < 0.4 else 0.0
+        return cls(sil, theta, ink, paper, shadow, gradient, (hl_amp, hl_x, hl_y), rim,
+                   rng.uniform(0.0, 1.0, 3).astype(np.float32), sh_off + sh_soft + 2)
+
+
 def _draw_badge(
     rng: np.random.Generator,
     canvas: np.ndarray,
@@ -230,26 +265,8 @@ def _draw_badge(
     """
     H, W, _ = canvas.shape
     R = D / 2.0
-    sil = _silhouette_params(rng)
-    theta = math.radians(float(rng.uniform(-MAX_ROTATION_DEG, MAX_ROTATION_DEG)))
-    ink, paper = _colour_pair(rng)
-    if rng.random() < 0.5:
-        ink, paper = paper, ink
-    # Drop shadow: direction mostly from the upper left, soft edge.
-    sh_ang = float(rng.uniform(math.radians(10), math.radians(80)))
-    sh_off = R * float(rng.uniform(0.03, 0.12))
-    sh_dx, sh_dy = sh_off * math.cos(sh_ang), sh_off * math.sin(sh_ang)
-    sh_soft = max(1.0, R * float(rng.uniform(0.04, 0.18)))
-    sh_strength = float(rng.uniform(0.25, 0.6))
-    # Shading: linear light gradient + a soft highlight.
-    g_amp = float(rng.uniform(0.0, 0.35))
-    g_ang = float(rng.uniform(0, 2 * math.pi))
-    hl_amp = float(rng.uniform(0.0, 0.25))
-    hl_x, hl_y = rng.uniform(-0.6, 0.6, 2)
-    rim = float(rng.uniform(0.03, 0.08)) if rng.random() < 0.4 else 0.0
-    rim_col = rng.uniform(0.0, 1.0, 3).astype(np.float32)
-
-    pad = 1.05 * R + sh_off + sh_soft + 2
+    look = _BadgeLook.draw(rng, R)
+    pad = 1.05 * R + look.reach
     x0, x1 = max(0, int(cx - pad)), min(W, int(math.ceil(cx + pad)))
     y0, y1 = max(0, int(cy - pad)), min(H, int(math.ceil(cy + pad)))
     if x1 <= x0 or y1 <= y0:
@@ -257,24 +274,26 @@ def _draw_badge(
     xs = (np.arange(x0, x1, dtype=np.float32) + 0.5 - cx) / R
     ys = (np.arange(y0, y1, dtype=np.float32) + 0.5 - cy) / R
     X, Y = np.meshgrid(xs, ys)
-    c, s = math.cos(theta), math.sin(theta)
+    c, s = math.cos(look.theta), math.sin(look.theta)
     region = canvas[y0:y1, x0:x1]
 
     # Drop shadow (analytic soft edge of the shifted silhouette).
+    sh_dx, sh_dy, sh_soft, sh_strength = look.shadow
     Xs, Ys = X - sh_dx / R, Y - sh_dy / R
-    sdf_sh = _silhouette_sdf(sil, c * Xs + s * Ys, -s * Xs + c * Ys)
+    sdf_sh = _silhouette_sdf(look.silhouette, c * Xs + s * Ys, -s * Xs + c * Ys)
     shadow = np.clip(sdf_sh * (R / (2.0 * sh_soft)) + 0.5, 0.0, 1.0) * sh_strength
     region *= (1.0 - shadow)[..., None]
 
     u = c * X + s * Y
     v = -s * X + c * Y
-    sdf = _silhouette_sdf(sil, u, v)
+    sdf = _silhouette_sdf(look.silhouette, u, v)
     alpha = coverage(sdf, R)
     t = fill(u, v, R).astype(np.float32)
-    col = paper[None, None, :] + t[..., None] * (ink - paper)[None, None, :]
-    if rim > 0:
-        r_t = coverage(rim - sdf, R)[..., None]
-        col = col * (1.0 - r_t) + rim_col * r_t
+    col = look.paper[None, None, :] + t[..., None] * (look.ink - look.paper)[None, None, :]
+    if look.rim > 0:
+        r_t = coverage(look.rim - sdf, R)[..., None]
+        col = col * (1.0 - r_t) + look.rim_colour * r_t
+    (g_amp, g_ang), (hl_amp, hl_x, hl_y) = look.gradient, look.highlight
     shade = (1.0 + g_amp * (math.cos(g_ang) * u + math.sin(g_ang) * v)
              + hl_amp * np.exp(-((u - hl_x) ** 2 + (v - hl_y) ** 2) * 2.5))
     col = np.clip(col * shade[..., None], 0.0, 1.0) * 255.0
@@ -415,28 +434,9 @@ def synthesize(
     so an interrupted run leaves nothing half-written at ``out``.
     """
     t0 = time.perf_counter()
-    if isinstance(classes, (int, np.integer)) and not isinstance(classes, bool) and classes > MAX_CLASSES:
-        raise ValueError(f"classes must be at most {MAX_CLASSES} (the number of available "
-                         f"patterns), got {classes}")
-    classes = _validate_int("classes", classes, 2, MAX_CLASSES)
-    train_per_class = _validate_int("train_per_class", train_per_class, 1)
-    val_per_class = _validate_int("val_per_class", val_per_class, 1)
-    seed = _validate_int("seed", seed, 0)
-    if workers is None:
-        workers = os.cpu_count() or 1
-    workers = _validate_int("workers", workers, 1)
-
-    out = pathlib.Path(out).expanduser().resolve()
-    for split in SPLITS:
-        if _non_empty_dir(out / split):
-            raise FileExistsError(f"{out / split} already exists and is not empty; "
-                                  f"choose another OUT or remove it")
-    if out.exists() and not out.is_dir():
-        raise FileExistsError(f"{out} exists and is not a directory")
-    out.parent.mkdir(parents=True, exist_ok=True)
-
+    classes, counts, seed, workers = _check_arguments(classes, train_per_class, val_per_class, seed, workers)
+    out = _check_out(out)
     names = CLASS_NAMES[:classes]
-    counts = (train_per_class, val_per_class)
     # Temporary sibling (same file system, so the final rename is atomic); created with
     # os.mkdir so that it gets the usual umask permissions (mkdtemp would give 0700). An
     # existing OUT (empty, or holding other files) gets train/, val/ and synth.json moved in.
@@ -448,32 +448,49 @@ def synthesize(
                 (tmp / SPLITS[split] / name).mkdir(parents=True)
                 tasks.extend((str(tmp), seed, split, ci, i) for i in range(n))
         _run_tasks(tasks, workers, progress)
-        meta = {
-            "generator": "fixres.data.synth",
-            "version": SYNTH_VERSION,
-            "seed": seed,
-            "arguments": {
-                "classes": classes,
-                "train_per_class": train_per_class,
-                "val_per_class": val_per_class,
-                "seed": seed,
-            },
-            "classes": list(names),
-            "counts": {
-                "train": train_per_class * classes,
-                "val": val_per_class * classes,
-                "train_per_class": train_per_class,
-                "val_per_class": val_per_class,
-            },
-        }
-        (tmp / "synth.json").write_text(json.dumps(meta, indent=2) + "\n")
-    return SynthSummary(
-        root=out,
-        classes=tuple(names),
-        n_train=train_per_class * classes,
-        n_val=val_per_class * classes,
-        seconds=time.perf_counter() - t0,
-    )
+        (tmp / "synth.json").write_text(json.dumps(_synth_record(names, counts, seed), indent=2) + "\n")
+    return SynthSummary(root=out, classes=tuple(names), n_train=counts[0] * classes, n_val=counts[1] * classes,
+                        seconds=time.perf_counter() - t0)
+
+
+def _check_arguments(classes, train_per_class, val_per_class, seed, workers) -> tuple:
+    if isinstance(classes, (int, np.integer)) and not isinstance(classes, bool) and classes > MAX_CLASSES:
+        raise ValueError(f"classes must be at most {MAX_CLASSES} (the number of available "
+                         f"patterns), got {classes}")
+    classes = _validate_int("classes", classes, 2, MAX_CLASSES)
+    counts = (_validate_int("train_per_class", train_per_class, 1), _validate_int("val_per_class", val_per_class, 1))
+    seed = _validate_int("seed", seed, 0)
+    workers = _validate_int("workers", (os.cpu_count() or 1) if workers is None else workers, 1)
+    return classes, counts, seed, workers
+
+
+def _check_out(out) -> pathlib.Path:
+    """The resolved output folder, refused when it already holds a dataset (before any work)."""
+    out = pathlib.Path(out).expanduser().resolve()
+    for split in SPLITS:
+        if _non_empty_dir(out / split):
+            raise FileExistsError(f"{out / split} already exists and is not empty; "
+                                  f"choose another OUT or remove it")
+    if out.exists() and not out.is_dir():
+        raise FileExistsError(f"{out} exists and is not a directory")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def _synth_record(names, counts: tuple[int, int], seed: int) -> dict:
+    """``synth.json``: what generated the dataset, with which arguments, and how many images."""
+    train_per_class, val_per_class = counts
+    classes = len(names)
+    return {
+        "generator": "fixres.data.synth",
+        "version": SYNTH_VERSION,
+        "seed": seed,
+        "arguments": {"classes": classes, "train_per_class": train_per_class, "val_per_class": val_per_class,
+                      "seed": seed},
+        "classes": list(names),
+        "counts": {"train": train_per_class * classes, "val": val_per_class * classes,
+                   "train_per_class": train_per_class, "val_per_class": val_per_class},
+    }
 
 
 def _run_tasks(tasks: list, workers: int, progress: bool) -> None:

@@ -41,6 +41,7 @@ from ..data.preprocessing import Preprocessing
 from ..models.checkpoint import EMA_WEIGHTS, WEIGHTS, CheckpointMeta, read_meta, state_dict_for_saving, versions
 from ..models.sizes import check_input_size, rebuild_kwargs
 from ..models.sources import ModelSource, as_source, open_model
+from ..version import __version__
 
 EXPORT_FORMAT = "fixres-export/1"
 CONFIG, ONNX_FILE = "config.json", "model.onnx"
@@ -86,39 +87,45 @@ def export_checkpoint(checkpoint: "str | Path | ModelSource", out: str | Path, *
         refuse_unexportable(read_meta(source.checkpoint))       # refuse before loading any weights
     out = prepare_run_dir(out, replaceable=False, keep=False)   # must not exist or be empty; checked before the work
     opened = open_model(source)
-    model, meta = opened.model, opened.meta
+    meta = opened.meta
     prep = meta.preprocessing.override("flag", test_res=test_res, crop_pct=crop_pct)
-    test_res, crop_pct = prep.test_res, prep.crop_pct
-    check_input_size(model, [test_res])
-    resize = prep.test_view().resize_size
-
-    example = example_inputs(3, len(prep.mean), test_res)
-    with torch.no_grad():
-        reference = model(example)      # check_input_size above ran it at test_res
-
-    config = timm_config(meta, model, prep)
-    record = config["fixres"]
-    record["resize"] = resize
-    record["source"] = {"checkpoint": opened.name, "weights_sha256": meta.weights_sha256, "epoch": meta.epoch,
-                        "created": meta.created, "versions": meta.versions, "weights_from": meta.weights_from,
-                        "weights": "ema" if source.ema else "model"}
-
+    origin = {"checkpoint": opened.name, "weights_sha256": meta.weights_sha256, "epoch": meta.epoch,
+              "created": meta.created, "versions": meta.versions, "weights_from": meta.weights_from,
+              "weights": "ema" if source.ema else "model"}
+    weights = opened.directory / (EMA_WEIGHTS if source.ema else WEIGHTS) if opened.directory is not None else None
     out.parent.mkdir(parents=True, exist_ok=True)
     # an empty `out` (checked above) is replaced; one that filled up since makes this fail, deleting nothing
     with atomic_path(out, existing="empty", fsync=True) as tmp:
         tmp.mkdir()
-        if opened.directory is not None:     # a byte copy of the checkpoint's weights
-            shutil.copyfile(opened.directory / (EMA_WEIGHTS if source.ema else WEIGHTS), tmp / WEIGHTS)
-        else:
-            save_file(state_dict_for_saving(model), str(tmp / WEIGHTS), metadata={"format": "pt"})
-        record["weights_sha256"] = sha256_file(tmp / WEIGHTS)
-        write_json(tmp / CONFIG, config)
-        record["timm_max_abs_diff"] = check_timm_load(tmp, example, reference)
-        if onnx:
-            record["onnx"] = export_onnx(model, tmp / ONNX_FILE, test_res, len(prep.mean))
-        record["exported"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
-        write_json(tmp / CONFIG, config)
+        write_export(tmp, opened.model, meta, prep, origin, weights_file=weights, onnx=onnx)
     return out
+
+
+def write_export(folder: Path, model: nn.Module, meta: CheckpointMeta, prep: Preprocessing, origin: dict, *,
+                 weights_file: Path | None = None, onnx: bool = False) -> dict:
+    """Fill the (new, empty) ``folder`` with the export of ``model`` at ``prep``'s test geometry:
+    the weights (a byte copy of ``weights_file`` when given), ``config.json`` (``origin``: where
+    the weights came from) and the timm (and ONNX) parity checks. Returns the config written."""
+    check_input_size(model, [prep.test_res])
+    example = example_inputs(3, len(prep.mean), prep.test_res)
+    with torch.no_grad():
+        reference = model(example)      # check_input_size above ran it at test_res
+    config = timm_config(meta, model, prep)
+    record = config["fixres"]
+    record["resize"] = prep.test_view().resize_size
+    record["source"] = origin
+    if weights_file is not None:
+        shutil.copyfile(weights_file, folder / WEIGHTS)
+    else:
+        save_file(state_dict_for_saving(model), str(folder / WEIGHTS), metadata={"format": "pt"})
+    record["weights_sha256"] = sha256_file(folder / WEIGHTS)
+    write_json(folder / CONFIG, config)
+    record["timm_max_abs_diff"] = check_timm_load(folder, example, reference)
+    if onnx:
+        record["onnx"] = export_onnx(model, folder / ONNX_FILE, prep.test_res, len(prep.mean))
+    record["exported"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    write_json(folder / CONFIG, config)
+    return config
 
 
 def refuse_unexportable(meta: CheckpointMeta) -> None:
@@ -135,8 +142,6 @@ def timm_config(meta: CheckpointMeta, model: nn.Module, prep: Preprocessing) -> 
     """The ``config.json`` that timm's ``local-dir:`` loader reads (see the module docstring);
     ``prep``: the preprocessing to record (the checkpoint's, with any override of the test geometry)."""
     from timm.models import split_model_name_tag
-
-    from ..version import __version__
 
     declared = getattr(model, "pretrained_cfg", {}) or {}
     architecture = declared.get("architecture") or split_model_name_tag(meta.model)[0]
@@ -172,14 +177,21 @@ def timm_config(meta: CheckpointMeta, model: nn.Module, prep: Preprocessing) -> 
     model_args = {**rebuild_kwargs(model, architecture), **meta.model_kwargs}    # timm rebuilds the same model
     if model_args:
         config["model_args"] = model_args
-    config["fixres"] = {
+    config["fixres"] = fixres_record(meta, prep)
+    return config
+
+
+def fixres_record(meta: CheckpointMeta, prep: Preprocessing) -> dict:
+    """What fixres records of an export under ``config.json["fixres"]`` (timm ignores the key)."""
+    chans = len(prep.mean)
+    return {
         "format": EXPORT_FORMAT,
         "fixres_version": __version__,
         "model": meta.model,
         "train_res": prep.train_res,
         "train_input_size": [chans, prep.train_res, prep.train_res],
-        "test_res": test_res,
-        "crop_pct": crop_pct,
+        "test_res": prep.test_res,
+        "crop_pct": prep.crop_pct,
         "interpolation": prep.interpolation,
         "checkpoint_test_res": meta.preprocessing.test_res,
         "checkpoint_crop_pct": meta.preprocessing.crop_pct,
@@ -191,7 +203,6 @@ def timm_config(meta: CheckpointMeta, model: nn.Module, prep: Preprocessing) -> 
         "data_digest": meta.data_digest,
         "versions": versions(),
     }
-    return config
 
 
 def example_inputs(n: int, chans: int, res: int) -> torch.Tensor:

@@ -101,10 +101,31 @@ def adapt_checkpoint(checkpoint: "str | Path | ModelSource", data: str | Path, o
     source = find_checkpoint(model_source.checkpoint) if model_source.checkpoint else None
     if out is not None and dist_env.is_main:
         out = check_adapt_out(out, source, overwrite)
+    ctx = _prepare(model_source, data, opts, rt)
+    before, eval_seconds = ctx.before(before)
+    info = {"trains": _train_method, "bn": _bn_method, "parametric": _parametric_method}[
+        "trains" if opts.trains else opts.method](ctx)
+    t0 = time.perf_counter()
+    after = ctx.evaluate("after")
+    eval_seconds += time.perf_counter() - t0
+    seconds = time.perf_counter() - t_start
+    report = _report(ctx, ctx.name, before, after, info, seconds, eval_seconds)
+    new_meta = ctx.meta.replace(preprocessing=ctx.prep, adaptation=report,
+                                metrics={f"val_{k}": v for k, v in after.row().items()})
+    if out is not None and dist_env.is_main:
+        new_meta = save_checkpoint(out, ctx.model, new_meta)
+        write_json(Path(out) / "adapt.json", {**report, "checkpoint": str(out),
+                                              "weights_sha256": new_meta.weights_sha256})
+    barrier(dist_env)
+    return AdaptResult(ctx.model, new_meta, before, after, seconds, report, None if out is None else Path(out))
+
+
+def _prepare(model_source: ModelSource, data: str | Path, opts: AdaptOptions, rt: Runtime) -> "_Context":
+    """Open the model on the data's folders, check what the adaptation needs, choose its layers."""
     opened = open_for_data(model_source, data, ["train", "val"])
-    model, meta, source = opened.model, opened.meta, opened.name
+    model, meta, name = opened.model, opened.meta, opened.name
     if opts.method == "parametric" and has_equaliser(model):
-        raise FixresError(f"{source} is already equalised (method parametric); adapt its source checkpoint instead")
+        raise FixresError(f"{name} is already equalised (method parametric); adapt its source checkpoint instead")
     check_input_size(model, [opts.test_res, *([meta.preprocessing.train_res] if opts.method == "parametric" else [])])
     imgs = adaptation_images(data, meta, opts.images, opts.seed, opened.binding)
     check_label_coverage(opts, imgs, opened)
@@ -118,30 +139,7 @@ def adapt_checkpoint(checkpoint: "str | Path | ModelSource", data: str | Path, o
     for note in plan.notes:
         rt.log(note)
     prep = meta.preprocessing.override("adaptation", test_res=opts.test_res, crop_pct=opts.crop_pct)
-    ctx = _Context(model, meta, prep, plan, imgs, opts, rt)
-
-    t0 = time.perf_counter()
-    if before is None:
-        before = ctx.evaluate("before")
-    elif (before.test_res, before.crop_pct, before.interpolation) != (prep.test_res, prep.crop_pct, prep.interpolation):
-        raise ValueError(f"the given 'before' result was measured at another geometry ({before.test_res}px, "
-                         f"crop {before.crop_pct}, {before.interpolation})")
-    eval_seconds = time.perf_counter() - t0
-    info = {"trains": _train_method, "bn": _bn_method, "parametric": _parametric_method}[
-        "trains" if opts.trains else opts.method](ctx)
-    t0 = time.perf_counter()
-    after = ctx.evaluate("after")
-    eval_seconds += time.perf_counter() - t0
-    seconds = time.perf_counter() - t_start
-    report = _report(ctx, source, before, after, info, seconds, eval_seconds)
-    new_meta = meta.replace(preprocessing=prep, adaptation=report,
-                            metrics={f"val_{k}": v for k, v in after.row().items()})
-    if out is not None and dist_env.is_main:
-        new_meta = save_checkpoint(out, model, new_meta)
-        write_json(Path(out) / "adapt.json", {**report, "checkpoint": str(out),
-                                              "weights_sha256": new_meta.weights_sha256})
-    barrier(dist_env)
-    return AdaptResult(model, new_meta, before, after, seconds, report, None if out is None else Path(out))
+    return _Context(model, meta, prep, plan, imgs, opts, rt, name)
 
 
 @dataclass
@@ -153,6 +151,17 @@ class _Context:
     imgs: Images
     opts: AdaptOptions
     rt: Runtime
+    name: str                  # the model's, as the report names its source
+
+    def before(self, given: EvalResult | None) -> tuple[EvalResult, float]:
+        """Val before adaptation (``given`` when measured already, at the same geometry) and its seconds."""
+        t0, prep = time.perf_counter(), self.prep
+        if given is None:
+            return self.evaluate("before"), time.perf_counter() - t0
+        if (given.test_res, given.crop_pct, given.interpolation) != (prep.test_res, prep.crop_pct, prep.interpolation):
+            raise ValueError(f"the given 'before' result was measured at another geometry ({given.test_res}px, "
+                             f"crop {given.crop_pct}, {given.interpolation})")
+        return given, 0.0
 
     @property
     def normalizer(self) -> Normalizer:

@@ -2,7 +2,6 @@
 and a job that survives the death of a rank."""
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys

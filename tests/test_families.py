@@ -136,8 +136,10 @@ def test_model_kwargs_of_a_run_rebuild_the_same_model_everywhere(colour_data, tm
                            "--epochs", 1, "--batch-size", 12, "--workers", 0, "--device", "cpu", "--quiet")
     assert code == 0, err
     model, meta = open_checkpoint(run)
-    assert meta.model_kwargs == {"patch_size": 8, "embed_dim": 32, "depth": 1}
+    # built at the training resolution (issue 19): the position embedding lives on its 4 x 4 grid
+    assert meta.model_kwargs == {"img_size": 32, "patch_size": 8, "embed_dim": 32, "depth": 1}
     assert model.patch_embed.patch_size == (8, 8) and model.embed_dim == 32
+    assert model.pos_embed.shape[1] == 4 * 4 + model.num_prefix_tokens
     swept = sweep_checkpoint(run, colour_data, test_res=[32, 40], select_on="val", **FAST)
     assert [r.n for r in swept.rows] == [24, 24]
     out = export_checkpoint(run, tmp_path / "exported", test_res=40)

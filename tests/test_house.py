@@ -2,7 +2,6 @@
 them, few loose modules, one reader of timm's data config, small functions and classes, no private
 name borrowed from another module, nothing inside the package importing its root."""
 import ast
-from pathlib import Path
 
 from test_imports import PACKAGE, import_graph
 

@@ -7,7 +7,8 @@ from pathlib import Path
 from ..core.errors import FixresError
 from ..core.options import add_arguments, build, check_keys, from_namespace, read_yaml
 from ..train.config import TrainConfig
-from ..train.loop import fit, stored_config
+from ..train.loop import fit
+from ..train.run import stored_config
 from .common import print_json
 
 

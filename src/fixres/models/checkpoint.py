@@ -12,8 +12,8 @@ A checkpoint is a directory::
 
 It is written into a temporary directory, fsynced and renamed into place, so a crash
 leaves either the old checkpoint or the new one, never half of one. A run directory keeps
-its checkpoints under ``checkpoints/`` with two symbolic links, ``last`` and ``best``,
-that are themselves replaced atomically.
+its checkpoints under ``checkpoints/`` with symbolic links, ``last``, ``best`` and (runs with
+an EMA) ``best-ema``, that are themselves replaced atomically.
 """
 from __future__ import annotations
 
@@ -40,6 +40,7 @@ from ..data.preprocessing import TRAIN_CROP_FIELDS, Preprocessing
 FORMAT = "fixres-checkpoint/2"
 LEGACY_FORMAT = "fixres-checkpoint/1"      # flat geometry fields, no training crop settings
 WEIGHTS, META, STATE, EMA_WEIGHTS = "model.safetensors", "meta.json", "state.pt", "ema.safetensors"
+LINKS = ("last", "best", "best-ema")   # a run directory's links to its checkpoints
 
 
 @dataclass(frozen=True)
@@ -59,7 +60,10 @@ class CheckpointMeta:
     weights_from: dict | None = None   # a model fixres did not train: where its weights came from (sources.py)
     recipe: dict | None = None         # set by fixres train: optimiser, loss, mixup, policies, EMA, resolution schedule;
                                        # "weights": "ema" when these weights are a run's EMA
-    ema: dict | None = None            # the EMA weights beside these ({"decay", "weights_sha256", "metrics"}), if any
+    ema: dict | None = None            # the EMA weights beside these ({"decay", "weights_sha256", "metrics",
+                                       # "selection"}), if any
+    selection: dict | None = None      # set by fixres train: what chose the run's best epoch (split, metric,
+                                       # weights, geometry; fixres.train.select)
     weights_sha256: str = ""
     format: str = FORMAT
     versions: dict = field(default_factory=dict)
@@ -188,11 +192,12 @@ def remove_stale_temporaries(directory: Path) -> list[str]:
     return removed
 
 
-def find_checkpoint(path: str | Path) -> Path:
+def find_checkpoint(path: str | Path, ema: bool = False) -> Path:
     """The checkpoint directory that ``path`` names.
 
-    Accepts a checkpoint directory, a run directory (its ``best``, else ``last``
-    checkpoint), or a ``model.safetensors`` file with its ``meta.json`` beside it.
+    Accepts a checkpoint directory, a run directory (its ``best``, else ``last`` checkpoint;
+    with ``ema``, its ``best-ema`` first: the epoch chosen on the EMA's metrics), or a
+    ``model.safetensors`` file with its ``meta.json`` beside it.
     """
     path = Path(path)
     if not path.exists():
@@ -205,7 +210,7 @@ def find_checkpoint(path: str | Path) -> Path:
         return path.parent
     if (path / META).is_file() and (path / WEIGHTS).is_file():
         return path
-    for name in ("best", "last"):
+    for name in (("best-ema",) if ema else ()) + ("best", "last"):
         if (path / name / META).is_file():
             return (path / name).resolve()
     raise FixresError(f"{path} holds no fixres checkpoint (no {META} + {WEIGHTS}, no best/ or last/)")
@@ -228,7 +233,7 @@ def load_checkpoint(path: str | Path, verify: bool = True,
     describes them as the checkpoint's weights (``recipe["weights"] == "ema"``, their hash, the
     EMA's metrics), so that what is built from them (an adapted checkpoint, an export) says so.
     """
-    directory = find_checkpoint(path)
+    directory = find_checkpoint(path, ema=ema)
     meta = read_meta(directory)
     weights = directory / WEIGHTS
     if ema:
@@ -236,6 +241,7 @@ def load_checkpoint(path: str | Path, verify: bool = True,
             raise FixresError(f"{directory} holds no EMA weights (train with --ema-decay to keep them)")
         weights = directory / EMA_WEIGHTS
         meta = meta.replace(weights_sha256=meta.ema["weights_sha256"], metrics=meta.ema.get("metrics", {}),
+                            selection=meta.ema.get("selection", meta.selection),
                             recipe={**(meta.recipe or {}), "weights": "ema", "ema_decay": meta.ema.get("decay")},
                             ema=None)
     if verify and meta.weights_sha256 and sha256_file(weights) != meta.weights_sha256:

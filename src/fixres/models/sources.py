@@ -178,7 +178,7 @@ def open_model(source: "str | Path | ModelSource") -> Opened:
     """The model ``source`` names, in eval mode, with its metadata (preprocessing overrides applied)."""
     source = as_source(source)
     if source.checkpoint is not None:
-        directory = find_checkpoint(source.checkpoint)
+        directory = find_checkpoint(source.checkpoint, ema=source.ema)
         model, meta = open_checkpoint(directory, ema=source.ema)
         opened = Opened(model, meta, str(directory), directory)
     else:

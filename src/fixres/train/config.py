@@ -8,6 +8,7 @@ import yaml
 
 from ..core.errors import FixresError
 from ..core.options import option
+from ..models.sizes import size_kwargs
 from ..data.transforms import DEFAULT_CROP_PCT, check_crop_pct, check_resolution, interpolation_mode
 from .recipes import check_recipe, default_ramp, sgd_family
 
@@ -128,8 +129,7 @@ class TrainConfig:
         for name, value in positive.items():
             if value < 1:
                 raise FixresError(f"{name} must be at least 1, got {value}")
-        if self.batch_size % self.accum_steps:
-            raise FixresError(f"batch_size {self.batch_size} is not divisible by accum_steps {self.accum_steps}")
+        check_batch_split(self, world=1)   # the processes are known at the start: check_batch
         for name in ("momentum", "hflip", "label_smoothing"):
             if not 0 <= getattr(self, name) <= 1:
                 raise FixresError(f"{name} must be in [0, 1], got {getattr(self, name)}")
@@ -180,6 +180,34 @@ OWN_MODEL_ARGS = {"num_classes": "from the data's classes", "pretrained": "use -
                   "checkpoint_path": "use --weights", "drop_rate": "use --drop-rate",
                   "drop_path_rate": "use --drop-path-rate", "pretrained_cfg": "from the model name",
                   "pretrained_cfg_overlay": "from the model name"}
+
+
+def check_batch_split(cfg: TrainConfig, world: int) -> None:
+    """The global batch splits evenly over ``world`` processes and the accumulation steps (and
+    in an even number per step where batches are mixed)."""
+    processes = f" x {world} processes" if world > 1 else ""
+    if cfg.batch_size % (cfg.accum_steps * world):
+        raise FixresError(f"batch_size {cfg.batch_size} is not divisible by accum_steps {cfg.accum_steps}{processes}")
+    if cfg.mixes and (cfg.batch_size // (cfg.accum_steps * world)) % 2:
+        raise FixresError(f"mixup/CutMix (timm Mixup) needs an even batch per step and process: batch_size "
+                          f"{cfg.batch_size} / (accum_steps {cfg.accum_steps}{processes}) is odd")
+
+
+def check_batch(cfg: TrainConfig, world: int, train_images: int) -> None:
+    """The batch settings against what a run learns only when it starts: its processes and its images."""
+    check_batch_split(cfg, world)
+    if train_images < cfg.batch_size:
+        raise FixresError(f"{train_images} training images are fewer than one batch of {cfg.batch_size}")
+
+
+def create_kwargs(cfg: TrainConfig) -> dict:
+    """The timm.create_model arguments of a run besides the name and classes (recorded in the
+    checkpoint as ``model_kwargs``). A fixed-size architecture (ViT, DeiT, Swin...) is built at
+    the training resolution, as DeiT and timm train it: its position embedding lives on that
+    grid (other sizes resample from it)."""
+    own = dict(drop_rate=cfg.drop_rate, drop_path_rate=cfg.drop_path_rate)
+    grid = {"img_size": cfg.train_res} if size_kwargs(cfg.model) else {}
+    return {**grid, **parse_model_kwargs(cfg.model_kwargs), **{k: v for k, v in own.items() if v is not None}}
 
 
 def parse_model_kwargs(items) -> dict:

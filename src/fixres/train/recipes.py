@@ -230,11 +230,6 @@ class ResolutionSchedule:
         value = self.start + (epoch - a) / (b - a) * (self.end - self.start)
         return min(self.end, max(self.start, int(np.round(value / self.step)) * self.step))
 
-    def eval_res_at(self, epoch: int, test_res: int) -> int:
-        """The per-epoch evaluation resolution: ``test_res`` scaled by the ratio of the epoch's
-        training resolution to the final one (the run's train/test ratio kept throughout)."""
-        return max(8, round(test_res * self.res_at(epoch) / self.end))
-
     def row(self) -> dict:
         return {"start": self.start, "end": self.end, "ramp_epochs": list(self.ramp), "step": self.step,
                 "note": "train_res is the final training resolution; epochs are 0-based"}
@@ -259,10 +254,6 @@ def check_recipe(cfg: Any) -> None:
         raise FixresError(f"random_erasing_count must be at least 1, got {cfg.random_erasing_count}")
     if cfg.mixup < 0 or cfg.cutmix < 0:
         raise FixresError("mixup and cutmix alphas must not be negative")
-    micro = cfg.batch_size // cfg.accum_steps
-    if cfg.mixes and micro % 2:
-        raise FixresError(f"mixup/CutMix (timm Mixup) needs an even batch per step and process: batch_size "
-                          f"{cfg.batch_size} / accum_steps {cfg.accum_steps} = {micro} is odd")
     if cfg.bce_target_thresh is not None:
         if cfg.loss != "bce":
             raise FixresError("bce_target_thresh applies to --loss bce only")

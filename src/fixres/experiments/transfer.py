@@ -309,7 +309,7 @@ def run_transfer(cfg: TransferConfig, *, quiet: bool = False, log: Callable[[str
                             pretrained=cfg.pretrained or None, weights=str(weights) if weights else None,
                             new_classifier=new_classifier or None)
         cells["train"] = ensure_trained(gdir, "train", tcfg, cfg.sweep_res, log=log, quiet=quiet)
-        checkpoint = gdir.root / "train" / "last"
+        checkpoint = gdir.root / "train"   # its best epoch, as every command opens a run
     else:
         cells["import"] = ensure_imported(gdir, cfg, model_name, weights, classes, src.classes, log)
         checkpoint = gdir.root / "pretrained"

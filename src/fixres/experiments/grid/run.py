@@ -148,7 +148,7 @@ def ensure_swept(gdir: GridDir, name: str, checkpoint: Path, data: Path, test_re
     cell = gdir.cell(name)
     if cell is not None:
         return cell
-    log(f"sweeping {_label(checkpoint)} at {', '.join(map(str, test_res))} px")
+    log(f"sweeping {checkpoint.name} at {', '.join(map(str, test_res))} px")
     t0 = time.perf_counter()
     # timing=False: a grid compares accuracies across runs; its cost table counts FLOPs (timings of
     # a shared machine would differ from cell to cell for no reason of the model's)
@@ -158,11 +158,6 @@ def ensure_swept(gdir: GridDir, name: str, checkpoint: Path, data: Path, test_re
     seconds = round(time.perf_counter() - t0, 2)
     write_sweep(result, gdir.path(name), overwrite=True)
     return gdir.save(name, {**sweep_json(result), "seconds": seconds})
-
-
-def _label(checkpoint: Path) -> str:
-    """``train-32`` for ``OUT/train-32/last``, ``pretrained`` for ``OUT/pretrained``."""
-    return checkpoint.parent.name if checkpoint.name == "last" else checkpoint.name
 
 
 def swept_result(sweep: dict, test_res: int) -> EvalResult | None:
@@ -180,7 +175,7 @@ def ensure_adapted(gdir: GridDir, name: str, checkpoint: Path, data: Path, opts:
     if cell is not None:
         return cell
     result = adapt_checkpoint(checkpoint, data, opts, out=out, overwrite=True, quiet=True, before=before)
-    log(f"adapted {_label(checkpoint)} at {opts.test_res}px ({opts.method}): val top-1 "
+    log(f"adapted {checkpoint.name} at {opts.test_res}px ({opts.method}): val top-1 "
         f"{result.before.top1:.2f} -> {result.after.top1:.2f} in {result.seconds:.1f}s")
     return gdir.save(name, {"test_res": opts.test_res, "method": opts.method, "before": result.before.row(),
                             "after": result.after.row(), "seconds": round(result.seconds, 2),
@@ -202,7 +197,7 @@ def run_grid(cfg: GridConfig, *, quiet: bool = False, log: Callable[[str], None]
     for r in cfg.train_res:
         tcfg = cfg.train_config(r, data=str(data))
         cells[f"train-{r}"] = ensure_trained(gdir, f"train-{r}", tcfg, cfg.test_res, log=log, quiet=quiet)
-        checkpoint = Path(tcfg.out) / "last"      # the final weights, not the epoch best on val
+        checkpoint = Path(tcfg.out)   # its best epoch, as every command opens a run (chosen on train.holdout when set)
         cells[f"sweep-{r}"] = ensure_swept(gdir, f"sweep-{r}", checkpoint, data, cfg.test_res, cfg, quiet=quiet,
                                            log=log)
         for k in cfg.adapted_at:

@@ -178,3 +178,25 @@ def test_adapting_with_workers_leaves_no_worker_process_behind(checkpoints, colo
         assert multiprocessing.active_children() == []
     finally:
         gc.enable()
+
+
+@pytest.mark.parametrize("name,norm", [("test_coatnet", "norm"), ("test_maxvit", "norm")])
+def test_a_hybrid_adapts_its_final_layernorm_with_the_classifier(name, norm, colour_data, tmp_path):
+    """CoAtNet / MaxViT: batch-norms in the conv stages, a LayerNorm last. fixres trains the
+    classifier and that LayerNorm's gamma/beta, and no batch-norm's statistics move. These
+    models take one input size (their relative-position tables): adapted at their 160 px."""
+    torch.manual_seed(0)
+    model = create_model(name, 3)
+    cfg = model.pretrained_cfg
+    meta = CheckpointMeta(model=name, class_names=("blue", "green", "red"),
+                          preprocessing=Preprocessing(tuple(cfg["mean"]), tuple(cfg["std"]), train_res=160,
+                                                      test_res=160))
+    save_checkpoint(tmp_path / name, model, meta)
+    result = adapt_checkpoint(tmp_path / name, colour_data, test_res=160, epochs=1, quiet=True, **FAST)
+    layers = result.report["layers"]
+    assert layers["norms"] == [norm] and layers["trainable"] == ["head.fc", norm] and layers["batch_norms"] == []
+    after = result.model.cpu().state_dict()
+    changed = {k.rsplit(".", 1)[0] for k, v in model.state_dict().items() if not torch.equal(v, after[k])}
+    assert changed == {"head.fc", norm}
+    with pytest.raises(FixresError, match="no running statistics"):
+        adapt_checkpoint(tmp_path / name, colour_data, test_res=160, method="bn", quiet=True, **FAST)

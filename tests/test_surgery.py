@@ -25,7 +25,40 @@ DISCOVERY = {
     "mobilenetv3_small_050": ("classifier", ("blocks.5.0.bn1",)),  # conv_head after the pooling has no bn
     "pnasnet5large": ("last_linear", PNAS_FINAL),
     "test_convnext": ("head.fc", ()),                             # LayerNorm only
+    # hybrids: batch-norms in the convolutional stages, a LayerNorm last (adapted instead: see below)
+    "coatnet_0_rw_224": ("head.fc", ()),
+    "maxvit_tiny_tf_224": ("head.fc", ()),
+    "coatnet_bn_0_rw_224": ("head.fc", ("norm",)),                 # the same hybrid with a final batch-norm
 }
+
+
+def _last_norm_called(model, classifier):
+    """The reference: the last module whose class name says it normalises, called before the
+    classifier (forward hooks, independent of fixres's discovery)."""
+    calls = []
+    handles = [m.register_forward_hook(lambda mod, a, o, n=n: calls.append(n)) for n, m in model.named_modules()
+               if "Norm" in type(m).__name__ or n == classifier]
+    with torch.no_grad():
+        model.eval()(torch.zeros(1, 3, 224, 224, device="meta"))
+    for h in handles:
+        h.remove()
+    return [n for n in calls[:calls.index(classifier)] if "Norm" in type(model.get_submodule(n)).__name__][-1]
+
+
+@pytest.mark.parametrize("name", ["coatnet_0_rw_224", "maxvit_tiny_tf_224"])
+def test_a_hybrid_adapts_its_last_normalisation_not_an_earlier_batch_norm(name):
+    """CoAtNet and MaxViT: batch-norms in the conv stages, a LayerNorm before the head. The paper
+    adapts the last normalisation before the pooling: that LayerNorm's gamma/beta train."""
+    model = meta_model(name)
+    last = _last_norm_called(model, "head.fc")
+    assert last == {"coatnet_0_rw_224": "norm", "maxvit_tiny_tf_224": "head.norm"}[name]
+    plan = make_plan(model, "fixres")
+    assert plan.norms == (last,) and plan.trainable == ("head.fc", last)
+    assert plan.batch_norms == () and plan.train_mode == ()
+    assert "batch-norms come before" in plan.notes[0]
+    with pytest.raises(FixresError, match=f"{last}.*no running statistics.*--all-bn"):
+        make_plan(model, "bn")
+    assert make_plan(model, "bn", all_bn=True).batch_norms     # every batch-norm, when asked
 
 
 def meta_model(name):

@@ -4,14 +4,16 @@ Discovery is generic (STYLE #6: one function per idea, not per architecture):
 
 * the classifier is the module timm declares in ``pretrained_cfg["classifier"]`` (else the
   module ``get_classifier()`` returns), checked to exist and hold parameters;
-* the batch-norm before the global pooling is the *last batch-norm called before the
-  classifier*, read from forward hooks on a tiny input (execution order, not names), plus
-  the batch-norms whose outputs merge with it before the pooling (see
-  :func:`fixres.adapt.graph.final_batchnorms`: a projection shortcut in the last block);
-* in a model without batch-norm (ViT, DeiT, Swin, ConvNeXt...), its analogue is the *last
-  normalisation layer with affine parameters called before the classifier* (timm's
-  ``norm`` / ``fc_norm`` / ``head.norm``), whose gamma and beta ``fixres`` trains with the
-  classifier (a LayerNorm has no running statistics to re-estimate);
+* the paper's "batch-norm that precedes the global pooling" is the *last normalisation
+  layer called before the classifier*, of any kind, read from forward hooks on a tiny input
+  (execution order, not names);
+* when it is a batch-norm, it is adapted with the batch-norms whose outputs merge with it
+  before the pooling (see :func:`fixres.adapt.graph.final_batchnorms`: a projection shortcut
+  in the last block);
+* when it is another normalisation with affine parameters (a ViT, DeiT, Swin or ConvNeXt's
+  ``norm`` / ``fc_norm`` / ``head.norm``; a hybrid's final LayerNorm, CoAtNet's ``norm`` or
+  MaxViT's ``head.norm``, after batch-norms in earlier stages), ``fixres`` trains its gamma and
+  beta with the classifier (a LayerNorm has no running statistics to re-estimate);
 * a model that declares several classifiers (a distilled DeiT: ``head``, ``head_dist``)
   trains all of them; its evaluation is timm's own combination of the heads.
 
@@ -96,13 +98,27 @@ def execution_order(model: nn.Module, classifier: str, kind=is_batchnorm) -> lis
     return order
 
 
+def is_norm(module: nn.Module) -> bool:
+    return is_batchnorm(module) or is_affine_norm(module)
+
+
 def find_adaptable_layers(model: nn.Module, *, classifier_module: str | None = None,
                           bn_module: tuple[str, ...] | None = None) -> tuple[str, tuple[str, ...]]:
     """``(classifier_name, bn_names)``: the classifier and the batch-norm(s) before the pooling.
 
-    ``bn_names`` is empty for a model without batch-norm. ``bn_module`` / ``classifier_module``
-    override discovery (checked to exist and to be of the right kind).
+    ``bn_names`` is empty when the last normalisation before the classifier is not a batch-norm
+    (a ViT, a ConvNeXt; a hybrid such as CoAtNet or MaxViT, whose batch-norms sit in earlier
+    stages and whose final norm is a LayerNorm: see :func:`final_norm`). ``bn_module`` /
+    ``classifier_module`` override discovery (checked to exist and to be of the right kind).
     """
+    return _discover(model, classifier_module, bn_module)[:2]
+
+
+def _discover(model: nn.Module, classifier_module: str | None,
+              bn_module: tuple[str, ...] | None) -> tuple[str, tuple[str, ...], str | None]:
+    """``(classifier, final batch-norms, final affine norm)``: of the normalisations called before
+    the classifier (one probe, execution order), the LAST one is the paper's "batch-norm that
+    precedes the global pooling": a batch-norm (with those summed with it) or another norm."""
     classifier = find_classifier(model, classifier_module)
     modules = dict(model.named_modules())
     if bn_module:
@@ -111,15 +127,18 @@ def find_adaptable_layers(model: nn.Module, *, classifier_module: str | None = N
                 raise FixresError(f"--bn-module {name!r}: no such module in {architecture(model)}")
             if not isinstance(modules[name], _BatchNorm):
                 raise FixresError(f"--bn-module {name!r} is a {type(modules[name]).__name__}, not a batch-norm")
-        return classifier, tuple(bn_module)
-    order = execution_order(model, classifier)
+        return classifier, tuple(bn_module), None
+    order = execution_order(model, classifier, kind=is_norm)
     if not order:
-        return classifier, ()
+        return classifier, (), None
+    last = order[-1]
+    if not is_batchnorm(modules[last]):
+        return classifier, (), last
     try:
-        names = final_batchnorms(trace(model, frozenset({classifier})), order[-1])
+        names = final_batchnorms(trace(model, frozenset({classifier})), last)
     except Exception:  # untraceable: the last batch-norm called is still right for most models
-        names = [order[-1]]
-    return classifier, tuple(names)
+        names = [last]
+    return classifier, tuple(names), None
 
 
 @dataclass(frozen=True)
@@ -158,10 +177,10 @@ class Plan:
 
 
 def final_norm(model: nn.Module, classifier: str) -> str | None:
-    """The last normalisation layer with affine parameters called before the classifier (the
-    LayerNorm analogue of the paper's last batch-norm), or None."""
-    order = execution_order(model, classifier, kind=is_affine_norm)
-    return order[-1] if order else None
+    """The last normalisation layer called before the classifier when it has affine parameters
+    and is not a batch-norm (the LayerNorm analogue of the paper's last batch-norm), or None."""
+    order = execution_order(model, classifier, kind=is_norm)
+    return order[-1] if order and is_affine_norm(model.get_submodule(order[-1])) else None
 
 
 def make_plan(model: nn.Module, method: str, *, train_bn_affine: bool = False, all_bn: bool = False,
@@ -169,16 +188,20 @@ def make_plan(model: nn.Module, method: str, *, train_bn_affine: bool = False, a
     """Decide the layers for ``method`` (see docs/adapt.md for the table, per model family)."""
     if method not in METHODS:
         raise FixresError(f"unknown adaptation method {method!r}; choose one of {', '.join(METHODS)}")
-    classifier, bns = find_adaptable_layers(model, classifier_module=classifier_module, bn_module=bn_module)
+    classifier, bns, norm = _discover(model, classifier_module, bn_module)
     heads = (classifier,) if classifier_module else tuple(declared_classifiers(model)) or (classifier,)
     name = architecture(model)
     if method == "bn":
         if all_bn:
             bns = tuple(n for n, m in model.named_modules() if isinstance(m, _BatchNorm))
         if not bns:
-            raise FixresError(f"{name} has no batch-norm to re-estimate (method bn); use --method fixres (the "
-                              "classifier and the final normalisation's gamma/beta) or parametric (label-free), or "
-                              "name a batch-norm with --bn-module")
+            if not any(is_batchnorm(m) for m in model.modules()):
+                raise FixresError(f"{name} has no batch-norm to re-estimate (method bn); use --method fixres (the "
+                                  "classifier and the final normalisation's gamma/beta) or parametric (label-free)")
+            raise FixresError(f"{name}: its last normalisation before the pooling, {norm} "
+                              f"({type(model.get_submodule(norm)).__name__}), has no running statistics to "
+                              "re-estimate (method bn); use --method fixres (the classifier and its gamma/beta), "
+                              "--all-bn to re-estimate every batch-norm, or name one with --bn-module")
         return Plan(method, classifier, bns, (), (), classifiers=heads)
     if method == "parametric":
         if len(heads) > 1:
@@ -198,14 +221,15 @@ def make_plan(model: nn.Module, method: str, *, train_bn_affine: bool = False, a
         affine = tuple(bns) if train_bn_affine else ()
         return Plan(method, classifier, tuple(bns), (*heads, *affine), tuple(bns), bn_affine=train_bn_affine,
                     classifiers=heads)
-    norm = final_norm(model, classifier)
     if norm is None:
         return Plan(method, classifier, (), heads, (), classifiers=heads, notes=(NO_NORM_NOTE,))
     kind = type(model.get_submodule(norm)).__name__
+    where = ("no batch-norm" if not any(is_batchnorm(m) for m in model.modules())
+             else "its batch-norms come before a later normalisation")
     return Plan(method, classifier, (), (*heads, norm), (), classifiers=heads, norms=(norm,),
-                notes=(f"no batch-norm: fixres trains the classifier{'s' if len(heads) > 1 else ''} and the gamma/beta "
-                       f"of {norm} ({kind}, the last normalisation before the pooling: the paper's last batch-norm "
-                       "has no running statistics to re-estimate here)",))
+                notes=(f"{where}: fixres trains the classifier{'s' if len(heads) > 1 else ''} and the gamma/beta "
+                       f"of {norm} ({kind}, the last normalisation before the pooling: the paper's last batch-norm; "
+                       "it has no running statistics to re-estimate)",))
 
 
 def _module(model: nn.Module, name: str) -> nn.Module:

@@ -272,3 +272,33 @@ def test_resume_without_a_checkpoint_forgets_the_rows(colour_data, tmp_path):
     (run / "summary.json").unlink()
     assert main([*args, "--resume"]) == 0
     assert [json.loads(x)["epoch"] for x in (run / "metrics.jsonl").read_text().splitlines()] == [1, 2]
+
+
+@pytest.mark.parametrize("model_name", ["test_vit", "swin_tiny_patch4_window7_224", "test_resnet"])
+def test_optimiser_groups_are_timms(model_name):
+    """Weight decay as timm's create_optimizer_v2 groups it: not on biases, norms, nor on the
+    model's no_weight_decay() names (a ViT's pos_embed and cls_token, Swin's position tables)."""
+    import timm
+    from timm.optim import create_optimizer_v2
+
+    from fixres.adapt.methods import param_groups as adapt_groups
+    from fixres.train.optim import make_optimizer, optimizer_kwargs
+    kwargs = dict(embed_dim=24, depths=(1, 1, 1, 1), num_heads=(1, 1, 1, 1)) if "swin" in model_name else {}
+    model = timm.create_model(model_name, num_classes=3, **kwargs)
+    cfg = TrainConfig(data="d", out="o", model=model_name, optimizer="adamw")
+    ours = make_optimizer(model, **optimizer_kwargs(cfg, torch.device("cpu")))
+    reference = create_optimizer_v2(model, opt="adamw", lr=cfg.peak_lr, weight_decay=cfg.decay)
+
+    def groups(optimizer):
+        return sorted((g["weight_decay"], sorted(id(p) for p in g["params"])) for g in optimizer.param_groups)
+    assert groups(ours) == groups(reference)
+    assert type(ours) is type(reference)
+    no_decay = {id(p) for g in ours.param_groups if g["weight_decay"] == 0 for p in g["params"]}
+    names = {n for n, p in model.named_parameters() if id(p) in no_decay}
+    for name in model.no_weight_decay() if hasattr(model, "no_weight_decay") else ():
+        if name in dict(model.named_parameters()):
+            assert name in names
+    if model_name == "test_vit":
+        assert {"pos_embed", "cls_token"} <= names
+    assert sorted(id(p) for g in adapt_groups(model, 1e-4) for p in g["params"] if g["weight_decay"]) == \
+        sorted(id(p) for g in reference.param_groups if g["weight_decay"] for p in g["params"])

@@ -23,9 +23,9 @@ from ..data.index import SplitIndex
 from ..data.loader import TrainBatches, stop_workers
 from ..data.pipeline import sampled_batches
 from ..data.transforms import Normalizer
-from ..train.optim import param_groups
+from ..train.optim import lr_at, param_groups
 from .features import FeatureCache
-from .options import BN_MOMENTUM, MOMENTUM, WEIGHT_DECAY, AdaptOptions
+from .options import BN_MOMENTUM, MOMENTUM, STEP_GAMMA, WEIGHT_DECAY, AdaptOptions
 from .surgery import Plan, batchnorms_in, freeze_for, set_modes
 
 Batches = Callable[[int], Iterator[tuple[tuple[torch.Tensor, ...], torch.Tensor]]]
@@ -108,7 +108,8 @@ def train(model: nn.Module, plan: Plan, forward: Callable, batches: Batches, opt
             raise FixresError(f"method {plan.method}: nothing to train in this model")
         optimizer = torch.optim.SGD(param_groups(model, WEIGHT_DECAY), lr=opts.base_lr, momentum=MOMENTUM)
         for epoch in range(opts.epochs):
-            lr = opts.lr_at(epoch)
+            lr = lr_at(epoch, total_steps=opts.epochs, warmup_steps=0, peak=opts.base_lr, schedule="step",
+                       decay_every=opts.step_epochs, gamma=STEP_GAMMA)   # the paper's: x0.1 every step_epochs
             for group in optimizer.param_groups:
                 group["lr"] = lr
             set_modes(model, plan)

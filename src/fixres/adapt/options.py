@@ -77,7 +77,3 @@ class AdaptOptions(RuntimeOptions):
     @property
     def base_lr(self) -> float:
         return self.lr if self.lr is not None else LR_PER_64 * self.batch_size / 64
-
-    def lr_at(self, epoch: int) -> float:
-        """Step decay: x0.1 every ``step_epochs`` epochs (the paper's schedule)."""
-        return self.base_lr * STEP_GAMMA ** (epoch // self.step_epochs)

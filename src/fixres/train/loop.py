@@ -44,7 +44,7 @@ from ..models import create_model
 from ..models.sizes import check_input_size
 from .config import TrainConfig, check_batch, create_kwargs
 from .metrics_log import MetricSinks, check_sinks
-from .optim import make_optimizer, schedule_for
+from .optim import make_optimizer, optimizer_kwargs, schedule_for
 from .recipes import BatchRecipe, ResolutionSchedule, check_pipeline, make_ema, recipe_record, train_transform
 from .run import Position, RunFolder
 from .select import evaluate_epoch, score, selection_for
@@ -117,7 +117,7 @@ class Trainer:
 
     def _build_optimisation(self) -> None:
         cfg, device = self.cfg, self.device
-        self.optimizer = make_optimizer(self.model, cfg, device)
+        self.optimizer = make_optimizer(self.model, **optimizer_kwargs(cfg, device))
         self.ema = make_ema(self.model, cfg.ema_decay, cfg.ema_warmup) if cfg.ema_decay else None
         self.schedule = ResolutionSchedule.of(cfg)
         self.scaler = torch.amp.GradScaler(device.type, enabled=self.rt.amp_dtype == torch.float16)

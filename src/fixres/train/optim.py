@@ -11,32 +11,38 @@ from .config import TrainConfig
 
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """Weight decay on weights only: never on biases nor on normalisation parameters
-    (all tensors with fewer than two dimensions)."""
-    decay, no_decay = [], []
-    for p in model.parameters():
-        if p.requires_grad:
-            (no_decay if p.ndim <= 1 else decay).append(p)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    """timm's grouping (``param_groups_weight_decay``, as ``create_optimizer_v2`` makes it): no
+    weight decay on biases, on tensors of fewer than two dimensions (norms) nor on the names the
+    model lists in ``no_weight_decay()`` (a ViT's ``pos_embed`` and ``cls_token``, Swin's
+    relative-position tables); frozen parameters are left out."""
+    from timm.optim import param_groups_weight_decay
+    skip = model.no_weight_decay() if hasattr(model, "no_weight_decay") else ()
+    return param_groups_weight_decay(model, weight_decay, no_weight_decay_list=skip)
 
 
 FUSABLE = (torch.optim.SGD, torch.optim.Adam, torch.optim.AdamW)   # torch's own, with a fused CUDA kernel
 
 
-def make_optimizer(model: nn.Module, cfg: TrainConfig, device: torch.device) -> torch.optim.Optimizer:
-    """timm's ``create_optimizer_v2`` by name, on our parameter groups (no weight decay on norms
-    and biases, the same grouping as timm's ``filter_bias_and_bn``). ``sgd`` keeps fixres's
-    meaning (classical momentum unless ``--nesterov``), where timm's ``sgd`` is Nesterov."""
-    from timm.optim import create_optimizer_v2, get_optimizer_info
+def optimizer_kwargs(cfg: TrainConfig, device: torch.device) -> dict:
+    """The :func:`make_optimizer` arguments of a training configuration (as timm's
+    ``optimizer_kwargs(cfg)`` feeds ``create_optimizer_v2``). ``sgd`` keeps fixres's meaning
+    (classical momentum unless ``--nesterov``), where timm's ``sgd`` is Nesterov."""
+    from timm.optim import get_optimizer_info
     name = cfg.optimizer.lower()
-    kwargs = {}
+    kwargs = dict(opt=name, lr=cfg.peak_lr, weight_decay=cfg.decay, momentum=cfg.momentum)
     if name == "sgd":
         kwargs["nesterov"] = cfg.nesterov and cfg.momentum > 0
-    info = get_optimizer_info(name.split("_")[-1])
-    if device.type == "cuda" and info.opt_class in FUSABLE and "_" not in name:
+    if device.type == "cuda" and get_optimizer_info(name.split("_")[-1]).opt_class in FUSABLE and "_" not in name:
         kwargs["fused"] = True
-    return create_optimizer_v2(param_groups(model, cfg.decay), opt=name, lr=cfg.peak_lr, weight_decay=cfg.decay,
-                               momentum=cfg.momentum, **kwargs)
+    return kwargs
+
+
+def make_optimizer(model: nn.Module, *, opt: str, lr: float, weight_decay: float, momentum: float,
+                   **kwargs) -> torch.optim.Optimizer:
+    """timm's ``create_optimizer_v2`` by name on ``model``: timm's own parameter groups (see
+    :func:`param_groups`), its optimiser class and defaults."""
+    from timm.optim import create_optimizer_v2
+    return create_optimizer_v2(model, opt=opt, lr=lr, weight_decay=weight_decay, momentum=momentum, **kwargs)
 
 
 def lr_at(step: int, *, total_steps: int, warmup_steps: int, peak: float, schedule: str = "cosine",

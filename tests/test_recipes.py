@@ -205,6 +205,7 @@ def test_resolution_schedule_is_ffcvs():
     (["--auto-augment", "rand-m9-x3"], "Unknown RandAugment config section"),
     (["--auto-augment", "autoaug"], "Unknown AA policy"),
     (["--mixup", "0.2", "--batch-size", "6", "--accum-steps", "2"], "even batch"),
+    (["--auto-augment", "rand-m9-mstd0.5", "--color-jitter", "0.4"], "timm turns colour jitter off"),
     (["--ema-decay", "1"], "ema_decay must be in (0, 1)"),
     (["--ema-decay", "0"], "ema_decay must be in (0, 1)"),
     (["--progressive-from", "48"], "must increase"),
@@ -302,3 +303,21 @@ def test_optimiser_groups_are_timms(model_name):
         assert {"pos_embed", "cls_token"} <= names
     assert sorted(id(p) for g in adapt_groups(model, 1e-4) for p in g["params"] if g["weight_decay"]) == \
         sorted(id(p) for g in reference.param_groups if g["weight_decay"] for p in g["params"])
+
+
+@pytest.mark.parametrize("policy", ["rand-m9-mstd0.5-inc1", "original", "3a"])
+def test_colour_jitter_with_a_policy_follows_timms_rule(policy):
+    """timm's train transform drops colour jitter when an auto-augment policy is on (3a keeps it):
+    fixres accepts the pair exactly where timm would apply both."""
+    from timm.data import create_transform
+    from torchvision.transforms import ColorJitter
+
+    from fixres.core.errors import FixresError
+    tf = create_transform(32, is_training=True, auto_augment=policy, color_jitter=0.4)
+    timm_jitters = any(isinstance(t, ColorJitter) for t in tf.transforms)
+    try:
+        TrainConfig(data="d", out="o", train_res=32, auto_augment=policy, color_jitter=0.4)
+        accepted = True
+    except FixresError:
+        accepted = False
+    assert accepted == timm_jitters

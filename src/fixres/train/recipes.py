@@ -247,6 +247,10 @@ def check_recipe(cfg: Any) -> None:
     check_optimizer(cfg.optimizer)
     if cfg.auto_augment is not None:
         augment_policy(cfg.auto_augment, cfg.train_res)
+        if cfg.color_jitter and "3a" not in cfg.auto_augment:
+            raise FixresError(f"--color-jitter with --auto-augment {cfg.auto_augment}: timm turns colour jitter off "
+                              "when an auto-augment policy is on (except the 3a policies), so the pair is not a timm "
+                              "recipe; drop --color-jitter (the policy varies colour itself) or use a 3a policy")
     for name in ("random_erasing", "mixup_prob", "mixup_switch_prob"):
         if not 0 <= getattr(cfg, name) <= 1:
             raise FixresError(f"{name} must be in [0, 1], got {getattr(cfg, name)}")

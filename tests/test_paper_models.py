@@ -118,3 +118,26 @@ def test_flops_per_image():
     assert flops[128] / flops[224] == pytest.approx((128 / 224) ** 2, rel=0.03)   # METHOD.md: 0.33x
     with pytest.raises(FixresError):
         model_flops("no_such_model_xyz", 10, [32])
+
+
+def _vit_flops(model, res):
+    """An independent count of a ViT's FLOPs (2 per multiply-add): patch embedding, per block the
+    qkv / projection / MLP products and the two attention products (QK^T, AV), the head."""
+    patch = model.patch_embed.patch_size[0]
+    d, tokens = model.embed_dim, (res // patch) ** 2 + model.num_prefix_tokens
+    block = model.blocks[0]
+    hidden = block.mlp.fc1.out_features
+    per_block = 2 * tokens * d * (3 * d + d + 2 * hidden) + 2 * 2 * tokens * tokens * d
+    embed = 2 * (tokens - model.num_prefix_tokens) * 3 * patch * patch * d
+    return embed + len(model.blocks) * per_block + 2 * d * model.num_classes
+
+
+@pytest.mark.parametrize("res", [224, 160])
+def test_attention_flops_are_counted_on_the_meta_device_and_on_the_real_model(res):
+    """The real-model fallback (architectures that cannot run on `meta`) must count attention as
+    the meta count does, whatever kernel runs it (the fused CPU kernel hides its products)."""
+    name = "vit_small_patch16_224"
+    expected = _vit_flops(meta_model(name, num_classes=1000), res)
+    assert model_flops(name, 1000, [res])[res] == expected
+    real = timm.create_model(name, num_classes=1000, dynamic_img_size=True)
+    assert count_flops(real, res) == expected

@@ -33,7 +33,7 @@ def test_every_stage_ran_and_the_report_is_written(demo):
     assert deploy["chosen_on"] == "holdout" and deploy["rule"] == "within 1 pt of the best"
     sentence = f"deploy at {deploy['test_res']}px: "
     assert sentence in html and sentence in open(out["markdown"]).read()
-    assert "of the best accuracy at" in html and "% of its cost" in html
+    assert "of the best accuracy on the held-out training images at" in html and "% of its cost" in html
 
 
 def test_table_rows_match_the_measurements(demo):

@@ -1,6 +1,7 @@
 """``fixres sweep``: one pass equals ``evaluate`` at every geometry; the best resolution is
 chosen on held-out training images (never val by default); outputs and one-line errors."""
 import csv
+import dataclasses
 import json
 import shutil
 import types
@@ -137,7 +138,7 @@ def test_cli_writes_csv_json_png_and_refuses_to_overwrite(run, colour_data, tmp_
     assert set(rows[0]) == {"checkpoint", "model", "train_res", "test_res", "crop_pct", "resize_size", "interpolation",
                             "split", "top1", "top5", "loss", "n", "n_skipped", "adapted", "gflops", "params",
                             "images_per_s", "images_per_s_iqr", "latency_ms", "latency_ms_iqr", "timing_device",
-                            "timing_dtype", "timing_batch_size"}
+                            "timing_dtype", "timing_batch_size", "timing_stable"}
     assert all(float(r["latency_ms"]) > 0 and r["timing_batch_size"] == "10" for r in rows)
     data = json.loads((out / "sweep.json").read_text())
     assert data["chosen"]["split"] == "holdout" and len(data["rows"]) == 4 and len(data["selection_rows"]) == 4
@@ -253,7 +254,23 @@ def test_no_timing_keeps_the_flops_and_says_so(run, colour_data):
     result = sweep_checkpoint(run, colour_data, test_res=[24, 32], within=0, timing=False, **FAST)
     assert not result.timed and all(r.gflops > 0 and r.latency_ms is None and r.timing_device is None
                                     for r in result.rows)
-    assert result.deployments[0].latency_ratio is None and "not measured (--no-timing)" in sweep_table(result)
+    text = sweep_table(result)
+    assert result.deployments[0].latency_ratio is None and "not measured (--no-timing)" in text
+    header = next(line for line in text.splitlines() if line.split()[:2] == ["test_res", "crop_pct"])
+    assert "GFLOPs" in header and not {"img/s", "ms", "(IQR)"} & set(header.split())   # no empty columns
+
+
+def test_timings_say_whether_they_were_stable(run, colour_data):
+    result = sweep_checkpoint(run, colour_data, test_res=[24, 32], timing_budget=0, **FAST)
+    for r in result.rows:
+        assert r.timing_stable == (r.latency_ms_iqr <= 0.25 * r.latency_ms
+                                   and r.images_per_s_iqr <= 0.25 * r.images_per_s)
+    def shake(rows):
+        return tuple(dataclasses.replace(r, timing_stable=r.test_res != 32) for r in rows)
+    text = sweep_table(dataclasses.replace(result, rows=shake(result.rows), selection_rows=shake(result.selection_rows)))
+    assert "UNSTABLE at 32px" in text
+    rows = [line.split() for line in text.splitlines() if line.split()[:1] in (["24"], ["32"])]
+    assert rows and all(("~" in " ".join(r)) == (r[0] == "32") for r in rows)
 
 
 @pytest.fixture(scope="module")

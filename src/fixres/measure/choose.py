@@ -81,7 +81,11 @@ class Deployment:
     """A deployment choice, made on the selection split, reported on the reported one.
 
     ``top1``/``best_top1`` are the reported split's figures at the chosen and at the best
-    geometry; ``*_ratio`` compare the chosen geometry with the best (1.0 = the same).
+    geometry; ``*_ratio`` compare the chosen geometry with the best (1.0 = the same), the
+    accuracy on ONE set of images, the one both were chosen on (``selection_top1`` /
+    ``best_selection_top1``): a ratio of a val figure to a holdout-chosen best could exceed 1.
+    ``unstable_timings``: the resolutions whose measured latency a latency budget compared
+    while their timings were not stable (:mod:`fixres.measure.timing`).
     """
 
     rule: str                    # e.g. "within 1 pt of the best", "under 2 ms"
@@ -99,6 +103,7 @@ class Deployment:
     best_gflops: float | None
     latency_ms: float | None
     best_latency_ms: float | None
+    unstable_timings: tuple[int, ...] = ()
 
     @staticmethod
     def _ratio(a: float | None, b: float | None) -> float | None:
@@ -106,7 +111,7 @@ class Deployment:
 
     @property
     def accuracy_ratio(self) -> float | None:
-        return self._ratio(self.top1, self.best_top1)
+        return self._ratio(self.selection_top1, self.best_selection_top1)
 
     @property
     def gflops_ratio(self) -> float | None:
@@ -121,7 +126,8 @@ class Deployment:
                 "latency_ratio": self.latency_ratio}
 
 
-def deployment(rule: str, chosen: Any, best: Any, report_rows: Sequence[Any]) -> Deployment:
+def deployment(rule: str, chosen: Any, best: Any, report_rows: Sequence[Any],
+               unstable: tuple[int, ...] = ()) -> Deployment:
     """A :class:`Deployment` for the selection rows ``chosen`` and ``best``, with the reported
     split's figures at both geometries looked up in ``report_rows``."""
     at = {(r.test_res, r.crop_pct): r for r in report_rows}
@@ -129,7 +135,12 @@ def deployment(rule: str, chosen: Any, best: Any, report_rows: Sequence[Any]) ->
     split = report_rows[0].split if report_rows else ""
     return Deployment(rule, chosen.test_res, chosen.crop_pct, chosen.split, chosen.top1, best.test_res, best.crop_pct,
                       best.top1, split, rep and rep.top1, rep_best and rep_best.top1, chosen.gflops, best.gflops,
-                      chosen.latency_ms, best.latency_ms)
+                      chosen.latency_ms, best.latency_ms, unstable)
+
+
+def unstable_timings(rows: Sequence[Any]) -> tuple[int, ...]:
+    """The resolutions of ``rows`` whose timings are known to be unstable."""
+    return tuple(sorted({r.test_res for r in rows if getattr(r, "timing_stable", None) is False}))
 
 
 def deployments(selection_rows: Sequence[Any], report_rows: Sequence[Any], *, within: float | None = None,
@@ -146,5 +157,5 @@ def deployments(selection_rows: Sequence[Any], report_rows: Sequence[Any], *, wi
     if limits:
         rule = "most accurate under " + " and ".join(f"{v:g} {BUDGETS[f][1]}" for f, v in limits.items())
         out.append(deployment(rule, under_budget(selection_rows, ms=budget_ms, gflops=budget_gflops), best,
-                              report_rows))
+                              report_rows, unstable_timings(selection_rows) if budget_ms is not None else ()))
     return tuple(out)

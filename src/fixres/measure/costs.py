@@ -172,7 +172,8 @@ class ResolutionCost:
         return {"gflops": self.gflops, "params": self.params,
                 "images_per_s": t and t.images_per_s, "images_per_s_iqr": t and t.images_per_s_iqr,
                 "latency_ms": t and t.latency_ms, "latency_ms_iqr": t and t.latency_ms_iqr,
-                "timing_device": t and t.device, "timing_dtype": t and t.dtype, "timing_batch_size": t and t.batch_size}
+                "timing_device": t and t.device, "timing_dtype": t and t.dtype, "timing_batch_size": t and t.batch_size,
+                "timing_stable": t and t.stable}
 
 
 def _flops(model: nn.Module, meta: "CheckpointMeta", resolutions: Sequence[int]) -> dict[int, int]:

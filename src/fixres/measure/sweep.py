@@ -188,6 +188,7 @@ class SweepRow:
     timing_device: str | None = None
     timing_dtype: str | None = None
     timing_batch_size: int | None = None
+    timing_stable: bool | None = None          # both IQRs within 25% of their medians (measure.timing)
 
     def row(self) -> dict:
         return asdict(self)

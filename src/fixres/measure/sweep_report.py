@@ -13,6 +13,8 @@ from ..core.rundir import prepare_output_files, write_json, write_text
 from ..core.tables import table
 from ..data.transforms import EvalTransform
 from ..models.checkpoint import versions
+from .choose import unstable_timings
+from .timing import STABILITY_BUDGET, STABLE_IQR
 from .sweep import SweepComparison, SweepResult
 
 __all__ = ["SWEEP_FILES", "comparison_json", "comparison_table", "deployment_sentence", "sweep_json", "sweep_table",
@@ -20,25 +22,44 @@ __all__ = ["SWEEP_FILES", "comparison_json", "comparison_table", "deployment_sen
 
 SWEEP_FILES = ("sweep.csv", "sweep.json", "sweep.png", "sweep-cost.png")
 
-_COST_COLUMNS = [("gflops", "GFLOPs", ".3g"), ("images_per_s", "img/s", ".0f"), ("latency_ms", "ms", ".3g"),
-                 ("latency_ms_iqr", "(IQR)", ".2g")]
-_COLUMNS = [("test_res", "test_res", "d"), ("crop_pct", "crop_pct", "g"), ("resize_size", "resize", "d"),
-            ("top1", "top-1", ".2f"), ("top5", "top-5", ".2f"), ("loss", "loss", ".4f"), ("n", "images", "d"),
-            *_COST_COLUMNS, ("mark", "", "s")]
+_TIMING_COLUMNS = [("images_per_s", "img/s", ".0f"), ("ms", "ms", "s"), ("latency_ms_iqr", "(IQR)", ".2g")]
+_ACCURACY_COLUMNS = [("test_res", "test_res", "d"), ("crop_pct", "crop_pct", "g"), ("resize_size", "resize", "d"),
+                     ("top1", "top-1", ".2f"), ("top5", "top-5", ".2f"), ("loss", "loss", ".4f"), ("n", "images", "d")]
+
+
+def _columns(timed: bool) -> list[tuple[str, str, str]]:
+    """The table's columns: the timing ones only when the sweep was timed."""
+    return [*_ACCURACY_COLUMNS, ("gflops", "GFLOPs", ".3g"), *(_TIMING_COLUMNS if timed else []), ("mark", "", "s")]
+
+
+def _ms(row) -> str | None:
+    """A latency cell: ``~`` marks a timing that stayed unstable."""
+    if row.latency_ms is None:
+        return None
+    return f"{row.latency_ms:.3g}" + ("~" if row.timing_stable is False else "")
 
 
 def _pct(ratio: float | None) -> str:
     return "" if ratio is None else f"{100 * ratio:.0f}%"
 
 
+SPLIT_NAMES = {"holdout": "the held-out training images", "train": "the training sample", "val": "val"}
+
+
 def deployment_sentence(d: dict) -> str:
-    """"deploy at K px: X% of the best accuracy at Y% of its cost" for a
-    :class:`~fixres.measure.choose.Deployment` row (the reported split's accuracy; cost in FLOPs,
-    and in measured latency when timed)."""
-    acc = "" if d.get("accuracy_ratio") is None else f"{100 * d['accuracy_ratio']:.1f}% of the best accuracy"
+    """"deploy at K px: X% of the best accuracy on <images> at Y% of its cost" for a
+    :class:`~fixres.measure.choose.Deployment` row (both accuracies on the images they were
+    chosen on; cost in FLOPs, and in measured latency when timed, with a warning when the
+    latencies it compared were not stable)."""
+    on = SPLIT_NAMES.get(d.get("chosen_on"), d.get("chosen_on"))
+    acc = ("" if d.get("accuracy_ratio") is None
+           else f"{100 * d['accuracy_ratio']:.1f}% of the best accuracy on {on}")
     latency = "" if d.get("latency_ratio") is None else f", {_pct(d['latency_ratio'])} of its measured latency"
+    unstable = d.get("unstable_timings") or ()
+    warning = (f" -- timings unstable at {', '.join(map(str, unstable))}px (IQR > 25% of the median): rerun on a "
+               "quiet machine or budget on GFLOPs" if unstable else "")
     return (f"deploy at {d['test_res']}px: {acc or 'accuracy not reported'} at {_pct(d['gflops_ratio'])} of its cost "
-            f"({d['gflops']:.3g} vs {d['best_gflops']:.3g} GFLOPs at {d['best_test_res']}px{latency})")
+            f"({d['gflops']:.3g} vs {d['best_gflops']:.3g} GFLOPs at {d['best_test_res']}px{latency}){warning}")
 
 
 def _deployment_lines(result: SweepResult) -> list[str]:
@@ -53,19 +74,17 @@ def _deployment_lines(result: SweepResult) -> list[str]:
     return lines
 
 
-NOISY = 0.5     # a latency IQR above this fraction of its median: the machine was busy while it was timed
-
-
 def _timing_line(result: SweepResult) -> str:
     r = result.rows[0]
     if r.latency_ms is None:
         return "timing: not measured (--no-timing); GFLOPs counted, not timed"
     line = (f"timing: {r.timing_device}, {r.timing_dtype}, forward pass only on synthetic input (data excluded); "
             f"img/s at batch {r.timing_batch_size}, ms for one image: medians after warm-up (IQR: spread of repeats)")
-    noisy = sorted({r.test_res for r in result.rows if r.latency_ms_iqr > NOISY * r.latency_ms})
-    if noisy:
-        line += (f"\n  NOISY at {', '.join(map(str, noisy))}px (latency IQR > {NOISY:.0%} of the median): the machine "
-                 "was busy; rerun, or budget on GFLOPs")
+    unstable = unstable_timings(result.rows)
+    if unstable:
+        line += (f"\n  UNSTABLE at {', '.join(map(str, unstable))}px (marked ~: an IQR above {STABLE_IQR:.0%} of the "
+                 f"median after {STABILITY_BUDGET:g}x the timing budget): the machine was busy; rerun, or budget on "
+                 "GFLOPs")
     return line
 
 
@@ -97,13 +116,13 @@ def sweep_table(result: SweepResult) -> str:
     splits = ([result.rows] if result.selected_on_report or not result.selection_rows
               else [result.selection_rows, result.rows])
     for rows in splits:
-        shown = [{**r.row(), "mark": " ".join(m for m, on in (
+        shown = [{**r.row(), "ms": _ms(r), "mark": " ".join(m for m, on in (
             ("train", r.test_res == r.train_res),
             ("<- best", (r.test_res, r.crop_pct) == result.best),
             ("<- deploy", any((r.test_res, r.crop_pct) == (d.test_res, d.crop_pct) for d in result.deployments)))
             if on)} for r in rows]
         lines += ["", f"{rows[0].split} ({rows[0].n} images" + (f", {rows[0].n_skipped} unreadable" if rows[0].n_skipped else "")
-                  + ")", table(shown, _COLUMNS)]
+                  + ")", table(shown, _columns(result.timed))]
     lines.append("")
     if result.best is None:
         lines.append("best resolution: not chosen (--select-on none)")
@@ -179,10 +198,10 @@ def comparison_table(comp: SweepComparison) -> str:
     shared = all(cost(rows[g]) == cost(at[0][g]) for rows in at[1:] for g in geometries if g in rows and g in at[0])
     rows, columns = [], [("test_res", "test_res", "d"), ("crop_pct", "crop_pct", "g")]
     if shared:
-        columns += [c for c in _COST_COLUMNS if c[0] in cost_fields]
+        columns += [("gflops", "GFLOPs", ".3g"), *([("ms", "ms", "s")] if first.timed else [])]
     for g in geometries:
         some = next(rows[g] for rows in at if g in rows)
-        row = {"test_res": g[0], "crop_pct": g[1], "gflops": some.gflops, "latency_ms": some.latency_ms,
+        row = {"test_res": g[0], "crop_pct": g[1], "gflops": some.gflops, "ms": _ms(some),
                "mark": "train" if g[0] == some.train_res else ""}
         for c, result in enumerate(results):
             r = at[c].get(g)
@@ -192,12 +211,12 @@ def comparison_table(comp: SweepComparison) -> str:
                                           ("D", any(g == (d.test_res, d.crop_pct) for d in result.deployments))) if on)
             row[f"top1_{c}"] = f"{r.top1:.2f} {flag:<2}"
             if not shared:
-                row[f"gflops_{c}"], row[f"ms_{c}"] = r.gflops, r.latency_ms
+                row[f"gflops_{c}"], row[f"ms_{c}"] = r.gflops, _ms(r)
         rows.append(row)
     for c, label in enumerate(comp.labels):
         columns.append((f"top1_{c}", label, "s"))
         if not shared:
-            columns += [(f"gflops_{c}", "GFLOPs", ".3g"), (f"ms_{c}", "ms", ".3g")]
+            columns += [(f"gflops_{c}", "GFLOPs", ".3g"), *([(f"ms_{c}", "ms", "s")] if result.timed else [])]
     columns.append(("mark", "", "s"))
     lines = [f"{first.rows[0].split} top-1 of {len(results)} checkpoints ({first.rows[0].model} trained at "
              f"{first.train_res}px); B: best on its selection split, D: deployment choice", "",

@@ -11,6 +11,10 @@ Each measure runs warm-up calls (allocator, cuDNN algorithm choice, first-call o
 single images first, so that only one untimed call of a whole batch is needed), then
 repeats the call until both a minimum number of repeats and a time budget are reached (or
 a repeat cap), and reports the median and the interquartile range of the repeats. The budget keeps the default cheap on a CPU; the minimum makes the spread known.
+A measure that is not *stable* by then (interquartile range above :data:`STABLE_IQR` of the
+median: the machine was busy, a 40x outlier was seen on a loaded 2-core machine) goes on
+repeating until it is, or until :data:`STABILITY_BUDGET` times the budget is spent; one that
+stays unstable is reported as such (``Timing.stable``), and the deployment rules say so.
 Nothing here asserts a speed: the numbers are measurements of this machine, under its load
 at the time, and the record says which machine, dtype, batch size and thread count.
 """
@@ -33,6 +37,8 @@ MIN_REPEATS = 5          # timed calls at least, whatever the budget (the spread
 # the single-image calls before it have already warmed the model up.
 BATCH_WARMUP, BATCH_MIN_REPEATS = 1, 3
 MAX_REPEATS = 200        # timed calls at most, whatever the budget
+STABLE_IQR = 0.25        # a measure is stable when its interquartile range is at most this fraction of its median
+STABILITY_BUDGET = 4.0   # an unstable measure is repeated until stable, for at most this many times its budget
 
 
 @dataclass(frozen=True)
@@ -48,6 +54,7 @@ class Timing:
         batch_repeats / latency_repeats: timed calls behind each median.
         device: where it ran, e.g. ``cpu (1 thread)`` or ``cuda:0 (NVIDIA H200)``.
         dtype: ``float32`` or the autocast dtype (``bfloat16 autocast``).
+        stable: both interquartile ranges are at most :data:`STABLE_IQR` of their medians.
     """
 
     images_per_s: float
@@ -59,6 +66,11 @@ class Timing:
     latency_repeats: int
     device: str
     dtype: str
+    stable: bool = True
+
+
+def is_stable(median: float, iqr: float) -> bool:
+    return iqr <= STABLE_IQR * median
 
 
 def device_label(device: torch.device) -> str:
@@ -77,7 +89,9 @@ def repeat_timed(call: Callable[[], object], sync: Callable[[], None], *, budget
                  min_repeats: int = MIN_REPEATS, max_repeats: int = MAX_REPEATS, warmup: int = WARMUP) -> list[float]:
     """Seconds of each timed ``call()``: ``warmup`` untimed calls, then timed ones until at
     least ``min_repeats`` were made and ``budget_s`` seconds spent on them (at most
-    ``max_repeats``). ``sync`` waits for the device (a no-op on the CPU)."""
+    ``max_repeats``); past the budget, repeats go on while the times are not stable
+    (:func:`is_stable`), up to :data:`STABILITY_BUDGET` times the budget. ``sync`` waits for
+    the device (a no-op on the CPU)."""
     if min_repeats < 1 or max_repeats < min_repeats:
         raise FixresError(f"timing repeats: need 1 <= min ({min_repeats}) <= max ({max_repeats})")
     for _ in range(warmup):
@@ -85,7 +99,8 @@ def repeat_timed(call: Callable[[], object], sync: Callable[[], None], *, budget
     sync()
     times: list[float] = []
     spent = 0.0
-    while len(times) < min_repeats or (spent < budget_s and len(times) < max_repeats):
+    while len(times) < min_repeats or (len(times) < max_repeats and (
+            spent < budget_s or (spent < STABILITY_BUDGET * budget_s and not is_stable(*median_iqr(times))))):
         sync()
         t0 = time.perf_counter()
         call()
@@ -141,4 +156,4 @@ def time_model(model: nn.Module, resolution: int, rt: Runtime, *, batch_size: in
     ips, ips_iqr = median_iqr([batch_size / s for s in seconds[batch_size]])
     ms, ms_iqr = median_iqr([1000 * s for s in seconds[1]])
     return Timing(ips, ips_iqr, ms, ms_iqr, batch_size, len(seconds[batch_size]), len(seconds[1]),
-                  device_label(device), dtype_label(rt.amp_dtype))
+                  device_label(device), dtype_label(rt.amp_dtype), is_stable(ips, ips_iqr) and is_stable(ms, ms_iqr))

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from fixres.adapt import adapt_checkpoint
+from fixres.adapt import AdaptOptions, adapt_checkpoint
 from fixres.models.checkpoint import versions
 
 
@@ -42,9 +42,11 @@ def make_checkpoint(root: Path, workers: int) -> tuple[Path, Path]:
 
 
 def measure(checkpoint, data, args, cache: bool) -> dict:
-    result = adapt_checkpoint(checkpoint, data, test_res=args.test_res, method=args.method, epochs=args.epochs,
-                              batch_size=args.batch_size, images=args.images, workers=args.workers, cache=cache,
-                              quiet=True, device="cpu")
+    result = adapt_checkpoint(checkpoint, data,
+                              AdaptOptions(test_res=args.test_res, method=args.method, epochs=args.epochs,
+                                           batch_size=args.batch_size, images=args.images, workers=args.workers,
+                                           cache=cache, device="cpu"),
+                              quiet=True)
     r = result.report
     return {"execution": r["execution"], "epochs": r["epochs"], "images": r["images"]["used"],
             "adapt_seconds": round(r["seconds"]["features"] + r["seconds"]["train"], 2),

@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 
 from fixres.experiments.demo import DemoConfig, demo_train_config, run_demo
-from fixres.measure.sweep import sweep_checkpoint
+from fixres.measure.sweep import SweepOptions, sweep_checkpoint
 from fixres.train.loop import fit
 
 
@@ -45,9 +45,9 @@ def one_seed(seed: int, out: Path, high_res: int) -> dict:
     high_cfg = dataclasses.replace(demo_train_config(cfg, data, Path(cfg.out) / f"run{high_res}"),
                                    train_res=high_res, test_res=high_res)
     trained = fit(high_cfg, quiet=True, overwrite=True)
-    swept = sweep_checkpoint(trained.run_dir, data, test_res=sorted({high_res, *cfg.test_res,
-                                                                     int(high_res * 1.25), int(high_res * 1.5)}),
-                             select_on="holdout", quiet=True, timing=False)
+    resolutions = sorted({high_res, *cfg.test_res, int(high_res * 1.25), int(high_res * 1.5)})
+    swept = sweep_checkpoint(trained.run_dir, data, SweepOptions(test_res=resolutions, select_on="holdout", timing=False),
+                             quiet=True)
     hval = {r.test_res: r.top1 for r in swept.rows}
     high = {"train_res": high_res, "train_s": trained.summary["train_seconds"], "at_train": hval[high_res],
             "chosen": swept.best[0], "at_chosen": hval[swept.best[0]], "best_unadapted": max(hval.values())}

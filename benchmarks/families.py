@@ -21,9 +21,9 @@ import statistics
 import time
 from pathlib import Path
 
-from fixres.adapt import adapt_checkpoint
+from fixres.adapt import AdaptOptions, adapt_checkpoint
 from fixres.data.synth import synthesize
-from fixres.measure.sweep import sweep_checkpoint
+from fixres.measure.sweep import SweepOptions, sweep_checkpoint
 from fixres.train.config import TrainConfig
 from fixres.train.loop import fit
 
@@ -40,12 +40,16 @@ def one_model(family: str, data: Path, out: Path, seed: int, args) -> dict:
                       holdout=0.05, epochs=args.epochs, batch_size=64, optimizer="adamw", lr=args.lr,
                       weight_decay=0.05, warmup_epochs=1.0, eval_every=args.epochs, seed=seed, workers=args.workers)
     trained = fit(cfg, quiet=True, overwrite=True)
-    swept = sweep_checkpoint(trained.run_dir, data, test_res=args.test_res, select_on="holdout", quiet=True,
-                             timing=False, workers=args.workers)
+    swept = sweep_checkpoint(trained.run_dir, data,
+                             SweepOptions(test_res=args.test_res, select_on="holdout", timing=False,
+                                          workers=args.workers),
+                             quiet=True)
     val = {r.test_res: r.top1 for r in swept.rows}
     chosen = swept.best[0]
-    adapted = adapt_checkpoint(trained.run_dir, data, test_res=chosen, images=1000, batch_size=64, epochs=30,
-                               lr=0.01, seed=seed, quiet=True, workers=args.workers)
+    adapted = adapt_checkpoint(trained.run_dir, data,
+                               AdaptOptions(test_res=chosen, images=1000, batch_size=64, epochs=30, lr=0.01,
+                                            seed=seed, workers=args.workers),
+                               quiet=True)
     return {"model": name, "model_kwargs": list(model_kwargs), "train_s": trained.summary["train_seconds"],
             "at_train": val[args.train_res], "chosen": chosen, "at_chosen": val[chosen], "best_unadapted": max(val.values()),
             "fixres_at_chosen": adapted.after.top1, "layers": adapted.report["layers"], "val": val}

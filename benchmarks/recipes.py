@@ -27,10 +27,10 @@ import statistics
 import time
 from pathlib import Path
 
-from fixres.adapt import adapt_checkpoint
+from fixres.adapt import AdaptOptions, adapt_checkpoint
 from fixres.data.synth import synthesize
 from fixres.experiments.demo import DemoConfig, demo_train_config
-from fixres.measure.sweep import sweep_checkpoint
+from fixres.measure.sweep import SweepOptions, sweep_checkpoint
 from fixres.train.loop import fit
 
 RECIPES = {
@@ -49,15 +49,17 @@ def one_run(seed: int, recipe: str, data: Path, out: Path, demo: DemoConfig) -> 
     trained = fit(cfg, quiet=True, overwrite=True)
     ema = recipe == "ema"
     t0 = time.perf_counter()
-    swept = sweep_checkpoint(trained.run_dir, data, test_res=TEST_RES, select_on="holdout", workers=demo.workers,
-                             ema=ema, quiet=True)
+    swept = sweep_checkpoint(trained.run_dir, data,
+                             SweepOptions(test_res=TEST_RES, select_on="holdout", workers=demo.workers), ema=ema,
+                             quiet=True)
     sweep_s = time.perf_counter() - t0
     val = {r.test_res: r.top1 for r in swept.rows}
     chosen = swept.best[0]
-    adapted = adapt_checkpoint(trained.run_dir, data, test_res=chosen, method="fixres", images=demo.adapt_images,
-                               batch_size=demo.batch_size, epochs=demo.adapt_epochs, lr=demo.adapt_lr, seed=seed,
-                               workers=demo.workers, ema=ema, quiet=True,
-                               before=None)
+    adapted = adapt_checkpoint(trained.run_dir, data,
+                               AdaptOptions(test_res=chosen, method="fixres", images=demo.adapt_images,
+                                            batch_size=demo.batch_size, epochs=demo.adapt_epochs, lr=demo.adapt_lr,
+                                            seed=seed, workers=demo.workers),
+                               ema=ema, quiet=True, before=None)
     return {"seed": seed, "recipe": recipe, "weights": "ema" if ema else "model", "train_res": cfg.train_res,
             "at_train": val[cfg.train_res], "chosen": chosen, "at_chosen": val[chosen],
             "adapted_at_chosen": adapted.after.top1, "best_unadapted": max(val.values()),

@@ -7,7 +7,7 @@ import timm
 import torch
 from helpers import one_line_error, run_cli
 
-from fixres.adapt import adapt_checkpoint
+from fixres.adapt import AdaptOptions, adapt_checkpoint
 from fixres.adapt.data import ShiftedCentreCrop, adaptation_images, horizontal_shift
 from fixres.adapt.parametric import fit_gev, fit_law
 from fixres.core.runtime import Runtime
@@ -15,14 +15,14 @@ from fixres.data.decode import load_rgb
 from fixres.data.pipeline import ordered_batches
 from fixres.data.preprocessing import Preprocessing
 from fixres.data.transforms import EvalTransform
-from fixres.measure.infer import evaluate_checkpoint
+from fixres.measure.infer import EvalOptions, evaluate_checkpoint
 from fixres.models.checkpoint import CheckpointMeta, read_meta, save_checkpoint
 from fixres.models.equaliser import Equaliser, Law, gev_quantile
 from fixres.models.pooled import collect_pooled
 from fixres.models.sources import open_checkpoint
 
 K = 48
-FAST = dict(test_res=K, epochs=2, batch_size=16, lr=0.05, workers=0, quiet=True)
+FAST = dict(test_res=K, epochs=2, batch_size=16, lr=0.05, workers=0)
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +37,8 @@ def adapted(trained, colour_data, tmp_path_factory):
 
     def run(name, **kw):
         if name not in done:
-            done[name] = adapt_checkpoint(trained, colour_data, out=root / name, **{**FAST, **kw})
+            done[name] = adapt_checkpoint(trained, colour_data, AdaptOptions(**{**FAST, **kw}), out=root / name,
+                                          quiet=True)
         return done[name]
     return run
 
@@ -118,7 +119,7 @@ def test_holdout_images_are_not_used_and_the_report_is_complete(adapted, trained
 
 def test_eval_of_the_adapted_checkpoint_defaults_to_its_resolution(adapted, colour_data):
     result = adapted("fixres")
-    evaluated, meta, _ = evaluate_checkpoint(result.out, colour_data, workers=0)
+    evaluated, meta, _ = evaluate_checkpoint(result.out, colour_data, EvalOptions(workers=0))
     assert evaluated.test_res == K
     assert evaluated.top1 == pytest.approx(result.after.top1) and evaluated.loss == pytest.approx(result.after.loss)
 

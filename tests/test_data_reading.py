@@ -6,7 +6,14 @@ import pytest
 from PIL import Image
 
 from fixres.core.errors import FixresError
-from fixres.data import EvalTransform, ImageDataset, load_rgb, read_header, scan_dataset, scan_split
+from fixres.data import (
+    EvalTransform,
+    ImageDataset,
+    load_rgb,
+    read_header,
+    scan_dataset,
+    scan_split,
+)
 from fixres.data.decode import MAX_IMAGE_PIXELS, UnreadableImage
 from fixres.data.loader import EvalShard, make_loader
 

@@ -10,7 +10,13 @@ from torch import nn
 from fixres.core.errors import FixresError
 from fixres.core.plots import cost_figure
 from fixres.core.runtime import Runtime
-from fixres.measure.choose import deployments, fits_budget, pareto_front, under_budget, within_best
+from fixres.measure.choose import (
+    deployments,
+    fits_budget,
+    pareto_front,
+    under_budget,
+    within_best,
+)
 from fixres.measure.sweep_report import deployment_sentence
 from fixres.measure.timing import (
     BATCH_MIN_REPEATS,

@@ -10,6 +10,7 @@ import torch
 from helpers import one_line_error
 from PIL import Image
 
+from fixres.adapt import AdaptOptions
 from fixres.cli import main
 from fixres.core.errors import FixresError
 from fixres.data import EvalTransform, Normalizer, load_rgb
@@ -215,8 +216,9 @@ def test_an_export_is_a_model_every_command_takes_as_checkpoint(exported, colour
     """--checkpoint EXPORTED_FOLDER is the timm folder it is (as --model local-dir:), in adapt too."""
     from fixres.adapt import adapt_checkpoint
     from fixres.models.sources import ModelSource
-    result = adapt_checkpoint(ModelSource(checkpoint=str(exported)), colour_data, test_res=ADAPTED_RES, epochs=1,
-                              workers=0, batch_size=12, device="cpu", quiet=True, out=tmp_path / "readapted")
+    result = adapt_checkpoint(ModelSource(checkpoint=str(exported)), colour_data,
+                              AdaptOptions(test_res=ADAPTED_RES, epochs=1, workers=0, batch_size=12, device="cpu"),
+                              quiet=True, out=tmp_path / "readapted")
     assert result.after.n == 24 and (tmp_path / "readapted" / "meta.json").is_file()
     code = main(["eval", "--checkpoint", str(exported), "--data", str(colour_data), "--workers", "0", "--quiet"])
     assert code == 0, capsys.readouterr().err

@@ -12,11 +12,11 @@ from helpers import one_line_error, run_cli
 from PIL import Image
 from timm.data import create_transform, resolve_data_config
 
-from fixres.adapt import adapt_checkpoint
+from fixres.adapt import AdaptOptions, adapt_checkpoint
 from fixres.core.errors import FixresError
 from fixres.data.preprocessing import Preprocessing
 from fixres.deploy.export import export_checkpoint
-from fixres.measure.sweep import sweep_checkpoint
+from fixres.measure.sweep import SweepOptions, sweep_checkpoint
 from fixres.models import create_model
 from fixres.models.checkpoint import CheckpointMeta, save_checkpoint
 from fixres.models.sources import open_checkpoint
@@ -54,9 +54,9 @@ def checkpoints(colour_data, tmp_path_factory):
 @pytest.mark.parametrize("name", sorted(FAMILIES))
 def test_every_family_sweeps_and_adapts(name, checkpoints, colour_data):
     _, label_free, trained = FAMILIES[name]
-    swept = sweep_checkpoint(checkpoints[name], colour_data, test_res=RES, select_on="val", **FAST)
+    swept = sweep_checkpoint(checkpoints[name], colour_data, SweepOptions(test_res=RES, select_on="val", **FAST))
     assert [r.test_res for r in swept.rows] == RES and all(r.n == 24 for r in swept.rows)
-    result = adapt_checkpoint(checkpoints[name], colour_data, test_res=48, epochs=1, quiet=True, **FAST)
+    result = adapt_checkpoint(checkpoints[name], colour_data, AdaptOptions(test_res=48, epochs=1, **FAST), quiet=True)
     layers = result.report["layers"]
     if trained == "batch-norm":
         assert layers["batch_norms"] and not layers["norms"]
@@ -66,11 +66,12 @@ def test_every_family_sweeps_and_adapts(name, checkpoints, colour_data):
         norm_before = before.get_submodule(trained).weight
         assert not torch.equal(result.model.get_submodule(trained).weight.cpu(), norm_before)
     for method in label_free:
-        adapted = adapt_checkpoint(checkpoints[name], colour_data, test_res=48, method=method, quiet=True, **FAST)
+        adapted = adapt_checkpoint(checkpoints[name], colour_data, AdaptOptions(test_res=48, method=method, **FAST),
+                                   quiet=True)
         assert adapted.after.n == 24
     if "bn" not in label_free:
         with pytest.raises(FixresError, match="no batch-norm to re-estimate"):
-            adapt_checkpoint(checkpoints[name], colour_data, test_res=48, method="bn", quiet=True, **FAST)
+            adapt_checkpoint(checkpoints[name], colour_data, AdaptOptions(test_res=48, method="bn", **FAST), quiet=True)
 
 
 def test_distilled_deit_adapts_both_heads_and_evaluates_as_timm_combines_them(checkpoints, colour_data):
@@ -81,19 +82,21 @@ def test_distilled_deit_adapts_both_heads_and_evaluates_as_timm_combines_them(ch
         feats = model.forward_features(x)
         expected = (model.head(feats[:, 0]) + model.head_dist(feats[:, 1])) / 2     # timm's inference combination
         assert torch.allclose(model(x), expected, atol=1e-6)
-    result = adapt_checkpoint(checkpoints[name], colour_data, test_res=48, epochs=2, lr=0.05, quiet=True, **FAST)
+    result = adapt_checkpoint(checkpoints[name], colour_data, AdaptOptions(test_res=48, epochs=2, lr=0.05, **FAST),
+                              quiet=True)
     assert result.report["layers"]["classifiers"] == ["head", "head_dist"]
     for head in ("head", "head_dist"):
         assert not torch.equal(result.model.get_submodule(head).weight.cpu(), model.get_submodule(head).weight)
     with pytest.raises(FixresError, match="has 2 .*head, head_dist"):
-        adapt_checkpoint(checkpoints[name], colour_data, test_res=48, method="parametric", quiet=True, **FAST)
+        adapt_checkpoint(checkpoints[name], colour_data, AdaptOptions(test_res=48, method="parametric", **FAST),
+                         quiet=True)
 
 
 def test_a_vit_sweep_equals_timms_own_path_at_a_non_native_resolution(checkpoints, colour_data):
     """test_vit declares a fixed 160 px input; swept at 48 px it must give what timm gives with its
     own mechanism (dynamic_img_size) and its own transforms."""
-    swept = sweep_checkpoint(checkpoints["test_vit"], colour_data, test_res=[48], crop_pct=[0.9], select_on="none",
-                             **FAST)
+    swept = sweep_checkpoint(checkpoints["test_vit"], colour_data,
+                             SweepOptions(test_res=[48], crop_pct=[0.9], select_on="none", **FAST))
     model, meta = open_checkpoint(checkpoints["test_vit"])
     reference = timm.create_model("test_vit", num_classes=3, dynamic_img_size=True).eval()
     reference.load_state_dict(model.state_dict())
@@ -140,7 +143,7 @@ def test_model_kwargs_of_a_run_rebuild_the_same_model_everywhere(colour_data, tm
     assert meta.model_kwargs == {"img_size": 32, "patch_size": 8, "embed_dim": 32, "depth": 1}
     assert model.patch_embed.patch_size == (8, 8) and model.embed_dim == 32
     assert model.pos_embed.shape[1] == 4 * 4 + model.num_prefix_tokens
-    swept = sweep_checkpoint(run, colour_data, test_res=[32, 40], select_on="val", **FAST)
+    swept = sweep_checkpoint(run, colour_data, SweepOptions(test_res=[32, 40], select_on="val", **FAST))
     assert [r.n for r in swept.rows] == [24, 24]
     out = export_checkpoint(run, tmp_path / "exported", test_res=40)
     reloaded = timm.create_model(f"local-dir:{out}", pretrained=True).eval()
@@ -156,8 +159,9 @@ def test_model_kwargs_of_a_run_rebuild_the_same_model_everywhere(colour_data, tm
 def test_a_vit_adapts_on_cached_features_as_the_full_network_loop_does(checkpoints, colour_data):
     """timm's ViT forward takes optional arguments after the image: traced with them fixed, it
     splits at the final norm, and training the top on cached features is the same computation."""
-    runs = [adapt_checkpoint(checkpoints["test_vit"], colour_data, test_res=48, epochs=2, cache=cache, quiet=True,
-                             **FAST) for cache in (True, False)]
+    runs = [adapt_checkpoint(checkpoints["test_vit"], colour_data,
+                             AdaptOptions(test_res=48, epochs=2, cache=cache, **FAST), quiet=True) for cache in (True,
+                             False)]
     assert [r.report["execution"] for r in runs] == ["cached", "naive"]
     naive = runs[1].model.state_dict()
     for key, value in runs[0].model.state_dict().items():
@@ -173,8 +177,8 @@ def test_adapting_with_workers_leaves_no_worker_process_behind(checkpoints, colo
     gc.collect()
     gc.disable()
     try:
-        adapt_checkpoint(checkpoints["deit_tiny_distilled_patch16_224"], colour_data, test_res=48, epochs=2,
-                         quiet=True, **{**FAST, "workers": 1})
+        adapt_checkpoint(checkpoints["deit_tiny_distilled_patch16_224"], colour_data,
+                         AdaptOptions(test_res=48, epochs=2, **{**FAST, "workers": 1}), quiet=True)
         assert multiprocessing.active_children() == []
     finally:
         gc.enable()
@@ -192,11 +196,11 @@ def test_a_hybrid_adapts_its_final_layernorm_with_the_classifier(name, norm, col
                           preprocessing=Preprocessing(tuple(cfg["mean"]), tuple(cfg["std"]), train_res=160,
                                                       test_res=160))
     save_checkpoint(tmp_path / name, model, meta)
-    result = adapt_checkpoint(tmp_path / name, colour_data, test_res=160, epochs=1, quiet=True, **FAST)
+    result = adapt_checkpoint(tmp_path / name, colour_data, AdaptOptions(test_res=160, epochs=1, **FAST), quiet=True)
     layers = result.report["layers"]
     assert layers["norms"] == [norm] and layers["trainable"] == ["head.fc", norm] and layers["batch_norms"] == []
     after = result.model.cpu().state_dict()
     changed = {k.rsplit(".", 1)[0] for k, v in model.state_dict().items() if not torch.equal(v, after[k])}
     assert changed == {"head.fc", norm}
     with pytest.raises(FixresError, match="no running statistics"):
-        adapt_checkpoint(tmp_path / name, colour_data, test_res=160, method="bn", quiet=True, **FAST)
+        adapt_checkpoint(tmp_path / name, colour_data, AdaptOptions(test_res=160, method="bn", **FAST), quiet=True)

@@ -23,7 +23,13 @@ from fixres.cli import main
 from fixres.core.errors import FixresError
 from fixres.core.runtime import Dist, Runtime
 from fixres.data import scan_dataset, scan_split
-from fixres.data.device_transforms import crop_axes, draw_train, eval_axes, flatten, resample
+from fixres.data.device_transforms import (
+    crop_axes,
+    draw_train,
+    eval_axes,
+    flatten,
+    resample,
+)
 from fixres.data.loader import TrainBatches, mix_seed
 from fixres.data.pipeline import eval_batches, sweep_batches, train_batches
 from fixres.data.transforms import EvalTransform, TrainTransform

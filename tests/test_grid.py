@@ -10,7 +10,13 @@ import pytest
 import fixres.experiments.grid.run as grid_run
 from fixres.cli import main
 from fixres.core.errors import FixresError
-from fixres.experiments.grid import GRID_FILES, GridConfig, config_dict, load_config, run_grid
+from fixres.experiments.grid import (
+    GRID_FILES,
+    GridConfig,
+    config_dict,
+    load_config,
+    run_grid,
+)
 
 CI = Path(__file__).resolve().parents[1] / "configs" / "embedded-grid-ci.yaml"
 FAST = ["--workers", "0", "--quiet"]

@@ -15,7 +15,7 @@ from fixres.data.loader import Skipped
 from fixres.data.pack import HEADER, INDEX, PackedStore, verify_store
 from fixres.data.packer import PackOptions, pack
 from fixres.data.transforms import EvalTransform
-from fixres.measure.infer import evaluate_checkpoint
+from fixres.measure.infer import EvalOptions, evaluate_checkpoint
 
 QUIET = dict(progress=False)
 
@@ -52,11 +52,11 @@ def test_store_indexes_like_the_folder(colour_data, packed):
                          ids=["raw", "max-size-above-every-image"])
 def test_eval_on_store_equals_folder(colour_data, checkpoint, packed, tmp_path, options):
     """Stored original bytes, raw pixels, or a max size no image exceeds: identical top-1, loss, counts."""
-    ref, _, _ = evaluate_checkpoint(checkpoint, colour_data, workers=0, device="cpu")
+    ref, _, _ = evaluate_checkpoint(checkpoint, colour_data, EvalOptions(workers=0, device="cpu"))
     for store in (packed, tmp_path / "s"):
         if not store.exists():
             pack(colour_data, store, options, **QUIET)
-        got, _, _ = evaluate_checkpoint(checkpoint, store, workers=0, device="cpu")
+        got, _, _ = evaluate_checkpoint(checkpoint, store, EvalOptions(workers=0, device="cpu"))
         assert (got.top1, got.top5, got.n, got.n_skipped) == (ref.top1, ref.top5, ref.n, ref.n_skipped)
         assert got.loss == pytest.approx(ref.loss, abs=1e-6)
 
@@ -117,8 +117,8 @@ def test_corrupt_sample_is_skipped_and_counted(colour_data, checkpoint, packed, 
     shard.write_bytes(bytes(data))
     item = ImageDataset(index, EvalTransform(32))[5]
     assert isinstance(item, Skipped) and "checksum mismatch" in item.reason and shard.name in item.reason
-    ref, _, _ = evaluate_checkpoint(checkpoint, colour_data, workers=0, device="cpu")
-    got, _, skipped = evaluate_checkpoint(checkpoint, store, workers=0, device="cpu")
+    ref, _, _ = evaluate_checkpoint(checkpoint, colour_data, EvalOptions(workers=0, device="cpu"))
+    got, _, skipped = evaluate_checkpoint(checkpoint, store, EvalOptions(workers=0, device="cpu"))
     assert (got.n, got.n_skipped) == (ref.n - 1, ref.n_skipped + 1)
     assert [p for p, _ in skipped] == [victim.path]
     report = verify_store(store / "val")

@@ -17,14 +17,14 @@ from safetensors.torch import load_file, save_file
 from timm.data import ImageNetInfo, create_transform, resolve_data_config
 
 import fixres.models.sources
-from fixres.adapt import adapt_checkpoint
+from fixres.adapt import AdaptOptions, adapt_checkpoint
 from fixres.core.errors import FixresError
 from fixres.data.preprocessing import Preprocessing
 from fixres.data.synth import synthesize
 from fixres.deploy.export import export_checkpoint
 from fixres.deploy.predict import predict
-from fixres.measure.infer import evaluate_checkpoint
-from fixres.measure.sweep import sweep_checkpoint
+from fixres.measure.infer import EvalOptions, evaluate_checkpoint
+from fixres.measure.sweep import SweepOptions, sweep_checkpoint
 from fixres.models.sources import ModelSource, open_model
 
 WNIDS = ("n01440764", "n01443537", "n01484850", "n01491361")     # tench, goldfish, great white shark, tiger shark
@@ -82,7 +82,8 @@ def test_evaluation_equals_timms_own_path_at_three_resolutions(inet, weights, re
     reference = timm.create_model("test_resnet").eval()
     reference.load_state_dict(load_file(str(weights)))
     for res in (64, 96, 128):
-        result, meta, _ = evaluate_checkpoint(source(weights, restrict_labels=restrict), inet, test_res=res, **FAST)
+        result, meta, _ = evaluate_checkpoint(source(weights, restrict_labels=restrict), inet,
+                                              EvalOptions(test_res=res, **FAST))
         top1, loss, n = timm_path(reference, inet, res, restrict)
         assert (result.n, result.test_res, result.crop_pct) == (n, res, 0.95)     # the weights' crop_pct
         assert result.top1 == top1 and result.loss == pytest.approx(loss, abs=1e-4)
@@ -122,7 +123,7 @@ def test_torchvision_key_names_load_through_timm(inet, tmp_path):
     with torch.no_grad():
         assert torch.allclose(opened.model(x), tv(x), atol=1e-5)
     result, meta, _ = evaluate_checkpoint(ModelSource(model="resnet18", weights=str(path), restrict_labels=True),
-                                          inet, test_res=64, **FAST)
+                                          inet, EvalOptions(test_res=64, **FAST))
     assert result.n == 16 and meta.num_classes == 4
 
 
@@ -134,32 +135,33 @@ def test_class_map_and_config_label_names(inet, tmp_path):
     save_file(model.state_dict(), str(path))
     (tmp_path / "map.txt").write_text("\n".join(["n01484850", "goldfish", "n01440764", "n01491361"]) + "\n")
     src = ModelSource(model="test_resnet", weights=str(path), class_map=str(tmp_path / "map.txt"))
-    result, meta, _ = evaluate_checkpoint(src, inet, test_res=64, **FAST)
+    result, meta, _ = evaluate_checkpoint(src, inet, EvalOptions(test_res=64, **FAST))
     assert meta.class_names == ("n01484850", "goldfish", "n01440764", "n01491361") and result.n == 16
     with pytest.raises(FixresError, match="needs a label space"):
         evaluate_checkpoint(ModelSource(model="test_resnet", weights=str(path), restrict_labels=True), inet,
-                            test_res=64, **FAST)
+                            EvalOptions(test_res=64, **FAST))
 
 
 def test_sweep_adapt_export_reload_predict(inet, weights, tmp_path):
     """The user's story: sweep (chosen on the dataset's train/, never val), adapt restricted to the
     dataset's classes, export, reload with timm and with fixres, predict with label names."""
     src = source(weights, restrict_labels=True)
-    swept = sweep_checkpoint(src, inet, test_res=[64, 96], select_images=3, **FAST)
+    swept = sweep_checkpoint(src, inet, SweepOptions(test_res=[64, 96], select_images=3, **FAST))
     assert swept.chosen_on == "train" and not swept.selection.seen_in_training
     assert "not on val" in swept.selection.note and swept.rows[0].train_res == 160
     with pytest.raises(FixresError, match="4 of the model's 1000 classes"):
-        adapt_checkpoint(source(weights), inet, test_res=96, epochs=1, **FAST)
-    adapted = adapt_checkpoint(src, inet, test_res=96, epochs=2, out=tmp_path / "adapted", quiet=True, **FAST)
+        adapt_checkpoint(source(weights), inet, AdaptOptions(test_res=96, epochs=1, **FAST))
+    adapted = adapt_checkpoint(src, inet, AdaptOptions(test_res=96, epochs=2, **FAST), out=tmp_path / "adapted",
+                               quiet=True)
     meta = adapted.meta
     assert meta.num_classes == 4 and meta.class_names == WNIDS and meta.preprocessing.test_res == 96
     assert meta.weights_from["model"] == "test_resnet" and adapted.model.fc.out_features == 4
-    again, _, _ = evaluate_checkpoint(tmp_path / "adapted", inet, **FAST)     # a fixres checkpoint now
+    again, _, _ = evaluate_checkpoint(tmp_path / "adapted", inet, EvalOptions(**FAST))     # a fixres checkpoint now
     assert again.top1 == adapted.after.top1 and again.test_res == 96
     out = export_checkpoint(tmp_path / "adapted", tmp_path / "exported")
     timm_model = timm.create_model(f"local-dir:{out}", pretrained=True).eval()
     assert timm_model.pretrained_cfg["label_names"] == list(WNIDS) and timm_model.num_classes == 4
-    reloaded, _, _ = evaluate_checkpoint(ModelSource(model=f"local-dir:{out}"), inet, **FAST)
+    reloaded, _, _ = evaluate_checkpoint(ModelSource(model=f"local-dir:{out}"), inet, EvalOptions(**FAST))
     assert (reloaded.top1, reloaded.test_res) == (again.top1, 96)
     img = sorted((inet / "val" / "goldfish").iterdir())[0]
     rows = predict(out, [img], top_k=4)
@@ -169,7 +171,7 @@ def test_sweep_adapt_export_reload_predict(inet, weights, tmp_path):
 
 def test_label_free_adaptation_keeps_the_full_label_space(inet, weights, tmp_path):
     for method in ("bn", "parametric"):
-        result = adapt_checkpoint(source(weights), inet, test_res=96, method=method, quiet=True, **FAST)
+        result = adapt_checkpoint(source(weights), inet, AdaptOptions(test_res=96, method=method, **FAST), quiet=True)
         assert result.meta.num_classes == 1000 and result.after.n == 16
 
 

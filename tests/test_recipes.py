@@ -21,7 +21,11 @@ from fixres.data.repeat_aug import RepeatedBatches, repeat_order
 from fixres.data.transforms import TrainTransform
 from fixres.models import checkpoint as ckpt
 from fixres.train.config import TrainConfig
-from fixres.train.recipes import AugmentedTrainTransform, BatchRecipe, ResolutionSchedule
+from fixres.train.recipes import (
+    AugmentedTrainTransform,
+    BatchRecipe,
+    ResolutionSchedule,
+)
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
@@ -184,7 +188,7 @@ def test_policies_are_functions_of_the_image_seed(photo):
 
 def test_batch_recipe_is_a_function_of_its_seed():
     cfg = TrainConfig(data="d", out="o", mixup=0.4, cutmix=1.0, random_erasing=0.5, batch_size=8)
-    recipe = BatchRecipe(cfg, 3, torch.device("cpu"))
+    recipe = BatchRecipe(cfg.erasing, cfg.mixing, cfg.loss_settings, 3, torch.device("cpu"))
     x, y = torch.randn(8, 3, 16, 16), torch.arange(8) % 3
     a = recipe(x.clone(), y, seed=11)
     state = np.random.get_state()[1].copy()
@@ -257,7 +261,7 @@ def test_recipe_configs_carry_the_published_recipes(name):
     else:
         assert (train.progressive_from, train.train_res, train.progressive_epochs) == (160, 192, (11, 13))
         assert (train.eval_res, train.crop_pct, train.epochs, train.label_smoothing) == (256, 0.875, 16, 0.1)
-        assert [ResolutionSchedule.of(train).res_at(e) for e in (0, 11, 12, 13, 15)] == [160, 160, 192, 192, 192]
+        assert [train.resolution_schedule.res_at(e) for e in (0, 11, 12, 13, 15)] == [160, 160, 192, 192, 192]
         assert "73.8%" in text and "14.9 minutes" in text and "ffcv-imagenet" in text
 
 

@@ -7,12 +7,11 @@ import json
 
 import pytest
 import torch
+from helpers import run_cli
 from safetensors.torch import load_file
 
 from fixres.models import checkpoint as ckpt
 from fixres.models.sources import open_checkpoint
-
-from helpers import run_cli
 
 
 def _rows(run):

@@ -10,7 +10,7 @@ import torch
 from helpers import one_line_error
 from torch import nn
 
-from fixres.adapt import Equaliser, adapt_checkpoint, pooled_features
+from fixres.adapt import AdaptOptions, Equaliser, adapt_checkpoint, pooled_features
 from fixres.cli import main
 from fixres.core.errors import FixresError
 from fixres.data.decode import load_rgb
@@ -18,7 +18,15 @@ from fixres.data.index import balanced_sample
 from fixres.data.loader import mix_seed
 from fixres.data.transforms import EvalTransform, TrainTransform
 from fixres.measure.infer import load_split
-from fixres.measure.stats import channel_shift, describe, feature_stats, features, ks_statistic, wasserstein1
+from fixres.measure.stats import (
+    StatsOptions,
+    channel_shift,
+    describe,
+    feature_stats,
+    features,
+    ks_statistic,
+    wasserstein1,
+)
 from fixres.measure.stats_plots import cdf_figure, vs_resolution_figure
 from fixres.models.checkpoint import save_checkpoint
 from fixres.models.sources import open_checkpoint
@@ -38,15 +46,15 @@ def adapted(run, colour_data, tmp_path_factory):
     """The run adapted to 48 px by batch-norm re-estimation and by the Frechet equaliser."""
     root = tmp_path_factory.mktemp("adapted")
     for method in ("bn", "parametric"):
-        adapt_checkpoint(run, colour_data, test_res=48, method=method, out=root / method, workers=0, device="cpu",
-                         quiet=True)
+        adapt_checkpoint(run, colour_data, AdaptOptions(test_res=48, method=method, workers=0, device="cpu"),
+                         out=root / method, quiet=True)
     return root
 
 
 @pytest.fixture(scope="module")
 def result(run, colour_data, adapted):
-    return feature_stats(run, colour_data, test_res=[24, 48], images=12,
-                         compare=[adapted / "bn", adapted / "parametric"], **FAST)
+    return feature_stats(run, colour_data, StatsOptions(test_res=[24, 48], images=12, **FAST),
+                         compare=[adapted / "bn", adapted / "parametric"])
 
 
 def sample_images(data, meta, transform, n=12):
@@ -122,7 +130,7 @@ def test_balanced_sample_is_deterministic_and_balanced(colour_data):
 
 
 def test_reference_from_the_training_images(run, colour_data, result):
-    other = feature_stats(run, colour_data, test_res=[48, 24], images=12, reference_split="train", **FAST)
+    other = feature_stats(run, colour_data, StatsOptions(test_res=[48, 24], images=12, reference_split="train", **FAST))
     ref = other.rows[0]
     assert (ref.split, ref.preprocessing, ref.n) == ("train", "train", 12) and ref.mean != result.rows[0].mean
     assert [r.resolution for r in other.rows[1:]] == [24, 48]            # sorted, the rows on val as before
@@ -141,7 +149,7 @@ def test_compare_measures_adapted_checkpoints_on_the_same_images(result, run, co
     for k in (24, 48):    # the equaliser acts after the pooling: the pooled features are the source's
         src, par = by[(None, "pooled", "test", k)], by[("parametric", "pooled", "test", k)]
         assert (par.zeros, par.mean, par.w1) == (src.zeros, src.mean, src.w1)
-    alone = feature_stats(run, colour_data, test_res=[24, 48], images=12, **FAST)
+    alone = feature_stats(run, colour_data, StatsOptions(test_res=[24, 48], images=12, **FAST))
     assert [r.row() for r in alone.rows] == [r.row() for r in result.rows if r.adapted is None]
     assert any("bn@48" in f and "w1" in f for f in result.findings)
     assert any("parametric@48 at 48px (equalised) vs as trained" in f for f in result.findings)
@@ -224,7 +232,7 @@ def test_unsuitable_models_and_checkpoints_are_refused(run, colour_data, tmp_pat
     other = tmp_path / "other"
     save_checkpoint(other, model, meta.replace(class_names=("a", "b", "c")))
     with pytest.raises(FixresError, match="classes differ"):
-        feature_stats(run, colour_data, test_res=[32], images=3, compare=[other], **FAST)
+        feature_stats(run, colour_data, StatsOptions(test_res=[32], images=3, **FAST), compare=[other])
 
     class Unused(nn.Module):      # declares a classifier that forward never calls
         def __init__(self):

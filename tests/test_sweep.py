@@ -14,8 +14,8 @@ from fixres.core.plots import plot_sweep, sweep_figure
 from fixres.data.folder import scan_split
 from fixres.data.index import split_holdout
 from fixres.data.transforms import parse_resolutions
-from fixres.measure.infer import evaluate_checkpoint
-from fixres.measure.sweep import choose_best, sweep_checkpoint
+from fixres.measure.infer import EvalOptions, evaluate_checkpoint
+from fixres.measure.sweep import SweepOptions, choose_best, sweep_checkpoint
 from fixres.measure.sweep_report import sweep_json, sweep_table
 from fixres.models.checkpoint import find_checkpoint, read_meta, save_checkpoint
 from fixres.models.sources import open_checkpoint
@@ -80,14 +80,15 @@ def test_parse_resolutions_refuses(bad):
 
 
 def test_sweep_equals_evaluate_at_every_geometry(run, data_with_corrupt_image):
-    result = sweep_checkpoint(run, data_with_corrupt_image, test_res=[24, 40], crop_pct=[0.875, 1.0],
-                              select_on="none", **FAST, **UNTIMED)
+    result = sweep_checkpoint(run, data_with_corrupt_image,
+                              SweepOptions(test_res=[24, 40], crop_pct=[0.875, 1.0], select_on="none", **FAST,
+                                           **UNTIMED))
     assert [(r.test_res, r.crop_pct) for r in result.rows] == [(24, .875), (40, .875), (24, 1.0), (40, 1.0)]
     assert result.best is None and result.selection_rows == ()
     assert [p for p, _ in result.skipped] == ["red/truncated.jpg"]
     for row in result.rows:
-        ref, meta, _ = evaluate_checkpoint(run, data_with_corrupt_image, test_res=row.test_res, crop_pct=row.crop_pct,
-                                           **FAST)
+        ref, meta, _ = evaluate_checkpoint(run, data_with_corrupt_image,
+                                           EvalOptions(test_res=row.test_res, crop_pct=row.crop_pct, **FAST))
         assert (row.top1, row.top5, row.n, row.n_skipped) == (ref.top1, ref.top5, ref.n, ref.n_skipped)
         assert row.loss == pytest.approx(ref.loss, abs=1e-5)
         assert (row.n, row.n_skipped, row.split, row.model, row.train_res) == (24, 1, "val", "test_resnet", 32)
@@ -97,7 +98,7 @@ def test_sweep_equals_evaluate_at_every_geometry(run, data_with_corrupt_image):
 
 def test_selection_uses_the_recorded_holdout_and_never_val(run, colour_data):
     meta = read_meta(run)
-    result = sweep_checkpoint(run, colour_data, test_res=[24, 32, 48], **FAST, **UNTIMED)
+    result = sweep_checkpoint(run, colour_data, SweepOptions(test_res=[24, 32, 48], **FAST, **UNTIMED))
     assert result.chosen_on == "holdout" and result.selection.split == "holdout"
     held = split_holdout(scan_split(colour_data / "train", meta.class_names), meta.holdout["fraction"],
                          meta.holdout["seed"])
@@ -109,20 +110,23 @@ def test_selection_uses_the_recorded_holdout_and_never_val(run, colour_data):
     assert result.best == (best.test_res, best.crop_pct)
     assert result.best_row().split == "val" and result.best_row().test_res == best.test_res
     assert "held out of training" in sweep_table(result) and "best on holdout" in sweep_table(result)
-    on_train = sweep_checkpoint(run, colour_data, test_res=[32], select_on="train", select_images=3, **FAST, **UNTIMED)
+    on_train = sweep_checkpoint(run, colour_data,
+                                SweepOptions(test_res=[32], select_on="train", select_images=3, **FAST, **UNTIMED))
     sample = {s.path for s in on_train.selection.index.samples}
     assert len(sample) == 9 and sample <= {s.path for s in held[0].samples}   # only images trained on
     assert on_train.chosen_on == "train" and "were not used" in on_train.selection.note
 
 
 def test_without_holdout_selection_is_a_train_sample_and_says_so(no_holdout, colour_data):
-    result = sweep_checkpoint(no_holdout, colour_data, test_res=[32, 40], select_images=5, **FAST, **UNTIMED)
+    result = sweep_checkpoint(no_holdout, colour_data,
+                              SweepOptions(test_res=[32, 40], select_images=5, **FAST, **UNTIMED))
     assert result.chosen_on == "train" and result.selection.seen_in_training
     assert all(r.split == "train" and r.n == 15 for r in result.selection_rows)
     assert "trained on" in sweep_table(result) and sweep_json(result)["selection"]["seen_in_training"] is True
     with pytest.raises(FixresError, match="held-out"):
-        sweep_checkpoint(no_holdout, colour_data, test_res=[32], select_on="holdout", **FAST, **UNTIMED)
-    on_val = sweep_checkpoint(no_holdout, colour_data, test_res=[32, 40], select_on="val", **FAST, **UNTIMED)
+        sweep_checkpoint(no_holdout, colour_data, SweepOptions(test_res=[32], select_on="holdout", **FAST, **UNTIMED))
+    on_val = sweep_checkpoint(no_holdout, colour_data,
+                              SweepOptions(test_res=[32, 40], select_on="val", **FAST, **UNTIMED))
     assert on_val.chosen_on == "val" and on_val.selected_on_report and "optimistic" in sweep_table(on_val)
 
 
@@ -191,17 +195,18 @@ def test_predicted_marker_gets_the_runs_rrc_settings(run, colour_data, monkeypat
         return types.SimpleNamespace(test_res=41, statistic=statistic, source=source)
 
     monkeypatch.setattr("fixres.measure.sweep.predict_test_res", predict_test_res)
-    result = sweep_checkpoint(run, colour_data, test_res=[32], crop_pct=[1.0], select_on="val", **FAST, **UNTIMED)
+    result = sweep_checkpoint(run, colour_data,
+                              SweepOptions(test_res=[32], crop_pct=[1.0], select_on="val", **FAST, **UNTIMED))
     assert calls == [(32, (0.25, 1.0), (0.75, 4 / 3), 1.0, 24)]        # the run's --scale 0.25 1.0, val's sizes
     assert result.predicted["test_res"] == 41 and "41px" in sweep_table(result)
     assert result.predicted["rrc_settings_from"] == "fixres train"     # read from the checkpoint's own record
-    result = sweep_checkpoint(run, colour_data, test_res=[32], crop_pct=[1.0], **FAST, **UNTIMED)
+    result = sweep_checkpoint(run, colour_data, SweepOptions(test_res=[32], crop_pct=[1.0], **FAST, **UNTIMED))
     assert calls[-1][-1] == 18 and "18 holdout" in result.predicted["sizes"]  # the held-out images' sizes
 
 
 def test_real_prediction_is_reported(run, colour_data):
     from fixres.analyze import predict_test_res
-    result = sweep_checkpoint(run, colour_data, test_res=[32], select_on="val", **FAST, **UNTIMED)
+    result = sweep_checkpoint(run, colour_data, SweepOptions(test_res=[32], select_on="val", **FAST, **UNTIMED))
     sizes = [(s.width, s.height) for s in scan_split(colour_data / "val").samples]
     expected = predict_test_res(32, scale=(0.25, 1.0), ratio=(0.75, 4 / 3), crop_pct=0.875, sizes=sizes)
     assert result.predicted["test_res"] == expected.test_res and sweep_json(result)["predicted"]["statistic"]
@@ -230,8 +235,9 @@ def test_rows_carry_the_cost_and_the_choices_are_made_on_the_selection_split(run
     from fixres.measure.costs import model_flops
     flops = model_flops("test_resnet", 3, [24, 32, 48])
     budget = flops[32] / 1e9
-    result = sweep_checkpoint(run, colour_data, test_res=[24, 32, 48], within=100, budget_gflops=budget,
-                              timing_budget=0, **FAST)
+    result = sweep_checkpoint(run, colour_data,
+                              SweepOptions(test_res=[24, 32, 48], within=100, budget_gflops=budget, timing_budget=0,
+                                           **FAST))
     params = sum(p.numel() for p in open_checkpoint(run)[0].parameters())
     for r in (*result.rows, *result.selection_rows):      # the geometry's cost, the same on every split
         assert (r.gflops, r.params) == (flops[r.test_res] / 1e9, params)
@@ -251,7 +257,7 @@ def test_rows_carry_the_cost_and_the_choices_are_made_on_the_selection_split(run
 
 
 def test_no_timing_keeps_the_flops_and_says_so(run, colour_data):
-    result = sweep_checkpoint(run, colour_data, test_res=[24, 32], within=0, timing=False, **FAST)
+    result = sweep_checkpoint(run, colour_data, SweepOptions(test_res=[24, 32], within=0, timing=False, **FAST))
     assert not result.timed and all(r.gflops > 0 and r.latency_ms is None and r.timing_device is None
                                     for r in result.rows)
     text = sweep_table(result)
@@ -261,7 +267,7 @@ def test_no_timing_keeps_the_flops_and_says_so(run, colour_data):
 
 
 def test_timings_say_whether_they_were_stable(run, colour_data):
-    result = sweep_checkpoint(run, colour_data, test_res=[24, 32], timing_budget=0, **FAST)
+    result = sweep_checkpoint(run, colour_data, SweepOptions(test_res=[24, 32], timing_budget=0, **FAST))
     for r in result.rows:
         assert r.timing_stable == (r.latency_ms_iqr <= 0.25 * r.latency_ms
                                    and r.images_per_s_iqr <= 0.25 * r.images_per_s)

@@ -13,7 +13,12 @@ from fixres.cli import main
 from fixres.core.errors import FixresError
 from fixres.data.synth import CLASS_NAMES, synthesize
 from fixres.experiments.grid.config import load_config
-from fixres.experiments.transfer import TransferConfig, load_experiment, run_transfer, weights_fit
+from fixres.experiments.transfer import (
+    TransferConfig,
+    load_experiment,
+    run_transfer,
+    weights_fit,
+)
 from fixres.models import create_model
 from fixres.models.checkpoint import read_meta
 from fixres.models.sources import open_checkpoint

@@ -8,7 +8,13 @@ from torchvision.transforms import v2
 
 from fixres.core.errors import FixresError
 from fixres.data import load_rgb
-from fixres.data.transforms import EvalTransform, TrainTransform, eval_geometry, normalize, sample_rrc_params
+from fixres.data.transforms import (
+    EvalTransform,
+    TrainTransform,
+    eval_geometry,
+    normalize,
+    sample_rrc_params,
+)
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from ..core.errors import FixresError
-from ..core.options import to_dict, with_overrides
+from ..core.options import to_dict
 from ..core.rundir import prepare_run_dir, write_json
 from ..core.runtime import Dist, Runtime, barrier, gather_lists
 from ..data.loader import ImageDataset, Skipped
@@ -73,9 +73,9 @@ def check_adapt_out(out: str | Path, source: Path | None, overwrite: bool) -> Pa
                            keep=False)
 
 
-def adapt_checkpoint(checkpoint: "str | Path | ModelSource", data: str | Path, opts: AdaptOptions | None = None, *,
+def adapt_checkpoint(checkpoint: "str | Path | ModelSource", data: str | Path, opts: AdaptOptions, *,
                      out: str | Path | None = None, overwrite: bool = False, quiet: bool = False,
-                     before: EvalResult | None = None, dist_env: Dist = Dist(), **overrides) -> AdaptResult:
+                     before: EvalResult | None = None, dist_env: Dist = Dist()) -> AdaptResult:
     """Adapt a checkpoint to a test resolution (``opts.test_res``).
 
     Args:
@@ -84,8 +84,8 @@ def adapt_checkpoint(checkpoint: "str | Path | ModelSource", data: str | Path, o
             classes are bound to the dataset's folders; with ``restrict_labels`` the adapted
             checkpoint keeps the dataset's classes only).
         data: dataset directory with train/ (adaptation images) and val/ (before/after).
-        opts: :class:`AdaptOptions` (default: its defaults: method fixres, 30 epochs, batch 64,
-            lr 1e-3 x batch/64, v1), with ``overrides`` applied (field names; ``None`` = not given).
+        opts: :class:`AdaptOptions` (its ``test_res`` is required; the defaults: method fixres,
+            30 epochs, batch 64, lr 1e-3 x batch/64, v1).
         out: checkpoint directory to write (must not exist or be empty; ``overwrite``
             replaces a fixres checkpoint there). Checked before any work. None: nothing is written.
         quiet: no progress bars and no per-epoch lines.
@@ -94,7 +94,6 @@ def adapt_checkpoint(checkpoint: "str | Path | ModelSource", data: str | Path, o
         dist_env: under torchrun, every rank calls this: the passes over the images are
             shared between ranks, the result is the same as one process's, rank 0 writes.
     """
-    opts = with_overrides(AdaptOptions, opts, overrides)
     t_start = time.perf_counter()
     rt = opts.runtime(dist_env, quiet)
     model_source = as_source(checkpoint)

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 from ..core.options import add_arguments, build, from_namespace
 from ..core.rundir import prepare_output_files
-from ..data.transforms import parse_resolutions
 from ..measure.stats import STATS_FILES, StatsOptions, feature_stats
 from ..measure.stats_report import stats_json, stats_table, write_stats
 from ..models.sources import declared_preprocessing
@@ -37,9 +36,7 @@ def run(args) -> int:
     resolutions = list(args.test_res)
     if args.train_res_reference:
         resolutions.append(source.train_res or declared_preprocessing(source).train_res)   # no weights loaded
-    values = from_namespace(args, StatsOptions)
-    values["test_res"] = parse_resolutions(resolutions)
-    opts = build(StatsOptions, values)
+    opts = build(StatsOptions, {**from_namespace(args, StatsOptions), "test_res": resolutions})
     if args.out:
         prepare_output_files(args.out, STATS_FILES, overwrite=args.overwrite, keep=False)
     result = feature_stats(source, args.data, opts, compare=args.compare, quiet=args.quiet)

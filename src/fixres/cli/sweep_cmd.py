@@ -5,7 +5,6 @@ from ..core.errors import FixresError
 from ..core.options import add_arguments, build, from_namespace
 from ..core.rundir import prepare_output_files
 from ..core.runtime import init_distributed
-from ..data.transforms import parse_resolutions
 from ..measure.sweep import SweepOptions, sweep_checkpoint, sweep_checkpoints
 from ..measure.sweep_report import (
     SWEEP_FILES,
@@ -57,9 +56,7 @@ def sweep_sources(args) -> list[ModelSource]:
 
 
 def run(args) -> int:
-    values = from_namespace(args, SweepOptions)
-    values["test_res"] = parse_resolutions(args.test_res)
-    opts = build(SweepOptions, values)                   # validated before loading anything
+    opts = build(SweepOptions, from_namespace(args, SweepOptions))   # validated before loading anything
     dist_env = init_distributed(opts.device)
     if args.out and dist_env.is_main:
         prepare_output_files(args.out, SWEEP_FILES, overwrite=args.overwrite, keep=False)

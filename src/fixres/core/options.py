@@ -20,11 +20,24 @@ import yaml
 from .errors import FixresError
 
 
-def option(default: Any = dataclasses.MISSING, help: str = "", **cli: Any) -> Any:
-    """A dataclass field with a help string (and optional extra argparse keywords)."""
+def option(default: Any = dataclasses.MISSING, help: str = "", *, parse: Any = None, **cli: Any) -> Any:
+    """A dataclass field with a help string (and optional extra argparse keywords).
+
+    ``parse``: the field's own reader of what a user writes (a flag's strings, a YAML value, a
+    Python value), returning the typed value or raising FixresError; it replaces the type check
+    (e.g. test resolutions given as ``32:128:16`` ranges). :func:`parse_fields` applies it to a
+    constructed object, so the typed value is the same whichever way the setting arrived."""
     if isinstance(default, (list, dict)):
         raise TypeError("use immutable (tuple) defaults")
-    return dataclasses.field(default=default, metadata={"help": help, "cli": cli})
+    return dataclasses.field(default=default, metadata={"help": help, "cli": cli, "parse": parse})
+
+
+def parse_fields(obj: Any) -> None:
+    """Apply every field's ``parse`` hook to a (frozen) dataclass instance, in its ``__post_init__``."""
+    for f in dataclasses.fields(obj):
+        hook, value = f.metadata.get("parse"), getattr(obj, f.name)
+        if hook is not None and value is not None:
+            object.__setattr__(obj, f.name, hook(value))
 
 
 def _flag(name: str) -> str:
@@ -82,10 +95,19 @@ def coerce(value: Any, tp: Any, name: str) -> Any:
     raise TypeError(f"unsupported annotation {inner!r} for {name}")
 
 
+def ordered_fields(cls_or_obj: Any) -> list[dataclasses.Field]:
+    """The fields in the order a reader wants them: the class's own (re)declarations first, in
+    their order, then the ones it inherits (a command's settings before the shared compute ones)."""
+    cls = cls_or_obj if isinstance(cls_or_obj, type) else type(cls_or_obj)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    own = [n for n in vars(cls).get("__annotations__", {}) if n in fields]
+    return [fields[n] for n in own] + [f for n, f in fields.items() if n not in own]
+
+
 def add_arguments(parser: argparse.ArgumentParser, cls: type, exclude: tuple[str, ...] = ()) -> None:
     """Add one ``--flag`` per field of ``cls`` (default None: not given)."""
     hints = typing.get_type_hints(cls, include_extras=False)
-    for f in dataclasses.fields(cls):
+    for f in ordered_fields(cls):
         if f.name in exclude:
             continue
         tp, _ = _unwrap_optional(hints[f.name])
@@ -126,27 +148,20 @@ def check_keys(cls: type, values: dict[str, Any], where: str) -> None:
 def build(cls: type, *sources: dict[str, Any], where: str = "settings"):
     """Merge ``sources`` (later wins, ``None`` values ignored), check types, construct ``cls``."""
     hints = typing.get_type_hints(cls)
+    hooks = {f.name: f.metadata.get("parse") for f in dataclasses.fields(cls)}
     values: dict[str, Any] = {}
     for source in sources:
         check_keys(cls, source, where)
         for key, value in source.items():
             if value is not None:
-                values[key] = coerce(value, hints[key], f"{where}: {key}" if where != "settings" else key)
+                values[key] = (hooks[key](value) if hooks[key] is not None
+                               else coerce(value, hints[key], f"{where}: {key}" if where != "settings" else key))
     missing = [f.name for f in dataclasses.fields(cls)
                if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING and f.name not in values]
     if missing:
         raise FixresError(f"missing required setting{'s' if len(missing) > 1 else ''}: "
                           + ", ".join(_flag(m) for m in missing))
     return cls(**values)
-
-
-def with_overrides(cls: type, opts: Any | None, overrides: dict[str, Any]):
-    """``opts`` (an instance of ``cls``, or None for its defaults) with the ``overrides`` that
-    are not None applied, validated as :func:`build` validates."""
-    base = {} if opts is None else {f.name: getattr(opts, f.name) for f in dataclasses.fields(opts)}
-    if opts is not None and not any(v is not None for v in overrides.values()):
-        return opts
-    return build(cls, base, overrides)
 
 
 def from_namespace(ns: argparse.Namespace, cls: type) -> dict[str, Any]:
@@ -174,7 +189,7 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
 
 def to_dict(cfg: Any) -> dict[str, Any]:
     out = {}
-    for f in dataclasses.fields(cfg):
+    for f in ordered_fields(cfg):
         v = getattr(cfg, f.name)
         out[f.name] = list(v) if isinstance(v, tuple) else v
     return out

@@ -18,7 +18,7 @@ import torch
 import torch.distributed as dist
 
 from .errors import FixresError
-from .options import option
+from .options import option, parse_fields
 from .progress import Progress, iterate
 
 
@@ -118,10 +118,12 @@ class RuntimeOptions:
     batch_size: int = option(100, "images per batch")
     workers: Optional[int] = option(None, "data-loading processes (default: cores - 1, at most 16)")
     device: str = option("auto", "cpu, cuda, cuda:N or auto")
-    amp: Literal["auto", "bf16", "fp16", "none"] = option("auto", "mixed precision (auto: bf16 on a GPU that has it, "
-                                                                  "none on CPU)")
+    amp: Literal["auto", "bf16", "fp16", "none"] = option(
+        "none", "mixed precision: none (float32, as timm's validate.py evaluates unless --amp), bf16, fp16, or auto "
+                "(bf16 on a GPU that has it, none on the CPU)")
 
     def __post_init__(self):
+        parse_fields(self)
         if self.batch_size < 1:
             raise FixresError(f"batch_size must be at least 1, got {self.batch_size}")
         if self.workers is not None and self.workers < 0:

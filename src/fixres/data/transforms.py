@@ -49,6 +49,11 @@ def check_resolution(value: int, what: str = "resolution", minimum: int = 8, max
 MAX_GEOMETRIES = 64
 
 
+def resolutions(values: "Sequence[str | int] | str | int") -> tuple[int, ...]:
+    """The ``parse`` hook of a test-resolutions option (:func:`parse_resolutions`, one value or many)."""
+    return tuple(parse_resolutions([values] if isinstance(values, (str, int)) else values))
+
+
 def parse_resolutions(values: Sequence[str | int]) -> list[int]:
     """Resolutions from ``["32", "48"]`` or ranges ``["32:128:16"]`` (end included), sorted, unique.
 

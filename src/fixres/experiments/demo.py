@@ -14,14 +14,14 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..adapt import adapt_checkpoint
+from ..adapt import AdaptOptions, adapt_checkpoint
 from ..analyze import image_sizes, plot_apparent_size
 from ..core.progress import Progress
 from ..core.rundir import prepare_run_dir, write_json
 from ..data.folder import scan_split
 from ..data.synth import synthesize
 from ..measure.infer import EvalResult
-from ..measure.sweep import sweep_checkpoint
+from ..measure.sweep import SweepOptions, sweep_checkpoint
 from ..measure.sweep_report import sweep_json
 from ..train.config import TrainConfig
 from ..train.loop import fit
@@ -90,25 +90,15 @@ def run_demo(cfg: DemoConfig, *, overwrite: bool = False, quiet: bool = False) -
     prediction = plot_apparent_size(out / "apparent_size.png", cfg.train_res, sizes=sizes, seed=cfg.seed,
                                     source=f"{len(sizes)} training images")
     # At the demo's batch size: the sweep also times the model on a few batches per resolution.
-    swept = sweep_checkpoint(trained.run_dir, data, test_res=cfg.test_res, select_on="holdout", device=cfg.device,
-                             workers=cfg.workers, batch_size=cfg.batch_size, within=cfg.deploy_within, quiet=quiet)
+    swept = sweep_checkpoint(trained.run_dir, data,
+                             SweepOptions(test_res=cfg.test_res, select_on="holdout", device=cfg.device,
+                                          workers=cfg.workers, batch_size=cfg.batch_size, within=cfg.deploy_within),
+                             quiet=quiet)
     done("analyze_sweep")
 
     stage("adapt", f"adapting at {', '.join(map(str, cfg.adapt_res))}px: FixRes (classifier + last batch-norm, "
                    f"{cfg.adapt_images} images) and label-free batch-norm statistics")
-    before = {r.test_res: r for r in swept.rows}
-    adapted: dict[str, list[dict]] = {"fixres": [], "bn": []}
-    for k in cfg.adapt_res:
-        for method in adapted:
-            result = adapt_checkpoint(trained.run_dir, data, test_res=k, method=method, images=cfg.adapt_images,
-                                      batch_size=cfg.batch_size,
-                                      epochs=cfg.adapt_epochs, lr=cfg.adapt_lr, seed=cfg.seed, device=cfg.device,
-                                      workers=cfg.workers, out=out / "adapted" / f"{method}-{k}", quiet=True,
-                                      before=_eval_result(before.get(k)))
-            adapted[method].append({**result.after.row(), "split": "val", "before_top1": result.before.top1,
-                                    "seconds": round(result.seconds, 1), "execution": result.report["execution"]})
-            say(f"  {method:>6} at {k:>3}px: val top-1 {result.before.top1:.2f} -> {result.after.top1:.2f} "
-                f"({result.report['execution']}, {result.seconds:.1f}s)")
+    adapted = _adapt_all(cfg, trained.run_dir, data, out / "adapted", swept, say)
     done("adapt")
 
     summary = {"config": dataclasses.asdict(cfg), "status": "done", "timings": timings,
@@ -117,6 +107,24 @@ def run_demo(cfg: DemoConfig, *, overwrite: bool = False, quiet: bool = False) -
     summary["report"] = {k: str(v) for k, v in write_demo_report(out, summary).items()}
     write_json(out / "demo.json", summary)
     return summary
+
+
+def _adapt_all(cfg: DemoConfig, run: Path, data: Path, out: Path, swept, say) -> dict[str, list[dict]]:
+    """FixRes and batch-norm adaptation at every ``cfg.adapt_res`` (the sweep's rows as 'before')."""
+    before = {r.test_res: r for r in swept.rows}
+    adapted: dict[str, list[dict]] = {"fixres": [], "bn": []}
+    for k in cfg.adapt_res:
+        for method in adapted:
+            opts = AdaptOptions(test_res=k, method=method, images=cfg.adapt_images, batch_size=cfg.batch_size,
+                                epochs=cfg.adapt_epochs, lr=cfg.adapt_lr, seed=cfg.seed, device=cfg.device,
+                                workers=cfg.workers)
+            result = adapt_checkpoint(run, data, opts, out=out / f"{method}-{k}", quiet=True,
+                                      before=_eval_result(before.get(k)))
+            adapted[method].append({**result.after.row(), "split": "val", "before_top1": result.before.top1,
+                                    "seconds": round(result.seconds, 1), "execution": result.report["execution"]})
+            say(f"  {method:>6} at {k:>3}px: val top-1 {result.before.top1:.2f} -> {result.after.top1:.2f} "
+                f"({result.report['execution']}, {result.seconds:.1f}s)")
+    return adapted
 
 
 def _eval_result(row):

@@ -35,8 +35,19 @@ from ..core.rundir import write_json, write_text
 from ..data.folder import list_classes
 from ..data.preprocessing import Preprocessing
 from ..models import create_model
-from ..models.checkpoint import WEIGHTS, CheckpointMeta, find_checkpoint, read_meta, save_checkpoint
-from ..models.factory import check_model_name, classifier_keys, load_weights, read_state_dict
+from ..models.checkpoint import (
+    WEIGHTS,
+    CheckpointMeta,
+    find_checkpoint,
+    read_meta,
+    save_checkpoint,
+)
+from ..models.factory import (
+    check_model_name,
+    classifier_keys,
+    load_weights,
+    read_state_dict,
+)
 from ..models.paper import RESNEXT_WSL, register_paper_models
 from ..train.loop import train_preprocessing
 from .grid.config import (
@@ -48,7 +59,13 @@ from .grid.config import (
     section_field,
     train_config,
 )
-from .grid.run import GridDir, ensure_adapted, ensure_swept, ensure_trained, swept_result
+from .grid.run import (
+    GridDir,
+    ensure_adapted,
+    ensure_swept,
+    ensure_trained,
+    swept_result,
+)
 
 
 def check_tagged(model: str) -> None:

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..core.errors import FixresError
-from ..core.options import option, with_overrides
+from ..core.options import option
 from ..core.runtime import Dist, Runtime, RuntimeOptions, all_reduce_sum, autocast, gather_lists
 from ..data.folder import list_classes, scan_split
 from ..data.index import SplitIndex
@@ -144,16 +144,15 @@ class EvalOptions(RuntimeOptions):
 
 
 def evaluate_checkpoint(checkpoint: "str | Path | ModelSource", data: str | Path, opts: EvalOptions | None = None, *,
-                        quiet: bool = True, dist_env: Dist = Dist(),
-                        **overrides) -> tuple[EvalResult, CheckpointMeta, list]:
+                        quiet: bool = True, dist_env: Dist = Dist()) -> tuple[EvalResult, CheckpointMeta, list]:
     """Evaluate a model (a checkpoint path, or any :class:`~fixres.models.sources.ModelSource`); the
     geometry defaults to what it records.
 
-    ``opts`` (default :class:`EvalOptions`) with ``overrides`` applied (field names, ``None``
-    = not given). Under torchrun every rank calls this with its ``dist_env``: each evaluates
+    ``opts``: :class:`EvalOptions` (default: its defaults). Under torchrun every rank calls this
+    with its ``dist_env``: each evaluates
     a disjoint shard and all get the same totals. Returns the result, the model's metadata
     (its classes: the dataset's only, with ``restrict_labels``) and the skipped files."""
-    opts = with_overrides(EvalOptions, opts, overrides)
+    opts = EvalOptions() if opts is None else opts
     opened = open_for_data(checkpoint, data, [opts.split])
     prep = opened.meta.preprocessing.override("flag", test_res=opts.test_res, crop_pct=opts.crop_pct)
     check_input_size(opened.model, [prep.test_res])

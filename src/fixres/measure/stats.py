@@ -35,12 +35,12 @@ import torch
 from torch import nn
 
 from ..core.errors import FixresError
-from ..core.options import option, with_overrides
+from ..core.options import option
 from ..core.runtime import Runtime, RuntimeOptions
 from ..data.index import SplitIndex, balanced_sample, split_holdout
 from ..data.loader import MultiView
 from ..data.pipeline import ordered_batches
-from ..data.transforms import EvalTransform, check_geometries
+from ..data.transforms import EvalTransform, check_geometries, resolutions
 from ..models.checkpoint import CheckpointMeta
 from ..models.equaliser import Equaliser
 from ..models.heads import find_classifier
@@ -244,7 +244,7 @@ def _findings(rows: Sequence[StatsRow], probes: Sequence[Probe]) -> list[str]:
 @dataclass(frozen=True, kw_only=True)
 class StatsOptions(RuntimeOptions):
     test_res: tuple[int, ...] = option(help="test resolutions: values and/or START:END:STEP ranges, END included "
-                                            "(e.g. 32:128:16)", type=str, metavar="RES")
+                                            "(e.g. 32:128:16)", parse=resolutions, type=str, metavar="RES")
     split: str = option("val", "sub-directory the images come from")
     images: int = option(500, "images of --split: a class-balanced sample fixed by --seed, all if fewer")
     reference_split: Optional[str] = option(None, "images of the train-time reference (default: the same images; "
@@ -259,8 +259,8 @@ class StatsOptions(RuntimeOptions):
             raise FixresError(f"images must be at least 1, got {self.images}")
 
 
-def feature_stats(checkpoint: "str | Path | ModelSource", data: str | Path, opts: StatsOptions | None = None, *,
-                  compare: Sequence[str | Path] = (), quiet: bool = True, **overrides) -> StatsResult:
+def feature_stats(checkpoint: "str | Path | ModelSource", data: str | Path, opts: StatsOptions, *,
+                  compare: Sequence[str | Path] = (), quiet: bool = True) -> StatsResult:
     """Distribution of the pooled features at each test resolution against the train-time one.
 
     Args:
@@ -268,11 +268,10 @@ def feature_stats(checkpoint: "str | Path | ModelSource", data: str | Path, opts
             train-time distribution is the reference: RandomResizedCrop with the crop settings
             its preprocessing record holds; for a model fixres did not train, the defaults).
         data: dataset directory holding ``opts.split`` (and ``opts.reference_split``).
-        opts: :class:`StatsOptions`, with ``overrides`` applied (``test_res`` is required).
+        opts: :class:`StatsOptions` (its ``test_res`` is required).
         compare: further checkpoints (e.g. ``fixres adapt`` outputs) measured on the same images.
     """
-    opts = with_overrides(StatsOptions, opts, overrides)
-    test_res = sorted(set(opts.test_res))
+    test_res = list(opts.test_res)      # sorted and unique (its parse hook)
     first = open_for_data(checkpoint, data, [opts.split, opts.reference_split or opts.split])
     probes = [open_probe(first), *(open_probe(open_model(c)) for c in compare)]
     for i, probe in enumerate(probes):     # labels name the series: make them unique

@@ -42,13 +42,13 @@ from torch import nn
 
 from ..analyze import predict_test_res
 from ..core.errors import FixresError
-from ..core.options import option, with_overrides
+from ..core.options import option
 from ..core.runtime import Dist, Runtime, RuntimeOptions
 from ..data.index import SplitIndex, sample_per_class, split_holdout
 from ..data.loader import Batch
 from ..data.pipeline import sweep_batches
 from ..data.preprocessing import Preprocessing
-from ..data.transforms import check_geometries
+from ..data.transforms import check_geometries, resolutions
 from ..models.checkpoint import CheckpointMeta, read_meta
 from ..models.labels import Binding
 from ..models.sizes import check_input_size
@@ -238,7 +238,7 @@ def to_rows(results: Sequence[EvalResult], *, checkpoint: str, meta: CheckpointM
 @dataclass(frozen=True, kw_only=True)
 class SweepOptions(RuntimeOptions):
     test_res: tuple[int, ...] = option(help="test resolutions: values and/or START:END:STEP ranges, END included "
-                                            "(e.g. 32:128:16)", type=str, metavar="RES")
+                                            "(e.g. 32:128:16)", parse=resolutions, type=str, metavar="RES")
     crop_pct: Optional[tuple[float, ...]] = option(None, "centre-crop fractions; every (test_res, crop_pct) pair is "
                                                          "swept (default: the checkpoint's)", metavar="PCT")
     select_on: Optional[Literal["holdout", "train", "val", "none"]] = option(
@@ -280,18 +280,16 @@ class SweepOptions(RuntimeOptions):
             raise FixresError("--budget-ms needs the measured latency, which --no-timing turns off")
 
 
-def sweep_checkpoint(checkpoint: "str | Path | ModelSource", data: str | Path, opts: SweepOptions | None = None, *,
-                     quiet: bool = True, dist_env: Dist = Dist(), cost_cache: dict | None = None,
-                     **overrides) -> SweepResult:
+def sweep_checkpoint(checkpoint: "str | Path | ModelSource", data: str | Path, opts: SweepOptions, *,
+                     quiet: bool = True, dist_env: Dist = Dist(), cost_cache: dict | None = None) -> SweepResult:
     """Sweep a model (a checkpoint path, or any :class:`~fixres.models.sources.ModelSource`) over test
     geometries on ``data/<split>``, choosing the best elsewhere.
 
-    ``opts`` with ``overrides`` applied (field names of :class:`SweepOptions`; ``test_res``
-    is required). Under torchrun every rank calls this with its ``dist_env``: each sweeps a
+    ``opts``: :class:`SweepOptions` (its ``test_res`` is required). Under torchrun every rank
+    calls this with its ``dist_env``: each sweeps a
     shard and the sums are all-reduced. ``cost_cache``: a dict shared by calls whose
     checkpoints may have the same architecture, so that its costs are measured once.
     """
-    opts = with_overrides(SweepOptions, opts, overrides)
     opened = open_for_data(checkpoint, data, [opts.split, "train"])
     model, meta, directory = opened.model, opened.meta, opened.name
     prep = meta.preprocessing
@@ -370,8 +368,7 @@ def _labels(checkpoints: Sequence[str | Path], metas: Sequence[CheckpointMeta]) 
 
 
 def sweep_checkpoints(checkpoints: Sequence["str | Path | ModelSource"], data: str | Path,
-                      opts: SweepOptions | None = None, *, quiet: bool = True, dist_env: Dist = Dist(),
-                      **overrides) -> SweepComparison:
+                      opts: SweepOptions, *, quiet: bool = True, dist_env: Dist = Dist()) -> SweepComparison:
     """:func:`sweep_checkpoint` for each model (checkpoint paths or sources), one after the other
     (each decodes the data itself), with the same options; costs are measured once per
     architecture.
@@ -381,7 +378,6 @@ def sweep_checkpoints(checkpoints: Sequence["str | Path | ModelSource"], data: s
     """
     if not checkpoints:
         raise FixresError("no checkpoint to sweep")
-    opts = with_overrides(SweepOptions, opts, overrides)
     metas = [_meta_of(as_source(c)) for c in checkpoints]
     for c, m in zip(checkpoints[1:], metas[1:]):
         if m.class_names != metas[0].class_names:

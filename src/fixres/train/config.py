@@ -8,17 +8,22 @@ import yaml
 
 from ..core.errors import FixresError
 from ..core.options import option
+from ..core.runtime import RuntimeOptions
 from ..models.sizes import size_kwargs
 from ..data.transforms import DEFAULT_CROP_PCT, check_crop_pct, check_resolution, interpolation_mode
-from .recipes import check_recipe, default_ramp, sgd_family
+from .recipes import (Ema, Erasing, Loss, Mixing, ResolutionSchedule, augment_policy, check_optimizer, default_ramp,
+                      sgd_family)
 
 # Settings that may change when a run is resumed; any other difference is refused.
 RESUMABLE_CHANGES = ("out", "epochs", "workers", "device", "eval_every", "checkpoint_every", "keep_last",
                      "pipeline", "compile", "log_tensorboard", "log_wandb", "wandb_project")
 
 
-@dataclass(frozen=True)
-class TrainConfig:
+@dataclass(frozen=True, kw_only=True)
+class TrainConfig(RuntimeOptions):
+    """Every setting of a training run. The compute settings are :class:`RuntimeOptions`'s, with
+    a training run's own defaults and meanings (a global batch, autocast on a GPU)."""
+
     data: str = option(help="dataset directory holding train/<class>/ and val/<class>/")
     out: str = option(help="run directory to create (or to continue with --resume)")
     model: str = option("resnet50", "timm model name")
@@ -91,7 +96,8 @@ class TrainConfig:
         metavar=("A", "B"))
     progressive_step: int = option(32, "round the ramp's resolutions to a multiple of this (FFCV: 32)")
     clip_grad: Optional[float] = option(None, "clip the gradient norm to this value")
-    amp: Literal["auto", "bf16", "fp16", "none"] = option("auto", "mixed precision (auto: bf16 on a GPU that has it, none on CPU)")
+    amp: Literal["auto", "bf16", "fp16", "none"] = option("auto", "mixed precision (auto: bf16 on a GPU that has it, "
+                                                                  "none on CPU; timm's train.py needs --amp for it)")
     channels_last: bool = option(False, "channels_last memory format")
     sync_bn: bool = option(False, "synchronise batch-norm statistics across processes (distributed runs)")
     drop_rate: Optional[float] = option(None, "dropout before the classifier (timm drop_rate)")
@@ -117,6 +123,7 @@ class TrainConfig:
     wandb_project: Optional[str] = option(None, "Weights & Biases project (default: fixres)")
 
     def __post_init__(self):
+        super().__post_init__()
         check_resolution(self.train_res, "train_res")
         if self.test_res is not None:
             check_resolution(self.test_res, "test_res")
@@ -124,13 +131,13 @@ class TrainConfig:
             check_crop_pct(self.crop_pct)
         if self.interpolation is not None:
             interpolation_mode(self.interpolation)
-        positive = dict(epochs=self.epochs, batch_size=self.batch_size, accum_steps=self.accum_steps,
+        positive = dict(epochs=self.epochs, accum_steps=self.accum_steps,
                         eval_every=self.eval_every, keep_last=self.keep_last)
         for name, value in positive.items():
             if value < 1:
                 raise FixresError(f"{name} must be at least 1, got {value}")
         check_batch_split(self, world=1)   # the processes are known at the start: check_batch
-        for name in ("momentum", "hflip", "label_smoothing"):
+        for name in ("momentum", "hflip"):
             if not 0 <= getattr(self, name) <= 1:
                 raise FixresError(f"{name} must be in [0, 1], got {getattr(self, name)}")
         if self.lr is not None and self.lr <= 0:
@@ -139,14 +146,23 @@ class TrainConfig:
             raise FixresError("warmup_epochs, checkpoint_every and color_jitter must not be negative")
         if not 0 <= self.holdout < 1:
             raise FixresError(f"holdout must be in [0, 1), got {self.holdout}")
-        if self.workers is not None and self.workers < 0:
-            raise FixresError(f"workers must not be negative, got {self.workers}")
         if self.pretrained and self.weights:
             raise FixresError("give either --pretrained or --weights, not both")
         if self.progressive_from is not None and self.progressive_epochs is None and self.epochs >= 2:
             object.__setattr__(self, "progressive_epochs", default_ramp(self.epochs))   # resolved once, stored
         parse_model_kwargs(self.model_kwargs)
-        check_recipe(self)
+        check_optimizer(self.optimizer)
+        if self.auto_augment is not None:
+            augment_policy(self.auto_augment, self.train_res)
+            if self.color_jitter and "3a" not in self.auto_augment:
+                raise FixresError(f"--color-jitter with --auto-augment {self.auto_augment}: timm turns colour jitter "
+                                  "off when an auto-augment policy is on (except the 3a policies), so the pair is not "
+                                  "a timm recipe; drop --color-jitter (the policy varies colour itself) or use a 3a "
+                                  "policy")
+        if self.aug_repeats < 1:
+            raise FixresError(f"aug_repeats must be at least 1, got {self.aug_repeats}")
+        for part in ("erasing", "mixing", "loss_settings", "ema", "resolution_schedule"):
+            getattr(self, part)        # each part checks its own settings
 
     @property
     def starts_from_weights(self) -> bool:
@@ -172,7 +188,49 @@ class TrainConfig:
     @property
     def mixes(self) -> bool:
         """True when batches are mixed (mixup or CutMix): soft targets."""
-        return self.mixup > 0 or self.cutmix > 0
+        return self.mixing.on
+
+    # The recipe's parts, as the training loop uses them (each checks its settings).
+    @property
+    def erasing(self) -> Erasing:
+        return Erasing(self.random_erasing, self.random_erasing_mode, self.random_erasing_count)
+
+    @property
+    def mixing(self) -> Mixing:
+        return Mixing(self.mixup, self.cutmix, self.mixup_prob, self.mixup_switch_prob, self.mixup_mode)
+
+    @property
+    def loss_settings(self) -> Loss:
+        return Loss(self.loss, self.label_smoothing, self.bce_target_thresh)
+
+    @property
+    def ema(self) -> Ema:
+        return Ema(self.ema_decay, self.ema_warmup)
+
+    @property
+    def resolution_schedule(self) -> ResolutionSchedule:
+        ramp = None if self.progressive_epochs is None else tuple(self.progressive_epochs)
+        return ResolutionSchedule.plan(self.train_res, self.epochs, self.progressive_from, ramp, self.progressive_step)
+
+    def check_pipeline(self, pipeline: str) -> None:
+        """Refuse what the resolved data pipeline cannot do. The fast pipeline crops and resizes
+        whole batches (on the GPU with the device decoder): mixup/CutMix, random erasing, EMA,
+        repeated augmentation and progressive resizing work with it; the per-image PIL policies
+        (RandAugment, AutoAugment, AugMix, TrivialAugment) do not."""
+        if pipeline == "fast" and self.auto_augment:
+            raise FixresError(f"--auto-augment {self.auto_augment} is a per-image PIL transform that the fast "
+                              "pipeline does not run; use --pipeline pil (the fast pipeline supports mixup/CutMix, "
+                              "random erasing, EMA, repeated augmentation and progressive resizing)")
+
+    def recipe_record(self) -> dict:
+        """What a checkpoint records of its training recipe (beyond the crop settings in its
+        preprocessing record)."""
+        schedule = self.resolution_schedule
+        return {"optimizer": self.optimizer, "schedule": self.schedule, "loss": self.loss,
+                "label_smoothing": self.label_smoothing, "bce_target_thresh": self.bce_target_thresh,
+                "auto_augment": self.auto_augment, "random_erasing": self.erasing.record(),
+                "mixup": self.mixing.record(), "aug_repeats": self.aug_repeats, "ema": self.ema.record(),
+                "train_res_schedule": schedule.row() if schedule.progressive else None, "weights": "model"}
 
 
 # arguments fixres sets itself, from its own options or the data

@@ -45,7 +45,7 @@ from ..models.sizes import check_input_size
 from .config import TrainConfig, check_batch, create_kwargs
 from .metrics_log import MetricSinks, check_sinks
 from .optim import make_optimizer, optimizer_kwargs, schedule_for
-from .recipes import BatchRecipe, ResolutionSchedule, check_pipeline, make_ema, recipe_record, train_transform
+from .recipes import BatchRecipe, train_transform
 from .run import Position, RunFolder
 from .select import evaluate_epoch, score, selection_for
 from .step import TrainStep, check_finite
@@ -73,7 +73,7 @@ class Trainer:
             raise FixresError("--sync-bn needs CUDA GPUs (torch's SyncBatchNorm has no CPU kernel); without it the "
                               "batch-norm statistics are still averaged across processes before each evaluation "
                               "and checkpoint")
-        check_pipeline(cfg, resolve_pipeline(cfg.pipeline, self.device, cfg.interpolation or "bilinear"))
+        cfg.check_pipeline(resolve_pipeline(cfg.pipeline, self.device, cfg.interpolation or "bilinear"))
         check_sinks(cfg.log_tensorboard, cfg.log_wandb)
         self.folder = RunFolder.prepare(cfg, self.dist, resume=resume, overwrite=overwrite)
         self._read_data()
@@ -118,15 +118,15 @@ class Trainer:
     def _build_optimisation(self) -> None:
         cfg, device = self.cfg, self.device
         self.optimizer = make_optimizer(self.model, **optimizer_kwargs(cfg, device))
-        self.ema = make_ema(self.model, cfg.ema_decay, cfg.ema_warmup) if cfg.ema_decay else None
-        self.schedule = ResolutionSchedule.of(cfg)
+        self.ema = cfg.ema.make(self.model)
+        self.schedule = cfg.resolution_schedule
         self.scaler = torch.amp.GradScaler(device.type, enabled=self.rt.amp_dtype == torch.float16)
         self.net = (DistributedDataParallel(self.model, device_ids=[device.index] if device.type == "cuda" else None)
                     if self.dist.enabled else self.model)
         if cfg.compile:
             self.net = torch.compile(self.net)
-        self.step = TrainStep(self.model, self.net, self.optimizer, self.scaler, BatchRecipe(cfg, len(self.classes), device),
-                              self.normalizer, self.rt,
+        recipe = BatchRecipe(cfg.erasing, cfg.mixing, cfg.loss_settings, len(self.classes), device)
+        self.step = TrainStep(self.model, self.net, self.optimizer, self.scaler, recipe, self.normalizer, self.rt,
                               cfg.seed, cfg.batch_size, cfg.accum_steps, cfg.clip_grad, self._note_skipped)
         batches = dict(n=len(self.train_split), global_batch=cfg.batch_size, seed=cfg.seed, rank=self.dist.rank,
                        world=self.dist.world, accum=cfg.accum_steps)
@@ -149,7 +149,7 @@ class Trainer:
             preprocessing=self.prep.override("fixres train: the resolution its last epoch trained at",
                                              train_res=trained_at),
             epoch=p.epoch, step=p.step, metrics={k: v for k, v in metrics.items() if not k.startswith("ema_")},
-            recipe=recipe_record(self.cfg, self.schedule), ema=ema, selection=self.selection.record("model"),
+            recipe=self.cfg.recipe_record(), ema=ema, selection=self.selection.record("model"),
             data_digest=f"{self.data.train.digest()}-{self.data.val.digest()}", model_kwargs=self.create_kwargs,
             holdout={"fraction": self.cfg.holdout, "seed": self.cfg.seed, "images": len(self.holdout_split)}
             if self.cfg.holdout else None)
@@ -303,7 +303,7 @@ class Trainer:
         cfg = self.cfg
         return self.folder.summary(self.position, {
             "model": cfg.model, "classes": len(self.classes), "train_res": cfg.train_res, "test_res": cfg.eval_res,
-            "best_chosen_on": self.selection.split, "recipe": recipe_record(cfg, self.schedule),
+            "best_chosen_on": self.selection.split, "recipe": cfg.recipe_record(),
             "peak_memory_mb": peak_memory_mb(self.device), "device": str(self.device), "world_size": self.dist.world,
             "skipped_files": len(self.skipped)}, ema=self.ema is not None)
 

@@ -14,7 +14,10 @@ settings, and makes their randomness a function of the run's seed:
   run replays them without storing their states, and two processes mix the same images as
   one process with two accumulation steps.
 
-Nothing here imports the training configuration: functions take it as an argument.
+Each part's settings are a small frozen dataclass that checks itself (:class:`Erasing`,
+:class:`Mixing`, :class:`Loss`, :class:`Ema`, :class:`ResolutionSchedule`); the training
+configuration (:mod:`fixres.train.config`) builds them from its flat flags, so nothing here
+imports it.
 """
 from __future__ import annotations
 
@@ -23,7 +26,7 @@ import difflib
 import random
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Any, Callable, Iterator
+from typing import Callable, Iterator
 
 import numpy as np
 import torch
@@ -149,28 +152,118 @@ def train_transform(base: TrainTransform, auto_augment: str | None, mean: tuple[
     return AugmentedTrainTransform(base, auto_augment, tuple(mean)) if auto_augment else base
 
 
+# ----------------------------------------------------------------------------- the parts' settings
+def _unit(name: str, value: float) -> None:
+    if not 0 <= value <= 1:
+        raise FixresError(f"{name} must be in [0, 1], got {value}")
+
+
+@dataclass(frozen=True)
+class Erasing:
+    """timm's ``RandomErasing`` (``--reprob``, ``--remode``, ``--recount``); ``prob`` 0: off."""
+
+    prob: float = 0.0
+    mode: str = "pixel"
+    count: int = 1
+
+    def __post_init__(self):
+        _unit("random_erasing", self.prob)
+        if self.count < 1:
+            raise FixresError(f"random_erasing_count must be at least 1, got {self.count}")
+
+    def record(self) -> dict | None:
+        return {"prob": self.prob, "mode": self.mode, "count": self.count} if self.prob else None
+
+
+@dataclass(frozen=True)
+class Mixing:
+    """timm's ``Mixup`` (``--mixup``, ``--cutmix``, ``--mixup-prob``, ``--mixup-switch-prob``,
+    ``--mixup-mode``); both alphas 0: off."""
+
+    mixup: float = 0.0
+    cutmix: float = 0.0
+    prob: float = 1.0
+    switch_prob: float = 0.5
+    mode: str = "batch"
+
+    def __post_init__(self):
+        _unit("mixup_prob", self.prob)
+        _unit("mixup_switch_prob", self.switch_prob)
+        if self.mixup < 0 or self.cutmix < 0:
+            raise FixresError("mixup and cutmix alphas must not be negative")
+
+    @property
+    def on(self) -> bool:
+        return self.mixup > 0 or self.cutmix > 0
+
+    def record(self) -> dict | None:
+        return {"mixup_alpha": self.mixup, "cutmix_alpha": self.cutmix, "prob": self.prob,
+                "switch_prob": self.switch_prob, "mode": self.mode} if self.on else None
+
+
+@dataclass(frozen=True)
+class Loss:
+    """The loss, chosen as timm's train.py chooses it: cross-entropy (soft-target under mixup) or
+    ``BinaryCrossEntropy`` (ResNet Strikes Back), with label smoothing."""
+
+    name: str = "ce"
+    label_smoothing: float = 0.0
+    bce_target_thresh: float | None = None
+
+    def __post_init__(self):
+        _unit("label_smoothing", self.label_smoothing)
+        if self.bce_target_thresh is not None:
+            if self.name != "bce":
+                raise FixresError("bce_target_thresh applies to --loss bce only")
+            if not 0 < self.bce_target_thresh < 1:
+                raise FixresError(f"bce_target_thresh must be in (0, 1), got {self.bce_target_thresh}")
+
+
+@dataclass(frozen=True)
+class Ema:
+    """timm's ``ModelEmaV3`` of the weights (``--model-ema-decay``, ``--model-ema-warmup``); ``decay``
+    None: off."""
+
+    decay: float | None = None
+    warmup: bool = False
+
+    def __post_init__(self):
+        if self.decay is not None and not 0 < self.decay < 1:
+            raise FixresError(f"ema_decay must be in (0, 1) (e.g. 0.9998), got {self.decay}")
+        if self.warmup and self.decay is None:
+            raise FixresError("--ema-warmup needs --ema-decay")
+
+    def make(self, model: torch.nn.Module):
+        """The EMA of ``model`` (a float32 copy on the model's device), or None when off."""
+        from timm.utils import ModelEmaV3
+        return None if self.decay is None else ModelEmaV3(model, decay=self.decay, use_warmup=self.warmup)
+
+    def record(self) -> dict | None:
+        return {"decay": self.decay, "warmup": self.warmup} if self.decay else None
+
+
 # ----------------------------------------------------------------------------- batch recipe
 class BatchRecipe:
     """Random erasing and mixup / CutMix on a normalised device batch, and the loss that goes
     with the targets they produce -- timm's ``RandomErasing``, ``Mixup``,
     ``SoftTargetCrossEntropy`` and ``BinaryCrossEntropy``, chosen as timm's train.py chooses."""
 
-    def __init__(self, cfg: Any, num_classes: int, device: torch.device):
+    def __init__(self, erasing: Erasing, mixing: Mixing, loss: Loss, num_classes: int, device: torch.device):
         from timm.data import Mixup
         from timm.data.random_erasing import RandomErasing
         from timm.loss import BinaryCrossEntropy, SoftTargetCrossEntropy
         self.device = device
-        self.erasing = (RandomErasing(cfg.random_erasing, mode=cfg.random_erasing_mode, max_count=cfg.random_erasing_count,
-                                      device=str(device)) if cfg.random_erasing > 0 else None)
-        self.mixup = (Mixup(mixup_alpha=cfg.mixup, cutmix_alpha=cfg.cutmix, prob=cfg.mixup_prob,
-                            switch_prob=cfg.mixup_switch_prob, mode=cfg.mixup_mode, label_smoothing=cfg.label_smoothing,
-                            num_classes=num_classes) if cfg.mixes else None)
-        if cfg.loss == "bce":   # smoothing applies to hard targets only: mixed ones are smoothed by Mixup
-            self.criterion = BinaryCrossEntropy(smoothing=cfg.label_smoothing, target_threshold=cfg.bce_target_thresh)
+        self.erasing = (RandomErasing(erasing.prob, mode=erasing.mode, max_count=erasing.count, device=str(device))
+                        if erasing.prob > 0 else None)
+        self.mixup = (Mixup(mixup_alpha=mixing.mixup, cutmix_alpha=mixing.cutmix, prob=mixing.prob,
+                            switch_prob=mixing.switch_prob, mode=mixing.mode, label_smoothing=loss.label_smoothing,
+                            num_classes=num_classes) if mixing.on else None)
+        if loss.name == "bce":   # smoothing applies to hard targets only: mixed ones are smoothed by Mixup
+            self.criterion = BinaryCrossEntropy(smoothing=loss.label_smoothing, target_threshold=loss.bce_target_thresh)
         elif self.mixup is not None:
             self.criterion = SoftTargetCrossEntropy()
         else:
-            smoothing = cfg.label_smoothing
+            smoothing = loss.label_smoothing
             self.criterion = lambda logits, y: F.cross_entropy(logits, y, label_smoothing=smoothing)
 
     @property
@@ -192,13 +285,6 @@ class BatchRecipe:
         return x, y
 
 
-# ----------------------------------------------------------------------------- EMA
-def make_ema(model: torch.nn.Module, decay: float, warmup: bool):
-    """timm's ``ModelEmaV3`` of ``model`` (a float32 copy on the model's device)."""
-    from timm.utils import ModelEmaV3
-    return ModelEmaV3(model, decay=decay, use_warmup=warmup)
-
-
 # ----------------------------------------------------------------------------- progressive resizing
 @dataclass(frozen=True)
 class ResolutionSchedule:
@@ -212,10 +298,27 @@ class ResolutionSchedule:
     step: int = 32
 
     @classmethod
-    def of(cls, cfg: Any) -> "ResolutionSchedule":
-        if cfg.progressive_from is None:
-            return cls(cfg.train_res, cfg.train_res)
-        return cls(cfg.progressive_from, cfg.train_res, tuple(cfg.progressive_epochs), cfg.progressive_step)
+    def plan(cls, train_res: int, epochs: int, start: int | None = None, ramp: tuple[int, int] | None = None,
+             step: int = 32) -> "ResolutionSchedule":
+        """The schedule of a run of ``epochs`` ending at ``train_res``, rising from ``start`` over
+        ``ramp`` (default :func:`default_ramp`) when given; checked (one-line errors)."""
+        if start is None:
+            if ramp is not None:
+                raise FixresError("--progressive-epochs needs --progressive-from (the first, lower, resolution)")
+            return cls(train_res, train_res)
+        check_resolution(start, "progressive_from")
+        if start >= train_res:
+            raise FixresError(f"progressive resizing must increase: progressive_from {start} is not below "
+                              f"train_res {train_res} (the final training resolution)")
+        if step < 1:
+            raise FixresError(f"progressive_step must be at least 1, got {step}")
+        if epochs < 2:
+            raise FixresError("progressive resizing needs at least 2 epochs")
+        a, b = default_ramp(epochs) if ramp is None else ramp
+        if not 0 <= a < b <= epochs - 1:
+            raise FixresError(f"progressive_epochs {a} {b}: the ramp must lie within the epochs, 0 <= A < B <= "
+                              f"{epochs - 1} (0-based; the final resolution is trained from epoch B on)")
+        return cls(start, train_res, (a, b), step)
 
     @property
     def progressive(self) -> bool:
@@ -239,80 +342,3 @@ def default_ramp(epochs: int) -> tuple[int, int]:
     """About FFCV's ratios (16 epochs: 11 -> 13; 88 epochs: 65 -> 76)."""
     end = max(1, min(epochs - 1, round(0.83 * epochs)))
     return min(end - 1, round(0.7 * epochs)), end
-
-
-# ----------------------------------------------------------------------------- validation
-def check_recipe(cfg: Any) -> None:
-    """Validate the recipe settings of a training configuration (one-line errors)."""
-    check_optimizer(cfg.optimizer)
-    if cfg.auto_augment is not None:
-        augment_policy(cfg.auto_augment, cfg.train_res)
-        if cfg.color_jitter and "3a" not in cfg.auto_augment:
-            raise FixresError(f"--color-jitter with --auto-augment {cfg.auto_augment}: timm turns colour jitter off "
-                              "when an auto-augment policy is on (except the 3a policies), so the pair is not a timm "
-                              "recipe; drop --color-jitter (the policy varies colour itself) or use a 3a policy")
-    for name in ("random_erasing", "mixup_prob", "mixup_switch_prob"):
-        if not 0 <= getattr(cfg, name) <= 1:
-            raise FixresError(f"{name} must be in [0, 1], got {getattr(cfg, name)}")
-    if cfg.random_erasing_count < 1:
-        raise FixresError(f"random_erasing_count must be at least 1, got {cfg.random_erasing_count}")
-    if cfg.mixup < 0 or cfg.cutmix < 0:
-        raise FixresError("mixup and cutmix alphas must not be negative")
-    if cfg.bce_target_thresh is not None:
-        if cfg.loss != "bce":
-            raise FixresError("bce_target_thresh applies to --loss bce only")
-        if not 0 < cfg.bce_target_thresh < 1:
-            raise FixresError(f"bce_target_thresh must be in (0, 1), got {cfg.bce_target_thresh}")
-    if cfg.ema_decay is not None and not 0 < cfg.ema_decay < 1:
-        raise FixresError(f"ema_decay must be in (0, 1) (e.g. 0.9998), got {cfg.ema_decay}")
-    if cfg.ema_warmup and cfg.ema_decay is None:
-        raise FixresError("--ema-warmup needs --ema-decay")
-    if cfg.aug_repeats < 1:
-        raise FixresError(f"aug_repeats must be at least 1, got {cfg.aug_repeats}")
-    check_progressive(cfg)
-
-
-def check_progressive(cfg: Any) -> None:
-    if cfg.progressive_from is None:
-        if cfg.progressive_epochs is not None:
-            raise FixresError("--progressive-epochs needs --progressive-from (the first, lower, resolution)")
-        return
-    check_resolution(cfg.progressive_from, "progressive_from")
-    if cfg.progressive_from >= cfg.train_res:
-        raise FixresError(f"progressive resizing must increase: progressive_from {cfg.progressive_from} is not below "
-                          f"train_res {cfg.train_res} (the final training resolution)")
-    if cfg.progressive_step < 1:
-        raise FixresError(f"progressive_step must be at least 1, got {cfg.progressive_step}")
-    if cfg.epochs < 2:
-        raise FixresError("progressive resizing needs at least 2 epochs")
-    a, b = cfg.progressive_epochs
-    if not 0 <= a < b <= cfg.epochs - 1:
-        raise FixresError(f"progressive_epochs {a} {b}: the ramp must lie within the epochs, 0 <= A < B <= "
-                          f"{cfg.epochs - 1} (0-based; the final resolution is trained from epoch B on)")
-
-
-def check_pipeline(cfg: Any, pipeline: str) -> None:
-    """Refuse what the resolved data pipeline cannot do. The fast pipeline crops and resizes
-    whole batches (on the GPU with the device decoder): mixup/CutMix, random erasing, EMA,
-    repeated augmentation and progressive resizing work with it; the per-image PIL policies
-    (RandAugment, AutoAugment, AugMix, TrivialAugment) do not."""
-    if pipeline == "fast" and cfg.auto_augment:
-        raise FixresError(f"--auto-augment {cfg.auto_augment} is a per-image PIL transform that the fast pipeline "
-                          "does not run; use --pipeline pil (the fast pipeline supports mixup/CutMix, random "
-                          "erasing, EMA, repeated augmentation and progressive resizing)")
-
-
-def recipe_record(cfg: Any, schedule: ResolutionSchedule) -> dict:
-    """What a checkpoint records of its training recipe (beyond the crop settings in its
-    preprocessing record)."""
-    return {"optimizer": cfg.optimizer, "schedule": cfg.schedule, "loss": cfg.loss,
-            "label_smoothing": cfg.label_smoothing, "bce_target_thresh": cfg.bce_target_thresh,
-            "auto_augment": cfg.auto_augment,
-            "random_erasing": {"prob": cfg.random_erasing, "mode": cfg.random_erasing_mode,
-                               "count": cfg.random_erasing_count} if cfg.random_erasing else None,
-            "mixup": {"mixup_alpha": cfg.mixup, "cutmix_alpha": cfg.cutmix, "prob": cfg.mixup_prob,
-                      "switch_prob": cfg.mixup_switch_prob, "mode": cfg.mixup_mode} if cfg.mixes else None,
-            "aug_repeats": cfg.aug_repeats,
-            "ema": {"decay": cfg.ema_decay, "warmup": cfg.ema_warmup} if cfg.ema_decay else None,
-            "train_res_schedule": schedule.row() if schedule.progressive else None,
-            "weights": "model"}

@@ -24,12 +24,18 @@ from ...core.runtime import resolve_device
 from ...data.synth import synthesize
 from ...measure.costs import PeakMemory, model_flops
 from ...measure.infer import EvalResult
-from ...measure.sweep import sweep_checkpoint
+from ...measure.sweep import SweepOptions, sweep_checkpoint
 from ...measure.sweep_report import sweep_json, write_sweep
 from ...models.checkpoint import versions
 from ...train.config import TrainConfig
 from ...train.loop import fit
-from .config import GridConfig, adapt_options, check_data_fits, config_dict, differing_keys
+from .config import (
+    GridConfig,
+    adapt_options,
+    check_data_fits,
+    config_dict,
+    differing_keys,
+)
 
 CELLS = "cells"
 
@@ -152,8 +158,10 @@ def ensure_swept(gdir: GridDir, name: str, checkpoint: Path, data: Path, test_re
     t0 = time.perf_counter()
     # timing=False: a grid compares accuracies across runs; its cost table counts FLOPs (timings of
     # a shared machine would differ from cell to cell for no reason of the model's)
-    result = sweep_checkpoint(checkpoint, data, test_res=test_res, select_on=cfg.select_on, timing=False,
-                              batch_size=cfg.sweep_batch_size, workers=cfg.workers, device=cfg.device, amp=cfg.amp,
+    result = sweep_checkpoint(checkpoint, data,
+                              SweepOptions(test_res=test_res, select_on=cfg.select_on, timing=False,
+                                           batch_size=cfg.sweep_batch_size, workers=cfg.workers, device=cfg.device,
+                                           amp=cfg.amp),
                               quiet=quiet)
     seconds = round(time.perf_counter() - t0, 2)
     write_sweep(result, gdir.path(name), overwrite=True)

@@ -95,3 +95,34 @@ def test_data_commands_grid_and_analyze_check_their_output_first(colour_data, tm
             code, _, err = run_cli(capsys, *argv)
             one_line_error(code, err, reason)
             assert not out.exists()
+
+
+@pytest.mark.parametrize("command", ["sweep", "stats"])
+def test_an_interrupted_write_leaves_the_earlier_outputs_or_none(trained_run, colour_data, tmp_path, capsys,
+                                                                 monkeypatch, command):
+    """Ctrl-C while the files are written (here: during the last figure) keeps the earlier set
+    whole with --overwrite, and leaves no folder at a fresh --out; never a mix."""
+    import fixres.core.plots
+    import fixres.measure.stats_plots
+    out = tmp_path / command
+    args = [command, "--checkpoint", trained_run, "--data", colour_data, "--test-res", 32, 40, "--workers", 0,
+            "--batch-size", 12, "--quiet", *(["--no-timing"] if command == "sweep" else ["--images", 12]), "--out", out]
+    code, _, err = run_cli(capsys, *args)
+    assert code == 0, err
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+
+    def interrupted(*a, **k):
+        raise KeyboardInterrupt
+    module, name = ((fixres.core.plots, "plot_costs") if command == "sweep"
+                    else (fixres.measure.stats_plots, "plot_vs_resolution"))
+    monkeypatch.setattr(module, name, interrupted)
+    if command == "stats":
+        import fixres.measure.stats_report
+        monkeypatch.setattr(fixres.measure.stats_report, name, interrupted)
+    code, _, err = run_cli(capsys, *args, "--overwrite")
+    assert code == 130, err and "interrupted" in err
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before          # the earlier set, whole
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []   # no temporary left
+    fresh = tmp_path / "fresh"
+    code, _, _ = run_cli(capsys, *args[:-1], fresh)
+    assert code == 130 and not fresh.exists()

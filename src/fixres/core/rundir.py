@@ -57,16 +57,35 @@ def prepare_run_dir(out: str | Path, *, resume: bool = False, overwrite: bool = 
 
 def prepare_output_files(out: str | Path, names: Sequence[str], *, overwrite: bool = False,
                          keep: bool = True) -> Path:
-    """Check ``out`` for a directory that will receive the files ``names`` (it may hold other
-    files): refuse to replace them without ``overwrite``; prove it writable (see
-    :func:`ensure_writable_dir` for ``keep``). Called before the work and again to write."""
+    """Check ``out`` for a folder that will hold the files ``names`` as one unit (see
+    :func:`output_files`), before the work: it must not exist, be empty, or -- with
+    ``overwrite`` -- hold nothing but an earlier set of those files (a folder with other files
+    is refused: replacing it whole would delete them). Proves it writable (see
+    :func:`ensure_writable_dir` for ``keep``)."""
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise FixresError(f"output {out} exists and is not a directory")
-    present = [name for name in names if (out / name).exists()]
-    if present and not overwrite:
-        raise FixresError(f"{out} already holds {', '.join(present)} (use --overwrite to replace, or another --out)")
+    entries = sorted(e.name for e in out.iterdir()) if out.is_dir() else []
+    foreign = [name for name in entries if name not in names]
+    if foreign:
+        shown = ", ".join(foreign[:3]) + (", ..." if len(foreign) > 3 else "")
+        raise FixresError(f"{out} holds other files ({shown}): these outputs are written as one folder, which "
+                          "replaces what is there; choose a new or empty --out (e.g. a sub-folder)")
+    if entries and not overwrite:
+        raise FixresError(f"{out} already holds {', '.join(entries)} (use --overwrite to replace, or another --out)")
     return ensure_writable_dir(out, keep=keep)
+
+
+@contextmanager
+def output_files(out: str | Path, names: Sequence[str], *, overwrite: bool = False) -> Iterator[Path]:
+    """Write the files ``names`` of the folder ``out`` as one unit: yields a temporary sibling
+    folder to write them into, renamed onto ``out`` when the block ends (replacing the earlier
+    set with ``overwrite``). An interrupt leaves the earlier set or nothing, never a mix."""
+    out = prepare_output_files(out, names, overwrite=overwrite, keep=False)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(out, existing="replace" if overwrite else "empty", fsync=True) as tmp:
+        tmp.mkdir()
+        yield tmp
 
 
 def prepare_output_file(path: str | Path) -> Path:

@@ -8,7 +8,7 @@ import csv
 import io
 from pathlib import Path
 
-from ..core.rundir import prepare_output_files, write_json, write_text
+from ..core.rundir import output_files, write_json, write_text
 from ..core.tables import table
 from ..models.checkpoint import versions
 from .stats import DISTANCES, STATS_FILES, ZEROS, StatsResult
@@ -47,14 +47,15 @@ def stats_table(result: StatsResult) -> str:
 
 
 def write_stats(result: StatsResult, out_dir: str | Path, *, overwrite: bool = False) -> list[Path]:
-    """Write ``stats.csv``, ``stats.json`` and the two figures (refusing to replace them)."""
-    out = prepare_output_files(out_dir, STATS_FILES, overwrite=overwrite)
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=list(result.rows[0].row()), lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(r.row() for r in result.rows)
-    write_text(out / "stats.csv", buf.getvalue())
-    write_json(out / "stats.json", stats_json(result))
-    plot_cdfs(result, out / "stats-cdf.png")
-    plot_vs_resolution(result, out / "stats-vs-res.png")
-    return [out / name for name in STATS_FILES]
+    """Write ``stats.csv``, ``stats.json`` and the two figures as the folder ``out_dir``, one
+    unit (replacing earlier stats there only with ``overwrite``)."""
+    with output_files(out_dir, STATS_FILES, overwrite=overwrite) as out:
+        buf = io.StringIO()
+        writer = csv.DictWriter(buf, fieldnames=list(result.rows[0].row()), lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(r.row() for r in result.rows)
+        write_text(out / "stats.csv", buf.getvalue())
+        write_json(out / "stats.json", stats_json(result))
+        plot_cdfs(result, out / "stats-cdf.png")
+        plot_vs_resolution(result, out / "stats-vs-res.png")
+    return [Path(out_dir) / name for name in STATS_FILES]

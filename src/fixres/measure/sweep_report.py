@@ -9,7 +9,7 @@ import csv
 import io
 from pathlib import Path
 
-from ..core.rundir import prepare_output_files, write_json, write_text
+from ..core.rundir import output_files, write_json, write_text
 from ..core.tables import table
 from ..data.transforms import EvalTransform
 from ..models.checkpoint import versions
@@ -154,10 +154,15 @@ def _marks(result: SweepResult) -> tuple[tuple | None, list[tuple]]:
 
 
 def write_sweep(result: SweepResult, out_dir: str | Path, *, overwrite: bool = False) -> list[Path]:
-    """Write ``sweep.csv``, ``sweep.json``, ``sweep.png`` and ``sweep-cost.png`` into ``out_dir``
-    (refusing to replace them)."""
+    """Write ``sweep.csv``, ``sweep.json``, ``sweep.png`` and ``sweep-cost.png`` as the folder
+    ``out_dir``, one unit (replacing an earlier sweep there only with ``overwrite``)."""
+    with output_files(out_dir, SWEEP_FILES, overwrite=overwrite) as tmp:
+        _write_sweep(result, tmp)
+    return [Path(out_dir) / name for name in SWEEP_FILES]
+
+
+def _write_sweep(result: SweepResult, out: Path) -> None:
     from ..core.plots import plot_costs, plot_sweep  # matplotlib is imported when a figure is drawn, not at start-up
-    out = prepare_output_files(out_dir, SWEEP_FILES, overwrite=overwrite)
     rows = [*(() if result.selected_on_report else result.selection_rows), *result.rows]
     write_text(out / "sweep.csv", _csv(rows))
     write_json(out / "sweep.json", sweep_json(result))
@@ -167,7 +172,6 @@ def write_sweep(result: SweepResult, out_dir: str | Path, *, overwrite: bool = F
     best, deploy = _marks(result)
     plot_costs({"": result.rows}, out / "sweep-cost.png", train_res=result.train_res, best={"": best},
                deploy={"": deploy}, title=_cost_title(result, model))
-    return [out / name for name in SWEEP_FILES]
 
 
 def _cost_title(result: SweepResult, model: str) -> str:
@@ -234,9 +238,15 @@ def comparison_table(comp: SweepComparison) -> str:
 
 def write_comparison(comp: SweepComparison, out_dir: str | Path, *, overwrite: bool = False) -> list[Path]:
     """The :data:`SWEEP_FILES` of several checkpoints: every row of every checkpoint in one CSV
-    (its ``checkpoint`` column tells them apart), their curves sharing each figure."""
+    (its ``checkpoint`` column tells them apart), their curves sharing each figure; one unit,
+    as :func:`write_sweep`."""
+    with output_files(out_dir, SWEEP_FILES, overwrite=overwrite) as tmp:
+        _write_comparison(comp, tmp)
+    return [Path(out_dir) / name for name in SWEEP_FILES]
+
+
+def _write_comparison(comp: SweepComparison, out: Path) -> None:
     from ..core.plots import plot_costs, plot_sweep
-    out = prepare_output_files(out_dir, SWEEP_FILES, overwrite=overwrite)
     rows = [r for result in comp.results
             for r in (*(() if result.selected_on_report else result.selection_rows), *result.rows)]
     write_text(out / "sweep.csv", _csv(rows))
@@ -250,4 +260,3 @@ def write_comparison(comp: SweepComparison, out_dir: str | Path, *, overwrite: b
     plot_costs({label: result.rows for label, result in comp.items()}, out / "sweep-cost.png",
                train_res=first.train_res, best={k: v[0] for k, v in marks.items()},
                deploy={k: v[1] for k, v in marks.items()}, title=_cost_title(first, model))
-    return [out / name for name in SWEEP_FILES]

@@ -47,10 +47,29 @@ def test_eval_json_counts_every_image(trained, colour_data, capsys):
     assert code == 0
     r = json.loads(out)
     assert r["n"] == 24 and r["n_skipped"] == 0 and r["test_res"] == 40  # the checkpoint's recorded resolution
-    assert 0 <= r["top1"] <= r["top5"] <= 100 and r["loss"] > 0
+    assert 0 <= r["top1"] <= 100 and r["loss"] > 0
+    assert r["top5"] is None               # 3 classes: every top 5 holds the label, not applicable
     code, out, _ = run_cli(capsys, "eval", "--checkpoint", trained / "last" / "model.safetensors", "--data",
                            colour_data, "--test-res", 64, "--crop-pct", 1.0, "--workers", 0)
-    assert code == 0 and "at 64px (crop_pct 1" in out and "images 24" in out
+    assert code == 0 and "at 64px (crop_pct 1" in out and "images 24" in out and "top-5 n/a" in out
+
+
+@pytest.mark.parametrize("classes", [3, 5, 6, 10])
+def test_top5_is_reported_only_above_five_classes(classes):
+    """With 5 classes or fewer a top-5 prediction always holds the label: 100% says nothing."""
+    import torch
+
+    from fixres.core.runtime import Dist
+    from fixres.measure.infer import Tally
+    tally = Tally(torch.device("cpu"))
+    logits = -torch.arange(classes, dtype=torch.float32).repeat(4, 1)   # class 0 first, then 1, 2, ...
+    tally.add(logits, torch.tensor([0, 1, classes - 1, 0]), 0)
+    result = tally.result(Dist(), test_res=32, crop_pct=1.0, interpolation="bilinear")
+    assert result.top1 == 50.0
+    if classes <= 5:
+        assert result.top5 is None
+    else:     # classes 0-4 are the top 5: class classes-1 (>= 5) is missed
+        assert result.top5 == 75.0
 
 
 def test_existing_run_directory_is_never_overwritten(trained, colour_data, capsys, tmp_path):

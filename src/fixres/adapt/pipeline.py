@@ -17,6 +17,7 @@ from torch import nn
 from ..core.errors import FixresError
 from ..core.options import to_dict
 from ..core.rundir import prepare_run_dir, write_json
+from ..core.tables import pct
 from ..core.runtime import Dist, Runtime, barrier, gather_lists
 from ..data.loader import ImageDataset, Skipped
 from ..data.pipeline import ordered_batches
@@ -49,6 +50,18 @@ class AdaptResult:
     seconds: float
     report: dict              # = meta.adaptation = DIR/adapt.json
     out: Path | None
+
+    def record(self) -> dict:
+        """What ``fixres adapt --json`` prints (adapt.json)."""
+        return {**self.report, "checkpoint": str(self.out), "weights_sha256": self.meta.weights_sha256}
+
+    def text(self) -> str:
+        r = self.report
+        how = f"{r['execution']}, {r['epochs']} epochs, " if r["epochs"] else f"{r['execution']}, "
+        return (f"{self.meta.model} adapted to {r['test_res']}px with {r['method']} ({how}{r['images']['used']} "
+                f"images) in {r['seconds']['total']:.1f}s: val top-1 {r['before']['top1']:.2f} -> "
+                f"{r['after']['top1']:.2f}, top-5 {pct(r['before']['top5'])} -> {pct(r['after']['top5'])} "
+                f"({r['after']['n']} images); checkpoint: {self.out}")
 
 
 def check_label_coverage(opts: AdaptOptions, imgs: Images, opened: Opened) -> None:
@@ -113,10 +126,11 @@ def adapt_checkpoint(checkpoint: "str | Path | ModelSource", data: str | Path, o
                                 metrics={f"val_{k}": v for k, v in after.row().items()})
     if out is not None and dist_env.is_main:
         new_meta = save_checkpoint(out, ctx.model, new_meta)
-        write_json(Path(out) / "adapt.json", {**report, "checkpoint": str(out),
-                                              "weights_sha256": new_meta.weights_sha256})
+    result = AdaptResult(ctx.model, new_meta, before, after, seconds, report, None if out is None else Path(out))
+    if out is not None and dist_env.is_main:
+        write_json(Path(out) / "adapt.json", result.record())
     barrier(dist_env)
-    return AdaptResult(ctx.model, new_meta, before, after, seconds, report, None if out is None else Path(out))
+    return result
 
 
 def _prepare(model_source: ModelSource, data: str | Path, opts: AdaptOptions, rt: Runtime) -> "_Context":
@@ -170,7 +184,7 @@ class _Context:
         k = self.prep.test_res
         result, _ = evaluate(self.model, self.imgs.val, self.prep, self.rt, batch_size=self.opts.batch_size,
                              label=f"val@{k} {when}")
-        self.rt.log(f"{when}: val@{k} top-1 {result.top1:.2f}  top-5 {result.top5:.2f}  loss {result.loss:.4f}  "
+        self.rt.log(f"{when}: val@{k} top-1 {result.top1:.2f}  top-5 {pct(result.top5)}  loss {result.loss:.4f}  "
                     f"({result.n} images)")
         return result
 

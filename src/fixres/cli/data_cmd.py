@@ -5,31 +5,34 @@ from pathlib import Path
 
 from ..core.errors import FixresError
 from ..core.rundir import ensure_writable_dir
+from .common import add_output_flags, command
 
 
 def register(sub) -> None:
-    p = sub.add_parser("data", help="dataset utilities", description="Dataset utilities.")
+    p = command(sub, "data", "dataset utilities", """
+        Dataset utilities.
+    """)
     data_sub = p.add_subparsers(dest="data_command", required=True, metavar="SUBCOMMAND", parser_class=type(p))
 
-    s = data_sub.add_parser("synth", help="write the embedded synthetic dataset (ImageFolder of JPEGs)",
-                            description="Write OUT/train/<class>/*.jpg and OUT/val/<class>/*.jpg: badges whose class "
-                                        "is a fine texture, at varied sizes and positions on cluttered backgrounds. "
-                                        "Deterministic for a seed.")
+    s = command(data_sub, "synth", "write the embedded synthetic dataset (ImageFolder of JPEGs)", """
+        Write OUT/train/<class>/*.jpg and OUT/val/<class>/*.jpg: badges whose class is a fine texture,
+        at varied sizes and positions on cluttered backgrounds. Deterministic for a seed.
+    """)
     s.add_argument("out", help="output directory (must not hold a dataset already)")
     s.add_argument("--classes", type=int, default=10, help="number of classes (default: 10)")
     s.add_argument("--train-per-class", type=int, default=400, help="training images per class (default: 400)")
     s.add_argument("--val-per-class", type=int, default=100, help="validation images per class (default: 100)")
     s.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     s.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
-    s.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_output_flags(s, quiet="no progress bar", json=None)
     s.set_defaults(handler=run_synth)
 
-    k = data_sub.add_parser("pack", help="convert an ImageFolder into a packed store for fast reading",
-                            description="Write SRC (a dataset with train/ and val/, or one split of class "
-                                        "directories) into OUT as packed stores: a few large shard files plus an "
-                                        "index, memory-mapped when read. Every command that takes a dataset "
-                                        "directory takes OUT. Resumable: run it again to continue an interrupted "
-                                        "pack. Verified on completion. With --verify and one path, check a store.")
+    k = command(data_sub, "pack", "convert an ImageFolder into a packed store for fast reading", """
+        Write SRC (a dataset with train/ and val/, or one split of class directories) into OUT as packed
+        stores: a few large shard files plus an index, memory-mapped when read. Every command that takes
+        a dataset directory takes OUT. Resumable: run it again to continue an interrupted pack. Verified
+        on completion. With --verify and one path, check a store.
+    """)
     k.add_argument("src", help="ImageFolder dataset or split to pack (with --verify alone: the store to check)")
     k.add_argument("out", nargs="?", help="output directory (new, or an interrupted pack of the same SRC)")
     k.add_argument("--max-size", type=int, default=None,
@@ -42,12 +45,13 @@ def register(sub) -> None:
     k.add_argument("--shard-size", type=float, default=1024, metavar="MB", help="shard size in MB (default: 1024)")
     k.add_argument("--workers", type=int, default=None, help="encoding processes (default: all cores)")
     k.add_argument("--verify", action="store_true", help="with one path: verify that store instead of packing")
-    k.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_output_flags(k, quiet="no progress bar", json=None)
     k.set_defaults(handler=run_pack)
 
-    v = data_sub.add_parser("verify", help="check every byte of a packed store",
-                            description="Check a packed store (or every split store of a packed dataset): "
-                                        "format version, counts, shard sizes and SHA-256, every image's CRC32.")
+    v = command(data_sub, "verify", "check every byte of a packed store", """
+        Check a packed store (or every split store of a packed dataset): format version, counts, shard
+        sizes and SHA-256, every image's CRC32.
+    """)
     v.add_argument("store", help="packed store, or packed dataset directory")
     v.set_defaults(handler=run_verify)
 

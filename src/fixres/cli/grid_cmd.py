@@ -4,7 +4,7 @@ from __future__ import annotations
 from ..core.options import add_arguments, from_namespace
 from ..experiments.grid import GridConfig, load_config, run_grid
 from ..experiments.grid.config import SECTIONS, parse_sets
-from .common import print_json
+from .common import add_output_flags, command, print_json
 
 
 def add_experiment_flags(p, cls) -> None:
@@ -15,8 +15,7 @@ def add_experiment_flags(p, cls) -> None:
     p.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE",
                    help="a setting of the train or adapt section, e.g. --set train.epochs=5 --set adapt.method=bn "
                         "(repeatable; merged into the config file's section)")
-    p.add_argument("--quiet", action="store_true", help="no progress bars and no stage lines")
-    p.add_argument("--json", action="store_true", help="print the whole result as JSON")
+    add_output_flags(p, quiet="no progress bars and no stage lines", json="print the whole result as JSON")
 
 
 def experiment_config(args, cls):
@@ -26,13 +25,13 @@ def experiment_config(args, cls):
 
 
 def register(sub) -> None:
-    p = sub.add_parser("grid", help="train at several resolutions, sweep and adapt each: the paper's tables",
-                       description="Train a model at each training resolution, sweep every run over the test "
-                                   "resolutions, adapt it at each test resolution, and write top-1 tables (train res "
-                                   "x test res, without and with adaptation) and a cost table into --out. Run it "
-                                   "again to continue an interrupted grid: finished cells are never recomputed. "
-                                   "Without --data (or data: in the config) it runs on the embedded synthetic "
-                                   "dataset, CI-sized by default. See docs/grid.md.")
+    p = command(sub, "grid", "train at several resolutions, sweep and adapt each: the paper's tables", """
+        Train a model at each training resolution, sweep every run over the test resolutions, adapt it
+        at each test resolution, and write top-1 tables (train res x test res, without and with
+        adaptation) and a cost table into --out. Run it again to continue an interrupted grid: finished
+        cells are never recomputed. Without --data (or data: in the config) it runs on the embedded
+        synthetic dataset, CI-sized by default. See docs/grid.md.
+    """)
     add_experiment_flags(p, GridConfig)
     p.set_defaults(handler=run)
 

@@ -2,22 +2,22 @@
 from __future__ import annotations
 
 from ..core.errors import FixresError
-from ..deploy.predict import classify, load_classifier
-from .common import add_model_source, model_source, print_json
+from ..deploy.predict import classify, load_classifier, predictions_text
+from .common import add_model_source, add_output_flags, command, finish, model_source
 
 
 def register(sub) -> None:
-    p = sub.add_parser("predict", help="classify image files with a checkpoint or an exported folder",
-                       description="Print the top-k classes and probabilities of each image, preprocessed as the "
-                                   "checkpoint records (resize floor(test_res / crop_pct), centre crop test_res, "
-                                   "its interpolation and mean/std). An unreadable image is reported on its line; "
-                                   "the exit code is 2 only if no image could be read.")
+    p = command(sub, "predict", "classify image files with a checkpoint or an exported folder", """
+        Print the top-k classes and probabilities of each image, preprocessed as the checkpoint records
+        (resize floor(test_res / crop_pct), centre crop test_res, its interpolation and mean/std). An
+        unreadable image is reported on its line; the exit code is 2 only if no image could be read.
+    """)
     p.add_argument("images", nargs="+", metavar="IMG", help="image files")
     add_model_source(p, exclude=("restrict_labels", "train_res", "scale", "ratio"))
     p.add_argument("--top-k", type=int, default=5, help="classes to show per image (default: 5)")
     p.add_argument("--batch-size", type=int, default=32, help="images per batch (default: 32)")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default: auto)")
-    p.add_argument("--json", action="store_true", help="print the predictions as JSON")
+    add_output_flags(p, quiet=None, json="print the predictions as JSON")
     p.set_defaults(handler=run)
 
 
@@ -26,17 +26,8 @@ def run(args) -> int:
         raise FixresError(f"--top-k must be at least 1, got {args.top_k}")
     clf = load_classifier(model_source(args))
     rows = classify(clf, args.images, top_k=args.top_k, device=args.device, batch_size=args.batch_size)
-    if args.json:
-        print_json({**clf.describe(), "predictions": [r.row() for r in rows]})
-    else:
-        d = clf.describe()
-        print(f"{d['model']} at {d['test_res']}px (resize {d['resize']}, crop_pct {d['crop_pct']:g}, "
-              f"{d['interpolation']}{', ' + d['crop_mode'] if d['crop_mode'] != 'center' else ''}) from {d['source']}, "
-              f"{d['classes']} classes ({d['labels']})")
-        for r in rows:
-            text = f"unreadable ({r.error})" if r.error else \
-                "  ".join(f"{label} {100 * p:.1f}%" for label, p in zip(r.labels, r.probs))
-            print(f"{r.path}: {text}")
+    finish(args, rows, as_json=lambda rows: {**clf.describe(), "predictions": [r.row() for r in rows]},
+           as_text=lambda rows: predictions_text(clf, rows))
     if all(r.error for r in rows):
         raise FixresError(f"none of the {len(rows)} image(s) could be read")
     return 0

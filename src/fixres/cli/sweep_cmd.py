@@ -16,30 +16,27 @@ from ..measure.sweep_report import (
     write_sweep,
 )
 from ..models.sources import ModelSource
-from .common import add_model_source, report
+from .common import add_model_source, add_output_flags, command, finish
 
 
 def register(sub) -> None:
-    p = sub.add_parser("sweep", help="accuracy against test resolution (one pass over the data)",
-                       description="Evaluate a checkpoint at several test resolutions (and crop_pcts) in one pass: "
-                                   "each image is decoded once and resized to every geometry exactly as "
-                                   "`fixres eval` does. The best resolution is chosen on held-out training images "
-                                   "(or a training sample), then reported on --split. Every row also gives the "
-                                   "resolution's cost (GFLOPs, parameters, measured img/s and latency); --within and "
-                                   "--budget-* choose a resolution to deploy, on the same images as the best. Several "
-                                   "models (a run and its `fixres adapt` outputs) share the table and the plots. "
-                                   "Under torchrun every process takes a shard; rank 0 prints and writes.")
+    p = command(sub, "sweep", "accuracy against test resolution (one pass over the data)", """
+        Evaluate a checkpoint at several test resolutions (and crop_pcts) in one pass: each image is
+        decoded once and resized to every geometry exactly as `fixres eval` does. The best resolution is
+        chosen on held-out training images (or a training sample), then reported on --split. Every row
+        also gives the resolution's cost (GFLOPs, parameters, measured img/s and latency); --within and
+        --budget-* choose a resolution to deploy, on the same images as the best. Several models (a run
+        and its `fixres adapt` outputs) share the table and the plots. Under torchrun every process
+        takes a shard; rank 0 prints and writes.
+    """)
     add_model_source(p, exclude=("checkpoint",))
     p.add_argument("--checkpoint", nargs="+", metavar="CKPT",
                    help="fixres checkpoint(s): run directory (its best checkpoint), checkpoint directory or "
                         "model.safetensors; several (and/or --model): compared side by side (same classes)")
     p.add_argument("--data", required=True, help="dataset directory holding train/ and the reported split")
     add_arguments(p, SweepOptions)
-    p.add_argument("--out", default=None, help="directory to write sweep.csv, sweep.json, sweep.png and sweep-cost.png "
-                                               "into")
-    p.add_argument("--overwrite", action="store_true", help="replace sweep files already in --out")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
-    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    add_output_flags(p, out="folder to write sweep.csv, sweep.json, sweep.png and sweep-cost.png into, as one unit",
+                     overwrite="replace the sweep already in --out")
     p.set_defaults(handler=run)
 
 
@@ -69,4 +66,4 @@ def run(args) -> int:
         write, as_json, as_table = write_comparison, comparison_json, comparison_table
     if not dist_env.is_main:
         return 0
-    return report(args, result, as_json=as_json, as_table=as_table, write=write)
+    return finish(args, result, as_json=as_json, as_text=as_table, write=write)

@@ -8,21 +8,21 @@ from ..core.errors import FixresError
 from ..core.options import add_arguments, build, check_keys, from_namespace, read_yaml
 from ..train.config import TrainConfig
 from ..train.loop import fit
-from ..train.run import stored_config
-from .common import print_json
+from ..train.run import stored_config, summary_text
+from .common import add_output_flags, command, finish
 
 
 def register(sub) -> None:
-    p = sub.add_parser("train", help="train a model at a chosen (low) resolution",
-                       description="Train a timm model on an ImageFolder dataset (DIR/train, DIR/val) at --train-res, "
-                                   "evaluating every epoch at --test-res, into a run directory. "
-                                   "Under torchrun it trains on all processes (DistributedDataParallel).")
+    p = command(sub, "train", "train a model at a chosen (low) resolution", """
+        Train a timm model on an ImageFolder dataset (DIR/train, DIR/val) at --train-res, evaluating
+        every epoch at --test-res, into a run directory. Under torchrun it trains on all processes
+        (DistributedDataParallel).
+    """)
     p.add_argument("--config", metavar="FILE", help="YAML file of settings (command-line flags override it)")
     add_arguments(p, TrainConfig)
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing run directory in --out")
-    p.add_argument("--quiet", action="store_true", help="no progress bar: one line per epoch")
-    p.add_argument("--json", action="store_true", help="print the run summary as JSON")
+    add_output_flags(p, overwrite="replace an existing run directory in --out", quiet="no progress bar: one line per epoch",
+                     json="print the run summary as JSON")
     p.set_defaults(handler=run)
 
 
@@ -48,14 +48,4 @@ def run(args) -> int:
     result = fit(cfg, resume=args.resume, overwrite=args.overwrite, quiet=args.quiet)
     if not result.is_main:  # under torchrun only rank 0 reports
         return 0
-    s = result.summary
-    if args.json:
-        print_json(s)
-    else:
-        best = f"{s['best_val_top1']:.2f}" if s.get("best_val_top1") is not None else "-"
-        ramp = (s.get("recipe") or {}).get("train_res_schedule")
-        res = f"{ramp['start']}->{ramp['end']}px (progressive)" if ramp else f"{s['train_res']}px"
-        print(f"{s['model']} trained at {res} for {s['epochs']} epochs in {s['train_seconds']:.0f}s "
-              f"({s['train_images_per_s']:.0f} img/s); best val top-1 at {s['test_res']}px: {best} "
-              f"(epoch {s['best_epoch']}); run: {result.run_dir}")
-    return 0
+    return finish(args, result.summary, as_json=lambda s: s, as_text=summary_text)

@@ -2,18 +2,18 @@
 from __future__ import annotations
 
 from ..experiments.transfer import TransferConfig, run_transfer
-from .common import print_json
+from .common import command, print_json
 from .grid_cmd import add_experiment_flags, experiment_config
 
 
 def register(sub) -> None:
-    p = sub.add_parser("transfer", help="the paper's transfer protocol: fine-tune at K_train, adapt at K_test",
-                       description="Start from pretrained weights (a local file or fixres checkpoint with --weights; "
-                                   "timm's with --pretrained, online), train the whole network on --data at "
-                                   "--train-res with a new classifier, sweep --test-res, adapt at --adapt-res "
-                                   "(default: the resolution the sweep chose without val) and report val before and "
-                                   "after. "
-                                   "--no-finetune adapts the weights as they are. Resumable. See docs/transfer.md.")
+    p = command(sub, "transfer", "the paper's transfer protocol: fine-tune at K_train, adapt at K_test", """
+        Start from pretrained weights (a local file or fixres checkpoint with --weights; timm's with
+        --pretrained, online), train the whole network on --data at --train-res with a new classifier,
+        sweep --test-res, adapt at --adapt-res (default: the resolution the sweep chose without val) and
+        report val before and after. --no-finetune adapts the weights as they are. Resumable. See
+        docs/transfer.md.
+    """)
     add_experiment_flags(p, TransferConfig)
     p.set_defaults(handler=run)
 

@@ -280,6 +280,23 @@ def export_onnx(model: nn.Module, path: Path, test_res: int, chans: int, *, opse
             "checked_batch": int(check.shape[0]), "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__}
 
 
+def export_text(out: Path, record: dict) -> str:
+    """What ``fixres export`` prints of an export's ``config.json["fixres"]`` record."""
+    adapted = (record.get("adaptation") or {}).get("method")
+    lines = [f"exported {record['model']} to {out}: trained at {record['train_res']}px, "
+             + (f"adapted ({adapted}), " if adapted else "")
+             + f"test preprocessing: resize {record['resize']}, centre crop {record['test_res']} "
+             f"(crop_pct {record['crop_pct']:g}), {record['interpolation']}",
+             f"  timm: timm.create_model('local-dir:{out}', pretrained=True) gives fixres's logits "
+             f"(max abs diff {record['timm_max_abs_diff']:.3g})"]
+    if record.get("onnx"):
+        o = record["onnx"]
+        shape = ", ".join(map(str, o["input_size"]))
+        lines.append(f"  onnx: {o['file']} (opset {o['opset']}, input {o['input']!r} [{shape}]); "
+                     f"ONNX Runtime vs PyTorch max abs diff {o['max_abs_diff']:.3g} (tolerance {o['tolerance']:.3g})")
+    return "\n".join(lines)
+
+
 def read_export(path: str | Path) -> dict:
     """The ``config.json`` of an exported (or any timm local-dir) folder."""
     file = Path(path) / CONFIG

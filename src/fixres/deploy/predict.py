@@ -71,6 +71,19 @@ def load_classifier(source: "str | Path | ModelSource") -> Classifier:
 
 
 @torch.no_grad()
+def predictions_text(classifier: Classifier, rows: list[Prediction]) -> str:
+    """What ``fixres predict`` prints: the preprocessing, then one line per image."""
+    d = classifier.describe()
+    mode = f", {d['crop_mode']}" if d["crop_mode"] != "center" else ""
+    lines = [f"{d['model']} at {d['test_res']}px (resize {d['resize']}, crop_pct {d['crop_pct']:g}, "
+             f"{d['interpolation']}{mode}) from {d['source']}, {d['classes']} classes ({d['labels']})"]
+    for r in rows:
+        text = (f"unreadable ({r.error})" if r.error
+                else "  ".join(f"{label} {100 * p:.1f}%" for label, p in zip(r.labels, r.probs)))
+        lines.append(f"{r.path}: {text}")
+    return "\n".join(lines)
+
+
 def classify(classifier: Classifier, paths: list[str | Path], *, top_k: int = 5, device: str = "auto",
              batch_size: int = 32) -> list[Prediction]:
     """Top-``top_k`` classes and softmax probabilities of each image, in the order given."""

@@ -195,3 +195,13 @@ table.evidence th {{ text-align: left; padding-right: 1em; color: #555; font-wei
 <table class="evidence">{ev}</table>
 </body></html>
 """
+
+
+def demo_text(summary: dict) -> str:
+    """What ``fixres demo`` prints at the end: the story, the table, the timings, the report."""
+    t = summary["timings"]
+    return "\n".join(["", *(f"- {line}" for line in story_lines(summary)),
+                      "\nval top-1 at each test resolution (held-out: the training images that chose the "
+                      "resolution):\n", demo_table(summary),
+                      "\ntimings (s): " + ", ".join(f"{k} {v}" for k, v in t.items()) + f"; total {sum(t.values()):.0f}",
+                      f"report: {summary['report']['html']} (and report.md, PNGs, demo.json)"])

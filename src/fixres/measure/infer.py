@@ -16,6 +16,7 @@ from torch import nn
 
 from ..core.errors import FixresError
 from ..core.options import option
+from ..core.tables import pct
 from ..core.runtime import Dist, Runtime, RuntimeOptions, all_reduce_sum, autocast, gather_lists
 from ..data.folder import list_classes, scan_split
 from ..data.index import SplitIndex
@@ -29,10 +30,13 @@ from ..models.sizes import check_input_size
 from ..models.sources import ModelSource, open_for_data
 
 
+TOP5_CLASSES = 5      # with this many classes or fewer, top-5 accuracy is 100% by construction: not reported
+
+
 @dataclass(frozen=True)
 class EvalResult:
     top1: float          # percent
-    top5: float          # percent (top-k with k = min(5, classes))
+    top5: float | None   # percent; None with 5 classes or fewer (every prediction's top 5 holds the label)
     loss: float          # mean cross-entropy
     n: int               # images evaluated
     n_skipped: int       # images that could not be decoded
@@ -63,12 +67,14 @@ class Tally:
 
     def __init__(self, device: torch.device):
         self.sums = torch.zeros(5, dtype=torch.float64, device=device)  # top1, top5, loss, n, skipped
+        self.classes: int | None = None
 
     def add(self, logits: torch.Tensor | None, labels: torch.Tensor, n_skipped: int) -> None:
         self.sums[4] += n_skipped
         if logits is None:
             return
         labels = labels.to(logits.device, non_blocking=True)
+        self.classes = logits.shape[1]
         k = min(5, logits.shape[1])
         top = logits.topk(k, dim=1).indices
         hits = top.eq(labels[:, None])
@@ -80,7 +86,13 @@ class Tally:
     def result(self, dist_env: Dist, **geometry) -> EvalResult:
         top1, top5, loss, n, skipped = all_reduce_sum(self.sums.clone(), dist_env).tolist()
         n_safe = max(n, 1)
-        return EvalResult(100 * top1 / n_safe, 100 * top5 / n_safe, loss / n_safe, int(n), int(skipped), **geometry)
+        applicable = self.classes is None or self.classes > TOP5_CLASSES
+        if dist_env.enabled:   # a rank that saw no image does not know the classes
+            known = torch.tensor([self.classes or 0], device=self.sums.device)
+            torch.distributed.all_reduce(known, op=torch.distributed.ReduceOp.MAX)
+            applicable = int(known.item()) == 0 or int(known.item()) > TOP5_CLASSES
+        return EvalResult(100 * top1 / n_safe, 100 * top5 / n_safe if applicable else None, loss / n_safe, int(n),
+                          int(skipped), **geometry)
 
 
 def evaluate(model: nn.Module, split: SplitIndex, prep: Preprocessing, rt: Runtime, *, batch_size: int = 100,
@@ -141,6 +153,33 @@ class EvalOptions(RuntimeOptions):
             check_resolution(self.test_res, "test_res")
         if self.crop_pct is not None:
             check_crop_pct(self.crop_pct)
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """What ``fixres eval`` reports: the result, the model's metadata, where it was measured."""
+
+    result: EvalResult
+    meta: CheckpointMeta
+    model: str                   # the checkpoint path or model name given
+    data: str
+    split: str
+    skipped: tuple = ()
+
+    def record(self) -> dict:
+        m = self.meta
+        return {"checkpoint": self.model, "model": m.model, "split": self.split, "classes": m.num_classes,
+                "labels": m.label_source or "the checkpoint's classes", **self.result.row(),
+                "skipped_files": [{"path": p, "reason": r} for p, r in self.skipped]}
+
+    def text(self) -> str:
+        r, m = self.result, self.meta
+        mode = f", {r.crop_mode}" if r.crop_mode != "center" else ""
+        labels = m.label_source or "the checkpoint's classes"
+        return (f"{m.model} on {self.data}/{self.split} at {r.test_res}px (crop_pct {r.crop_pct:g}, "
+                f"{r.interpolation}{mode}), {m.num_classes} classes ({labels}): "
+                f"top-1 {r.top1:.2f}  top-5 {pct(r.top5)}  loss {r.loss:.4f}  images {r.n}"
+                + (f"  skipped {r.n_skipped}" if r.n_skipped else ""))
 
 
 def evaluate_checkpoint(checkpoint: "str | Path | ModelSource", data: str | Path, opts: EvalOptions | None = None, *,

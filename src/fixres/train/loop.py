@@ -30,6 +30,7 @@ from torch.nn.parallel import DistributedDataParallel
 from ..core.errors import FixresError
 from ..core.options import to_dict
 from ..core.progress import Progress, peak_memory_mb
+from ..core.tables import pct
 from ..core.runtime import (Runtime, average_batchnorm_buffers, init_distributed, rng_state,
                             seed_everything, set_rng_state)
 from ..data.folder import scan_dataset
@@ -314,7 +315,7 @@ def epoch_line(row: dict, epochs: int) -> str:
     if "holdout_top1" in row:
         text += f"  holdout top1 {row['holdout_top1']:.2f}"
     if "val_top1" in row:
-        text += f"  val@{row['val_test_res']} top1 {row['val_top1']:.2f} top5 {row['val_top5']:.2f}"
+        text += f"  val@{row['val_test_res']} top1 {row['val_top1']:.2f} top5 {pct(row['val_top5'])}"
     if "ema_val_top1" in row:
         text += f"  ema top1 {row['ema_val_top1']:.2f}"
     return text

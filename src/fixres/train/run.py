@@ -174,3 +174,15 @@ class RunFolder:
     def log(self, text: str) -> None:
         if self.dist.is_main:
             Progress.write(text)
+
+
+def summary_text(summary: dict) -> str:
+    """What ``fixres train`` prints of a finished run's ``summary.json``."""
+    s = summary
+    ramp = (s.get("recipe") or {}).get("train_res_schedule")
+    res = f"{ramp['start']}->{ramp['end']}px (progressive)" if ramp else f"{s['train_res']}px"
+    on = {"holdout": "the held-out training images", "val": "val"}.get(s.get("best_chosen_on"), "val")
+    best = "-" if s.get("best_val_top1") is None else f"{s['best_val_top1']:.2f}"
+    return (f"{s['model']} trained at {res} for {s['epochs']} epochs in {s['train_seconds']:.0f}s "
+            f"({s['train_images_per_s']:.0f} img/s); best epoch {s['best_epoch']} (chosen on {on}): val top-1 "
+            f"{best} at {s['test_res']}px; run: {s['run_dir']}")

@@ -203,3 +203,55 @@ def test_cli_prints_label_names(inet, weights, capsys):
     assert code == 0, err
     doc = json.loads(out)
     assert doc["classes"] == 1000 and "imagenet-1k" in doc["labels"] and not doc["predictions"][0]["labels"][0].startswith("n0")
+
+
+@pytest.fixture(scope="module")
+def uneven(inet, tmp_path_factory):
+    """train/ holds a fifth class that val/ lacks (n01494475, hammerhead: a copy of tiger shark's
+    images): the label mask must not depend on which splits a command reads."""
+    root = tmp_path_factory.mktemp("uneven") / "data"
+    shutil.copytree(inet, root)
+    shutil.copytree(root / "train" / "n01491361", root / "train" / "n01494475")
+    return root
+
+
+def test_restrict_labels_is_one_rule_for_every_command(uneven, weights):
+    """eval reads val/, sweep reads val/ and train/: both restrict to the classes of train/ and val/
+    together, so a sweep row equals fixres eval at the same geometry."""
+    restricted = source(weights, restrict_labels=True)
+    result, meta, _ = evaluate_checkpoint(restricted, uneven, EvalOptions(test_res=64, **FAST))
+    assert meta.num_classes == 5 and "restricted to the dataset's 5 classes" in meta.label_source
+    swept = sweep_checkpoint(restricted, uneven, SweepOptions(test_res=[64], select_on="none", timing=False, **FAST))
+    row = swept.rows[0]
+    assert (row.top1, row.loss, row.n) == (result.top1, result.loss, result.n)
+
+
+def test_valid_labels_follow_timms_convention(inet, weights, tmp_path, capsys):
+    """timm validate.py --valid-labels FILE: the outputs of the listed indices, in the file's order,
+    argmax among them. The same figures as timm's own path restricted to them."""
+    info = ImageNetInfo()
+    indices = sorted(info.label_names().index(w) for w in WNIDS) + [7, 300]     # two labels with no folder
+    file = tmp_path / "valid.txt"
+    file.write_text("\n".join(map(str, indices)) + "\n")
+    result, meta, _ = evaluate_checkpoint(source(weights, valid_labels=str(file)), inet, EvalOptions(test_res=64, **FAST))
+    assert meta.num_classes == 6 and meta.class_names[-1] == info.label_names()[300]
+    model = timm.create_model("test_resnet", pretrained=True, pretrained_cfg_overlay=dict(file=str(weights))).eval()
+    cfg = resolve_data_config({"input_size": (3, 64, 64)}, model=model)
+    tf = create_transform(**cfg)
+    correct = n = 0
+    for folder, wnid in zip(FOLDERS, WNIDS):
+        for f in sorted((inet / "val" / folder).iterdir()):
+            with torch.no_grad():
+                out = model(tf(Image.open(f).convert("RGB"))[None])[0][indices]        # timm: output[:, valid_labels]
+            correct += int(out.argmax()) == indices.index(info.label_names().index(wnid))
+            n += 1
+    assert (result.n, result.top1) == (n, 100 * correct / n)
+    for text, message in [("12\n12\n", "appears twice"), ("5\nx\n", "line 2"), ("5000\n", "not an output"),
+                          ("7\n300\n", "which the file does not list")]:
+        file.write_text(text)
+        code, _, err = run_cli(capsys, "eval", "--model", "test_resnet", "--weights", weights, "--data", inet,
+                               "--valid-labels", file, "--workers", 0)
+        one_line_error(code, err, message)
+    code, _, err = run_cli(capsys, "eval", "--model", "test_resnet", "--weights", weights, "--data", inet,
+                           "--valid-labels", file, "--restrict-labels", "--workers", 0)
+    one_line_error(code, err, "not both")

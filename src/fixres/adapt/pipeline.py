@@ -68,12 +68,21 @@ def check_label_coverage(opts: AdaptOptions, imgs: Images, opened: Opened) -> No
     """Training the classifier on images of SOME of its classes would teach it never to predict
     the others: the training methods need every class of the label space among the training
     images, or ``restrict_labels`` (the classifier then keeps the dataset's classes only)."""
-    present = sum(1 for n in imgs.train.class_counts() if n)
-    if opts.trains and present < opened.meta.num_classes:
-        raise FixresError(f"--method {opts.method} trains the classifier: {Path(imgs.train.root)} holds "
-                          f"{present} of the model's {opened.meta.num_classes} classes; add --restrict-labels (the "
-                          "adapted checkpoint then predicts those classes only), or use --method bn or parametric "
-                          "(label-free)")
+    counts = imgs.train.class_counts()
+    present = sum(1 for n in counts if n)
+    if not opts.trains or present >= opened.meta.num_classes:
+        return
+    root = Path(imgs.train.root)
+    if opened.binding is not None and opened.binding.restricted:
+        missing = [name for name, n in zip(opened.meta.class_names, counts) if not n]
+        shown = ", ".join(missing[:3]) + (", ..." if len(missing) > 3 else "")
+        raise FixresError(f"--method {opts.method} trains the classifier: the labels kept ({opened.meta.num_classes}, "
+                          f"the classes of train/ and val/ together, or --valid-labels) include {len(missing)} "
+                          f"without a training image in {root} ({shown}); give train/ a folder for each, or use "
+                          "--method bn or parametric (label-free)")
+    raise FixresError(f"--method {opts.method} trains the classifier: {root} holds {present} of the model's "
+                      f"{opened.meta.num_classes} classes; add --restrict-labels (the adapted checkpoint then "
+                      "predicts those classes only), or use --method bn or parametric (label-free)")
 
 
 def check_adapt_out(out: str | Path, source: Path | None, overwrite: bool) -> Path:

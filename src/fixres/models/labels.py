@@ -114,12 +114,29 @@ def match_folders(space: LabelSpace, folders: Iterable[str], where: str) -> dict
     return out
 
 
-def bind(space: LabelSpace, folders: Iterable[str], where: str, *, restrict: bool = False) -> Binding:
-    """Bind dataset folders to a label space (see the module docstring)."""
-    if restrict and not space.described:
-        raise FixresError("--restrict-labels needs a label space: this model's outputs are not named (give "
-                          "--class-map FILE: one class folder name per line, its line number the output index)")
+def bind(space: LabelSpace, folders: Iterable[str], where: str, *, restrict: bool = False,
+         valid: tuple[int, ...] | None = None) -> Binding:
+    """Bind dataset folders to a label space (see the module docstring). ``restrict``: keep the
+    outputs of the dataset's classes; ``valid``: keep these outputs (timm's ``--valid-labels``,
+    in the file's order), every folder being one of them."""
+    if (restrict or valid is not None) and not space.described:
+        flag = "--valid-labels" if valid is not None else "--restrict-labels"
+        raise FixresError(f"{flag} needs a label space: this model's outputs are not named (give --class-map FILE: "
+                          "one class folder name per line, its line number the output index)")
     mapping = match_folders(space, folders, where)
+    if valid is not None:
+        out_of_range = [i for i in valid if not 0 <= i < len(space)]
+        if out_of_range:
+            raise FixresError(f"--valid-labels: index {out_of_range[0]} is not an output of the model "
+                              f"({len(space)} outputs, 0-{len(space) - 1})")
+        outside = [f for f, i in mapping.items() if i not in set(valid)]
+        if outside:
+            f = outside[0]
+            raise FixresError(f"--valid-labels: class folder {f!r} of {where} is output {mapping[f]} "
+                              f"({space.display(mapping[f])}), which the file does not list")
+        position = {index: k for k, index in enumerate(valid)}
+        return Binding(space.subset(valid, f"the {len(valid)} --valid-labels outputs"),
+                       {f: position[i] for f, i in mapping.items()}, tuple(valid), len(space))
     if not restrict:
         return Binding(space, mapping, None, len(space))
     kept = tuple(sorted(set(mapping.values())))
@@ -162,6 +179,29 @@ def read_class_map(path: str | Path, num_classes: int | None = None) -> LabelSpa
     if num_classes is not None and len(names) != num_classes:
         raise FixresError(f"class map {path} names {len(names)} classes, the model has {num_classes} outputs")
     return LabelSpace(tuple(names), source=f"class map {path}")
+
+
+def read_valid_labels(path: str | Path) -> tuple[int, ...]:
+    """timm validate.py's ``--valid-labels`` file: one output index per line (blank lines ignored)."""
+    path = Path(path)
+    try:
+        lines = path.read_text().splitlines()
+    except OSError as e:
+        raise FixresError(f"valid labels {path}: {e.strerror or e}") from None
+    values: list[int] = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            values.append(int(line.strip()))
+        except ValueError:
+            raise FixresError(f"valid labels {path}, line {number}: {line.strip()!r} is not an output index") from None
+    if not values:
+        raise FixresError(f"valid labels {path}: no index (expected one integer per line)")
+    if len(set(values)) != len(values):
+        twice = next(v for v in values if values.count(v) > 1)
+        raise FixresError(f"valid labels {path}: index {twice} appears twice")
+    return tuple(values)
 
 
 def config_space(label_names, num_classes: int, where: str) -> LabelSpace | None:

@@ -46,7 +46,8 @@ from .checkpoint import CheckpointMeta, find_checkpoint, load_checkpoint, read_m
 from .equaliser import reapply_adaptation
 from .factory import check_model_name, create_model, read_state_dict
 from .heads import declared_classifiers, restrict_outputs
-from .labels import Binding, LabelSpace, bind, config_space, imagenet_space, numbered_space, read_class_map
+from .labels import (Binding, LabelSpace, bind, config_space, imagenet_space, numbered_space, read_class_map,
+                     read_valid_labels)
 from .sizes import size_kwargs
 
 DEFAULT_CROPS_NOTE = ("the weights' training crops are not recorded: RandomResizedCrop defaults (scale 0.08-1, "
@@ -70,7 +71,12 @@ class ModelSource:
     ema: bool = option(False, "with --checkpoint: the run's EMA weights (a checkpoint of `fixres train --ema-decay`), "
                               "recorded as such downstream")
     restrict_labels: bool = option(False, "predict over the dataset's classes only (argmax among them: the "
-                                          "ImageNet-R/-A convention); an adapted checkpoint keeps only their outputs")
+                                          "ImageNet-R/-A convention; the classes of train/ and val/ together, for every "
+                                          "command); an adapted checkpoint keeps only their outputs")
+    valid_labels: Optional[str] = option(None, "predict over these outputs only: a file of the model's output indices, "
+                                               "one integer per line (timm validate.py's --valid-labels, e.g. the 200 "
+                                               "of ImageNet-A/R); the dataset's folders must be among their labels",
+                                         metavar="FILE")
     mean: Optional[tuple[float, ...]] = option(None, "normalisation mean (default: the model's)", metavar="M")
     std: Optional[tuple[float, ...]] = option(None, "normalisation std (default: the model's)", metavar="S")
     interpolation: Optional[Literal["bilinear", "bicubic", "nearest"]] = option(
@@ -95,6 +101,9 @@ class ModelSource:
             raise FixresError("--ema reads a fixres run's EMA weights: it goes with --checkpoint, not with --model")
         if self.pretrained and self.weights:
             raise FixresError("give either --pretrained or --weights, not both")
+        if self.valid_labels is not None and self.restrict_labels:
+            raise FixresError("give --restrict-labels (the dataset's classes) or --valid-labels FILE (a fixed set of "
+                              "outputs), not both")
         if self.train_res is not None:
             check_resolution(self.train_res, "train_res")
 
@@ -346,6 +355,9 @@ def declared_preprocessing(source: ModelSource) -> Preprocessing:
 
 
 # ----------------------------------------------------------------------------- binding a dataset
+LABEL_SPLITS = ("train", "val")     # whose class folders make the label mask of --restrict-labels
+
+
 def open_for_data(source: "str | Path | ModelSource", data: str | Path, splits: Iterable[str]) -> Opened:
     """:func:`open_model`, then bind the class folders of ``data/<split>`` (every split given
     that exists) to its label space; with ``restrict_labels`` the classifier keeps only the
@@ -358,12 +370,16 @@ def open_for_data(source: "str | Path | ModelSource", data: str | Path, splits: 
     if not present:
         raise FixresError(f"{root} has no {' or '.join(s + '/' for s in splits)} directory "
                           f"(expected {root}/<split>/<class>/<images>)")
+    valid = read_valid_labels(source.valid_labels) if source.valid_labels else None
     opened = open_model(source)
+    # One rule for every command: the label mask is the class folders of train/ and val/ together
+    # (and of any other split the command reads), so that eval, sweep and adapt agree.
+    bound = [s for s in dict.fromkeys([*LABEL_SPLITS, *present]) if (root / s).is_dir()]
     folders: dict[str, None] = {}
-    for split in present:
+    for split in bound:
         folders.update(dict.fromkeys(list_classes(root / split)))
-    binding = bind(opened.labels, folders, f"{root}/{'{' + ','.join(present) + '}' if len(present) > 1 else present[0]}",
-                   restrict=source.restrict_labels)
+    binding = bind(opened.labels, folders, f"{root}/{'{' + ','.join(bound) + '}' if len(bound) > 1 else bound[0]}",
+                   restrict=source.restrict_labels, valid=valid)
     if binding.restricted:
         restrict_outputs(opened.model, binding.kept)
         space = binding.space

@@ -176,7 +176,7 @@ def test_local_weights_start_a_run_with_a_new_classifier(trained, colour_data, t
     assert code == 0, err
     code, _, err = run_cli(capsys, "train", "--data", colour_data, "--out", tmp_path / "ft2", *TRAIN[:1], "resnet10t",
                            *TRAIN[2:], "--weights", trained / "best" / "model.safetensors")
-    one_line_error(code, err, "does not fit model")
+    one_line_error(code, err, "does not fit resnet10t", "another architecture")
 
 
 def test_new_classifier_reinitialises_a_head_of_the_right_size(trained):

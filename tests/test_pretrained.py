@@ -127,6 +127,50 @@ def test_torchvision_key_names_load_through_timm(inet, tmp_path):
     assert result.n == 16 and meta.num_classes == 4
 
 
+def test_torchvision_weights_that_timm_converts_load_everywhere(inet, tmp_path, capsys):
+    """torchvision's RegNet keys (fc, trunk_output...) are not timm's (head.fc, stages...): timm's
+    own checkpoint filter converts them, as timm.create_model(..., pretrained_cfg_overlay=dict(file=...))
+    does. The classifier is found after the conversion, for --model ... --weights and train --weights."""
+    import torchvision
+    torch.manual_seed(3)
+    tv = torchvision.models.regnet_y_400mf(num_classes=10).eval()
+    path = tmp_path / "regnet_y_400mf_tv.pth"
+    torch.save(tv.state_dict(), path)
+    reference = timm.create_model("regnety_004", pretrained=True, num_classes=10,
+                                  pretrained_cfg_overlay=dict(file=str(path), num_classes=10)).eval()
+    opened = open_model(ModelSource(model="regnety_004", weights=str(path)))
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.equal(opened.model(x), reference(x)) and torch.allclose(opened.model(x), tv(x), atol=1e-4)
+    assert opened.meta.num_classes == 10
+    code, _, err = run_cli(capsys, "train", "--data", inet, "--out", tmp_path / "run", "--model", "regnety_004",
+                           "--weights", path, "--train-res", 32, "--epochs", 1, "--batch-size", 8, "--lr", 1e-9,
+                           "--workers", 0, "--quiet")
+    assert code == 0, err
+    trained, _ = fixres.models.sources.open_checkpoint(tmp_path / "run")
+    assert trained.get_classifier().out_features == 4          # re-initialised for the data's 4 classes
+    for key in ("stem.conv.weight", "s1.b1.conv1.conv.weight"):  # the rest started from the file (lr ~ 0)
+        assert torch.allclose(trained.state_dict()[key], reference.state_dict()[key], atol=1e-6)
+
+
+def test_weights_of_another_architecture_are_one_summary_naming_the_cause(inet, tmp_path, capsys):
+    """torchvision's mobilenet_v3 keys are not converted by timm's mobilenetv3: every command says
+    how many tensors do not fit, one example, and the likely cause (no raw torch text)."""
+    import torchvision
+    path = tmp_path / "mnv3_tv.pth"
+    torch.save(torchvision.models.mobilenet_v3_small(num_classes=10).state_dict(), path)
+    for argv in (("eval", "--model", "mobilenetv3_small_100", "--weights", path, "--data", inet, "--workers", 0),
+                 ("train", "--model", "mobilenetv3_small_100", "--weights", path, "--data", inet, "--out",
+                  tmp_path / "never", "--train-res", 32, "--workers", 0)):
+        code, _, err = run_cli(capsys, *argv)
+        line = one_line_error(code, err, "does not fit mobilenetv3_small_100", "another architecture")
+        assert "missing" in line and "unexpected" in line
+    resnet = tmp_path / "r18.safetensors"
+    save_file(timm.create_model("resnet18", num_classes=4).state_dict(), str(resnet))
+    code, _, err = run_cli(capsys, "eval", "--model", "resnet34", "--weights", resnet, "--data", inet, "--workers", 0)
+    one_line_error(code, err, "does not fit resnet34", "missing")
+
+
 def test_class_map_and_config_label_names(inet, tmp_path):
     """A model of 4 outputs described by a --class-map file (timm's format)."""
     torch.manual_seed(2)

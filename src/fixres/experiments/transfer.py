@@ -45,7 +45,7 @@ from ..models.checkpoint import (
 from ..models.factory import (
     check_model_name,
     classifier_keys,
-    load_weights,
+    model_with_weights,
     read_state_dict,
 )
 from ..models.paper import RESNEXT_WSL, register_paper_models
@@ -95,27 +95,11 @@ def declared_crop(name: str) -> dict:
 
 
 def weights_fit(model: str, num_classes: int, path: Path) -> list[str]:
-    """Check that a weights file fits ``model`` with ``num_classes`` outputs (shapes only, on the
-    meta device); return the classifier keys that will be re-initialised (another class count)."""
+    """Check that a weights file fits ``model`` (timm's own loader, key conversions included, on the
+    meta device: no memory, no arithmetic); return the classifier keys that will be re-initialised
+    (another class count)."""
     with torch.device("meta"):
-        net = timm.create_model(model, pretrained=False, num_classes=num_classes)
-    own = {k: tuple(v.shape) for k, v in net.state_dict().items()}
-    if path.suffix == ".safetensors":
-        from safetensors import safe_open
-        with safe_open(str(path), "pt") as f:
-            shapes = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
-    else:
-        shapes = {k: tuple(v.shape) for k, v in read_state_dict(path).items()}
-    head = classifier_keys(net)
-    reinit = sorted(k for k in head if k in shapes and shapes[k] != own[k])
-    missing = [k for k in own if k not in shapes and k not in reinit]
-    wrong = [k for k in shapes if k in own and k not in reinit and shapes[k] != own[k]]
-    unexpected = [k for k in shapes if k not in own]
-    if missing or wrong or unexpected:
-        first = (missing or wrong or unexpected)[0]
-        raise FixresError(f"{path} does not fit {model}: {len(missing)} missing, {len(wrong)} mis-shaped, "
-                          f"{len(unexpected)} unexpected tensors (e.g. {first})")
-    return reinit
+        return model_with_weights(model, read_state_dict(path), str(path), num_classes=num_classes)[1]
 
 
 # ----------------------------------------------------------------------------- settings
@@ -221,16 +205,16 @@ def ensure_imported(gdir: GridDir, cfg: TransferConfig, model_name: str, weights
     cell = gdir.cell("import")
     if cell is not None:
         return cell
-    model = create_model(model_name, len(classes), pretrained=cfg.pretrained)
+    if weights is not None and weights_fit(model_name, len(classes), weights):
+        raise FixresError(f"{weights}: its classifier does not have the data's {len(classes)} classes; "
+                          "without finetune it must")
+    model = create_model(model_name, len(classes), pretrained=cfg.pretrained, weights=weights)
     if cfg.pretrained and model.pretrained_cfg.get("num_classes") != len(classes):
         raise FixresError(f"{model_name}'s pretrained classifier has {model.pretrained_cfg.get('num_classes')} "
                           f"classes, the data {len(classes)}: without finetune they must match")
     if src_classes is not None and tuple(src_classes) != classes:
         raise FixresError(f"the checkpoint's classes differ from the data's ({len(src_classes)} vs {len(classes)}, or "
                           "other names): without finetune they must be the same")
-    if weights is not None and load_weights(model, weights):
-        raise FixresError(f"{weights}: its classifier does not have the data's {len(classes)} classes; "
-                          "without finetune it must")
     tcfg = train_config(cfg.train, model=model_name, train_res=cfg.train_res, out="-", data=cfg.data,
                         pretrained=cfg.pretrained, weights=str(weights) if weights else None)
     meta = CheckpointMeta(model=model_name, class_names=classes,

@@ -8,6 +8,7 @@ unsafely), or a fixres checkpoint (see :mod:`fixres.models.checkpoint`).
 from __future__ import annotations
 
 import difflib
+import re
 from pathlib import Path
 
 import timm
@@ -43,6 +44,9 @@ def create_model(name: str, num_classes: int, *, pretrained: bool = False, weigh
     """
     check_model_name(name)
     kwargs = {**size_kwargs(name), **{k: v for k, v in kwargs.items() if v is not None}}
+    if weights is not None:
+        return model_with_weights(name, read_state_dict(weights), str(weights), num_classes=num_classes,
+                                  new_classifier=new_classifier, **kwargs)[0]
     try:
         model = timm.create_model(name, pretrained=pretrained, num_classes=num_classes, **kwargs)
     except TypeError as e:      # an argument the architecture does not take
@@ -52,8 +56,6 @@ def create_model(name: str, num_classes: int, *, pretrained: bool = False, weigh
             raise FixresError(f"could not get pretrained weights for {name} ({type(e).__name__}); "
                               "without internet, pass a local file with --weights") from None
         raise
-    if weights is not None:
-        load_weights(model, weights, new_classifier=new_classifier)
     return model
 
 
@@ -97,28 +99,79 @@ def classifier_keys(model: nn.Module) -> set[str]:
     return {k for k in model.state_dict() if any(k.startswith(n + ".") for n in names)}
 
 
-def load_weights(model: nn.Module, path: str | Path, *, strict: bool = True, new_classifier: bool = False) -> list[str]:
-    """Load a weights file into ``model``; returns the classifier keys left re-initialised.
+def classifier_size(state: dict[str, torch.Tensor], probe: nn.Module, where: str) -> int:
+    """The number of classes of the weights ``state`` for the architecture ``probe``: its declared
+    classifier's weight, else (key names timm will convert, e.g. torchvision's ``fc`` for timm's
+    ``head.fc``) the last matrix of the file whose inputs are the architecture's features."""
+    from .heads import declared_classifiers
+    for head in declared_classifiers(probe):
+        if f"{head}.weight" in state and state[f"{head}.weight"].ndim == 2:
+            return int(state[f"{head}.weight"].shape[0])
+    features = getattr(probe, "num_features", None)
+    matrices = [v for k, v in state.items() if k.endswith(".weight") and v.ndim == 2
+                and (not features or v.shape[1] == features)]
+    if not matrices:
+        raise FixresError(f"{where} does not fit {architecture_of(probe)}: no classifier weights (no matrix of "
+                          f"{features} inputs); {LIKELY_CAUSE}")
+    return int(matrices[-1].shape[0])
 
-    A classifier whose shape differs (another number of classes), or any classifier with
-    ``new_classifier``, is skipped, as timm does for pretrained weights; any other
-    missing, unexpected or mis-shaped tensor is an error.
-    """
-    state = read_state_dict(path)
-    own = model.state_dict()
-    head = classifier_keys(model)
-    skipped = [k for k in head if k in state and (new_classifier or state[k].shape != own[k].shape)]
-    for k in skipped:
-        del state[k]
-    missing = [k for k in own if k not in state and k not in skipped]
-    unexpected = [k for k in state if k not in own]
-    wrong = [k for k in state if k in own and state[k].shape != own[k].shape]
-    if strict and (missing or unexpected or wrong):
-        problems = []
-        for label, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong)):
-            if keys:
-                problems.append(f"{len(keys)} {label} (e.g. {keys[0]})")
-        raise FixresError(f"{path} does not fit model {getattr(model, 'pretrained_cfg', {}).get('architecture', '?')}: "
-                          + ", ".join(problems))
-    model.load_state_dict(state, strict=False)
-    return skipped
+
+LIKELY_CAUSE = "likely weights of another architecture, or key names timm does not convert for this one"
+
+
+def load_summary(error: RuntimeError, where: str, model: str) -> str:
+    """One line for a failed strict load (torch's message lists every key): how many tensors are
+    missing, unexpected or of another shape, one example, and the likely cause."""
+    text = str(error)
+    counts, example = [], ""
+    for label, pattern in (("missing", r"Missing key\(s\) in state_dict: (.*?)\.\s*(?:\n|$)"),
+                           ("unexpected", r"Unexpected key\(s\) in state_dict: (.*?)\.\s*(?:\n|$)")):
+        found = re.search(pattern, text, re.S)
+        keys = re.findall(r'"([^"]+)"', found.group(1)) if found else []
+        if keys:
+            counts.append(f"{len(keys)} {label}")
+            example = example or keys[0]
+    shapes = re.findall(r"size mismatch for ([^:]+):", text)
+    if shapes:
+        counts.append(f"{len(shapes)} of another shape")
+        example = example or shapes[0]
+    if not counts:
+        first = text.strip().splitlines()[-1].strip() if text.strip() else type(error).__name__
+        return f"{where} does not fit {model}: {first[:200]}"
+    cause = ("another width or depth of the architecture (check the tag or --model-kwargs)" if len(counts) == 1 and
+             shapes else LIKELY_CAUSE)
+    return f"{where} does not fit {model} (tensors: {', '.join(counts)}; e.g. {example}): {cause}"
+
+
+def architecture_of(model: nn.Module) -> str:
+    return (getattr(model, "pretrained_cfg", None) or {}).get("architecture") or type(model).__name__
+
+
+def model_with_weights(name: str, state: dict[str, torch.Tensor], where: str, *, num_classes: int | None = None,
+                       new_classifier: bool = False, **kwargs) -> tuple[nn.Module, list[str]]:
+    """``name`` with the weights ``state`` (read safely by :func:`read_state_dict`), through
+    timm's pretrained-weights loader: its key conversion for the architecture (torchvision's
+    names where timm converts them, a ViT's position embedding resampled to the grid it is built
+    for), strict. ``num_classes``: a classifier of another size (or any, with ``new_classifier``)
+    is re-initialised afterwards, as timm does for pretrained weights. Returns the model and
+    the classifier keys re-initialised; a file that does not fit is one line (:func:`load_summary`)."""
+    import warnings
+    kwargs = {**size_kwargs(name), **{k: v for k, v in kwargs.items() if v is not None}}
+    with torch.device("meta"):
+        probe = timm.create_model(name, pretrained=False, **kwargs)
+    size = classifier_size(state, probe, where)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")      # timm's notes on key conversions; the meta device's no-op copies
+            model = timm.create_model(name, pretrained=True, num_classes=size, **kwargs,
+                                      pretrained_cfg_overlay={"state_dict": state, "num_classes": size})
+    except TypeError as e:      # an argument the architecture does not take
+        raise FixresError(f"{name} does not take these arguments {sorted(kwargs)}: {str(e).strip()}") from None
+    except RuntimeError as e:
+        raise FixresError(load_summary(e, where, name)) from None
+    model.pretrained_cfg.pop("state_dict", None)     # do not carry the weights around in the config
+    reset: list[str] = []
+    if num_classes is not None and (num_classes != size or new_classifier):
+        model.reset_classifier(num_classes)
+        reset = sorted(classifier_keys(model))
+    return model, reset

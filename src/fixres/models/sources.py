@@ -44,8 +44,8 @@ from ..data.preprocessing import Preprocessing
 from ..data.transforms import check_resolution
 from .checkpoint import CheckpointMeta, find_checkpoint, load_checkpoint, read_meta
 from .equaliser import reapply_adaptation
-from .factory import check_model_name, create_model, read_state_dict
-from .heads import declared_classifiers, restrict_outputs
+from .factory import check_model_name, create_model, model_with_weights, read_state_dict
+from .heads import restrict_outputs
 from .labels import (Binding, LabelSpace, bind, config_space, imagenet_space, numbered_space, read_class_map,
                      read_valid_labels)
 from .sizes import size_kwargs
@@ -285,27 +285,9 @@ def _timm_create(name: str, **kwargs) -> nn.Module:
 
 
 def _with_weights(name: str, path: Path) -> nn.Module:
-    """``name`` with the weights of ``path``, through timm's pretrained-weights loader (its
-    key conversion for the architecture, its in-channel/num_classes handling), the file read
-    safely by us and handed over as a state dict."""
-    state = read_state_dict(path)
-    with torch.device("meta"):
-        probe = _timm_create(name, pretrained=False)
-    heads = declared_classifiers(probe)
-    weight = next((state[f"{h}.weight"] for h in heads if f"{h}.weight" in state), None)
-    if weight is None:
-        raise FixresError(f"{path} does not fit {name}: no classifier weights "
-                          f"({', '.join(h + '.weight' for h in heads) or 'classifier'} missing)")
-    num_classes = int(weight.shape[0])
-    try:
-        model = timm.create_model(name, pretrained=True, num_classes=num_classes, **size_kwargs(name),
-                                                pretrained_cfg_overlay={"state_dict": state, "num_classes": num_classes})
-    except RuntimeError as e:
-        lines = [line.strip() for line in str(e).strip().splitlines() if line.strip()]
-        detail = lines[1] if len(lines) > 1 else lines[0]
-        raise FixresError(f"{path} does not fit {name}: {detail[:240]}") from None
-    model.pretrained_cfg.pop("state_dict", None)     # do not carry the weights around in the config
-    return model
+    """``name`` with the weights of ``path`` in their own label space (their classifier's size),
+    through timm's pretrained-weights loader (:func:`~fixres.models.factory.model_with_weights`)."""
+    return model_with_weights(name, read_state_dict(path), str(path))[0]
 
 
 def _local_config(directory: Path) -> tuple[dict, str]:

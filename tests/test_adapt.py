@@ -117,6 +117,22 @@ def test_holdout_images_are_not_used_and_the_report_is_complete(adapted, trained
     assert meta.adaptation["after"] == r["after"]
 
 
+def test_adapting_on_another_training_split_is_refused(trained, colour_data, tmp_path, capsys):
+    """A copy of the data with 3 more training images: the run's held-out images cannot be rebuilt
+    on that file list (adapt would train on some of them, and a later sweep call them held out)."""
+    import shutil
+
+    from helpers import one_line_error, run_cli
+    other = tmp_path / "other"
+    shutil.copytree(colour_data, other)
+    for i, source in enumerate(sorted((other / "train" / "red").iterdir())[:3]):
+        shutil.copy(source, other / "train" / "red" / f"extra_{i}{source.suffix}")
+    code, _, err = run_cli(capsys, "adapt", "--checkpoint", trained, "--data", other, "--test-res", K, "--epochs", 1,
+                           "--workers", 0, "--out", tmp_path / "never")
+    one_line_error(code, err, "not the training split the checkpoint was trained on", "held out")
+    assert not (tmp_path / "never").exists()
+
+
 def test_eval_of_the_adapted_checkpoint_defaults_to_its_resolution(adapted, colour_data):
     result = adapted("fixres")
     evaluated, meta, _ = evaluate_checkpoint(result.out, colour_data, EvalOptions(workers=0))

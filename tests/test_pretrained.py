@@ -193,6 +193,13 @@ def test_sweep_adapt_export_reload_predict(inet, weights, tmp_path):
     swept = sweep_checkpoint(src, inet, SweepOptions(test_res=[64, 96], select_images=3, **FAST))
     assert swept.chosen_on == "train" and not swept.selection.seen_in_training
     assert "not on val" in swept.selection.note and swept.rows[0].train_res == 160
+    # 160 is what timm's test_resnet config declares, not something the weights record: said so
+    from fixres.measure.sweep_report import sweep_json, sweep_table
+    assert "timm pretrained_cfg of test_resnet" in swept.train_res_from
+    text = sweep_table(swept)
+    assert f"train resolution 160px from {swept.train_res_from}, not recorded by the weights" in text
+    assert "trained at 160px" not in text and "the weights do not record theirs" in swept.predicted["note"]
+    assert sweep_json(swept)["train_res_from"] == swept.train_res_from
     with pytest.raises(FixresError, match="4 of the model's 1000 classes"):
         adapt_checkpoint(source(weights), inet, AdaptOptions(test_res=96, epochs=1, **FAST))
     adapted = adapt_checkpoint(src, inet, AdaptOptions(test_res=96, epochs=2, **FAST), out=tmp_path / "adapted",

@@ -1,7 +1,8 @@
 """The images an adaptation sees: which training images, and with which preprocessing.
 
 Adaptation uses the TRAINING images (never val, never the images the checkpoint held out:
-``meta.holdout`` is rebuilt with :func:`~fixres.data.folder.split_holdout`) with the
+rebuilt by :meth:`~fixres.models.checkpoint.CheckpointMeta.split_training_images`, which refuses
+a training split that is not the run's) with the
 TEST-time preprocessing at the new resolution: resize the shorter side to
 ``floor(K_test / crop_pct)``, centre crop (``aug="v1"``, :class:`~fixres.data.EvalTransform`).
 ``aug="v2"`` adds the authors' light augmentation, :class:`ShiftedCentreCrop`.
@@ -16,7 +17,7 @@ from PIL import Image
 from torchvision.transforms.v2 import functional as F
 
 from ..core.errors import FixresError
-from ..data.index import SplitIndex, split_holdout
+from ..data.index import SplitIndex
 from ..data.loader import mix_seed
 from ..data.preprocessing import Preprocessing
 from ..data.transforms import eval_geometry, flip_and_jitter, interpolation_mode
@@ -93,10 +94,8 @@ def adaptation_images(data: str | Path, meta: CheckpointMeta, images: int | None
     labels = meta.class_names if labels is None else labels
     train = load_split(data, "train", labels)
     val = load_split(data, "val", labels)
-    held = 0
-    if meta.holdout:
-        train, out = split_holdout(train, float(meta.holdout["fraction"]), int(meta.holdout["seed"]))
-        held = len(out)
+    train, out = meta.split_training_images(train)      # refused when train/ is not the run's
+    held = len(out)
     available = len(train)
     if images is not None and images < available:
         g = torch.Generator().manual_seed(mix_seed(seed, 0xADA))

@@ -44,7 +44,7 @@ from ..analyze import predict_test_res
 from ..core.errors import FixresError
 from ..core.options import option
 from ..core.runtime import Dist, Runtime, RuntimeOptions
-from ..data.index import SplitIndex, sample_per_class, split_holdout
+from ..data.index import SplitIndex, sample_per_class
 from ..data.loader import Batch
 from ..data.pipeline import sweep_batches
 from ..data.preprocessing import Preprocessing
@@ -139,18 +139,14 @@ def select_split(meta: CheckpointMeta, data: str | Path, select_on: str | None, 
         if not meta.holdout:
             raise FixresError("the checkpoint records no held-out training images (train with --holdout); "
                               "use --select-on train, val or none")
-        recorded = meta.data_digest.split("-")[0]
-        if recorded and recorded != train.digest():
-            raise FixresError(f"{Path(data) / 'train'} is not the training split the checkpoint was trained on "
-                              "(index digest differs): its held-out images cannot be rebuilt")
-        held = split_holdout(train, meta.holdout["fraction"], meta.holdout["seed"])[1]
+        held = meta.split_training_images(train)[1]
         return Selection("holdout", held, False,
                          f"chosen on {len(held)} training images held out of training "
                          f"(fraction {meta.holdout['fraction']:g}, seed {meta.holdout['seed']})")
     if select_images < 1:
         raise FixresError(f"--select-images must be at least 1, got {select_images}")
     if meta.holdout:     # sample only what was trained on, so "seen in training" is true of every image
-        train = split_holdout(train, meta.holdout["fraction"], meta.holdout["seed"])[0]
+        train = meta.split_training_images(train)[0]
     sample = sample_per_class(train, select_images)
     if meta.weights_from is not None:    # a model fixres did not train: its training set is not this train/
         return Selection("train", sample, False, f"chosen on {len(sample)} images of {Path(data) / 'train'} (at most "
@@ -205,10 +201,18 @@ class SweepResult:
     skipped: tuple = ()
     device: str = ""
     deployments: tuple[Deployment, ...] = ()   # --within / --budget-* choices, made like best
+    train_res_from: str = ""                   # a model fixres did not train: where its train resolution comes from
 
     @property
     def train_res(self) -> int:
         return self.rows[0].train_res
+
+    @property
+    def trained_at(self) -> str:
+        """``trained at 32px``, or for weights that do not record it, where the figure comes from."""
+        if not self.train_res_from:
+            return f"trained at {self.train_res}px"
+        return f"train resolution {self.train_res}px from {self.train_res_from}, not recorded by the weights"
 
     @property
     def timed(self) -> bool:
@@ -334,7 +338,8 @@ def sweep_checkpoint(checkpoint: "str | Path | ModelSource", data: str | Path, o
     sized = (selection.index, selection.split) if selection.index is not None else (report, opts.split)
     choices = deployments(chosen, rows, within=opts.within, budget_ms=opts.budget_ms, budget_gflops=opts.budget_gflops)
     return SweepResult(rows, chosen, best, selection.split, selection, prediction(prep, meta, pct, *sized),
-                       tuple(skipped), str(rt.device), choices)
+                       tuple(skipped), str(rt.device), choices,
+                       prep.source_of("train_res") if meta.weights_from is not None else "")
 
 
 @dataclass(frozen=True)
@@ -416,6 +421,10 @@ def prediction(prep: Preprocessing, meta: CheckpointMeta, crop_pct: float, index
     """:func:`predicted_test_res`, and for a progressive-resizing run the note that the prediction
     is made for the FINAL training resolution (the one ``prep.train_res`` records)."""
     predicted = predicted_test_res(prep, crop_pct, index, index_name)
+    if meta.weights_from is not None and predicted.get("test_res"):
+        predicted = {**predicted, "train_res_from": prep.source_of("train_res"),
+                     "note": f"{predicted['note']}; made for the train resolution {prep.train_res}px that "
+                             f"{prep.source_of('train_res')} declares (the weights do not record theirs)"}
     schedule = (meta.recipe or {}).get("train_res_schedule")
     if schedule and predicted.get("test_res"):
         predicted = {**predicted, "train_res_schedule": schedule,

@@ -96,6 +96,7 @@ def sweep_json(result: SweepResult) -> dict:
         "resize_size": EvalTransform(*result.best).resize_size,
         "report_top1": getattr(result.best_row(), "top1", None)}
     return {"checkpoint": result.rows[0].checkpoint, "model": result.rows[0].model, "train_res": result.train_res,
+            "train_res_from": result.train_res_from or "the checkpoint (fixres train)",
             "report_split": result.rows[0].split, "chosen": chosen,
             "selection": {"split": sel.split, "images": len(sel.index) if sel.index is not None else None,
                           "seen_in_training": sel.seen_in_training, "note": sel.note},
@@ -111,13 +112,14 @@ def sweep_table(result: SweepResult) -> str:
     """A plain-text report: one table per split, the train resolution and the chosen best marked."""
     first = result.rows[0]
     params = "" if first.params is None else f", {first.params / 1e6:.3g}M parameters"
-    lines = [f"{first.model} trained at {first.train_res}px ({first.interpolation}"
+    lines = [f"{first.model} {result.trained_at} ({first.interpolation}"
              + (f", adapted: {first.adapted}" if first.adapted else "") + f"{params}): {first.checkpoint}"]
     splits = ([result.rows] if result.selected_on_report or not result.selection_rows
               else [result.selection_rows, result.rows])
+    train_mark = "train (declared)" if result.train_res_from else "train"
     for rows in splits:
         shown = [{**r.row(), "ms": _ms(r), "mark": " ".join(m for m, on in (
-            ("train", r.test_res == r.train_res),
+            (train_mark, r.test_res == r.train_res),
             ("<- best", (r.test_res, r.crop_pct) == result.best),
             ("<- deploy", any((r.test_res, r.crop_pct) == (d.test_res, d.crop_pct) for d in result.deployments)))
             if on)} for r in rows]
@@ -222,8 +224,9 @@ def comparison_table(comp: SweepComparison) -> str:
         if not shared:
             columns += [(f"gflops_{c}", "GFLOPs", ".3g"), *([(f"ms_{c}", "ms", "s")] if result.timed else [])]
     columns.append(("mark", "", "s"))
-    lines = [f"{first.rows[0].split} top-1 of {len(results)} checkpoints ({first.rows[0].model} trained at "
-             f"{first.train_res}px); B: best on its selection split, D: deployment choice", "",
+    models = "; ".join(dict.fromkeys(f"{r.rows[0].model} {r.trained_at}" for r in results))
+    lines = [f"{first.rows[0].split} top-1 of {len(results)} checkpoints ({models}); B: best on its selection split, "
+             "D: deployment choice", "",
              table(rows, columns), ""]
     for label, result in comp.items():
         lines.append(f"{label}: {result.rows[0].checkpoint}")

@@ -35,6 +35,7 @@ from ..core.faults import pause_point
 from ..core.options import read_yaml
 from ..core.progress import notice
 from ..core.rundir import TEMP_PREFIX, TRASH_PREFIX, atomic_path, sha256_file
+from ..data.index import SplitIndex, split_holdout
 from ..data.preprocessing import TRAIN_CROP_FIELDS, Preprocessing
 
 FORMAT = "fixres-checkpoint/2"
@@ -99,6 +100,20 @@ class CheckpointMeta:
 
     def replace(self, **changes) -> "CheckpointMeta":
         return dataclasses.replace(self, **changes)
+
+    def split_training_images(self, train: SplitIndex) -> tuple[SplitIndex, SplitIndex]:
+        """``(trained on, held out)``: the checkpoint's held-out images rebuilt from the training
+        split it was trained on (``holdout`` fraction and seed). A split whose index digest differs
+        from the recorded one is refused: rebuilt on another file list, the held-out images would
+        be others, and a later command would call images that trained the model held out."""
+        if not self.holdout:
+            return train, train.subset([], keep_skipped=False)
+        recorded = self.data_digest.split("-")[0]
+        if recorded and recorded != train.digest():
+            raise FixresError(f"{train.root} is not the training split the checkpoint was trained on (index digest "
+                              f"differs: files added, removed or changed): the images it held out cannot be rebuilt; "
+                              "use the run's own data directory")
+        return split_holdout(train, float(self.holdout["fraction"]), int(self.holdout["seed"]))
 
 
 def run_config_of(directory: Path) -> Path | None:

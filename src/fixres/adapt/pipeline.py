@@ -16,6 +16,7 @@ from torch import nn
 
 from ..core.errors import FixresError
 from ..core.options import to_dict
+from ..core.progress import notice
 from ..core.rundir import prepare_run_dir, write_json
 from ..core.tables import pct
 from ..core.runtime import Dist, Runtime, barrier, gather_lists
@@ -27,7 +28,7 @@ from ..measure.infer import EvalResult, evaluate
 from ..models.checkpoint import META, CheckpointMeta, find_checkpoint, save_checkpoint, versions
 from ..models.equaliser import attach, has_equaliser
 from ..models.pooled import collect_pooled
-from ..models.sizes import check_input_size
+from ..models.sizes import check_input_size, fit_batch
 from ..models.sources import ModelSource, Opened, as_source, open_for_data
 from .data import Images, adapt_transform, adaptation_images
 from .features import build_cache
@@ -148,7 +149,9 @@ def _prepare(model_source: ModelSource, data: str | Path, opts: AdaptOptions, rt
     model, meta, name = opened.model, opened.meta, opened.name
     if opts.method == "parametric" and has_equaliser(model):
         raise FixresError(f"{name} is already equalised (method parametric); adapt its source checkpoint instead")
-    check_input_size(model, [opts.test_res, *([meta.preprocessing.train_res] if opts.method == "parametric" else [])])
+    per_image = check_input_size(model, [opts.test_res, *([meta.preprocessing.train_res]
+                                                          if opts.method == "parametric" else [])])
+    pass_batch = _pass_batch(per_image, opts, rt)
     imgs = adaptation_images(data, meta, opts.images, opts.seed, opened.binding)
     check_label_coverage(opts, imgs, opened)
     if opts.trains and len(imgs.train) < opts.batch_size:
@@ -161,7 +164,22 @@ def _prepare(model_source: ModelSource, data: str | Path, opts: AdaptOptions, rt
     for note in plan.notes:
         rt.log(note)
     prep = meta.preprocessing.override("adaptation", test_res=opts.test_res, crop_pct=opts.crop_pct)
-    return _Context(model, meta, prep, plan, imgs, opts, rt, name)
+    return _Context(model, meta, prep, plan, imgs, opts, rt, name, pass_batch)
+
+
+def _pass_batch(per_image: int, opts: AdaptOptions, rt: Runtime) -> int:
+    """The batch of the passes whose result does not depend on it (evaluation, feature caching,
+    statistics): lowered to fit the memory available. A full-network training loop's batch is
+    the optimisation's own: refused, with the batch that fits, rather than changed."""
+    whole_network = opts.trains and (opts.method == "full" or opts.aug != "v1" or not opts.cache)
+    fits = fit_batch(per_image, opts.batch_size, rt.device, f"adapt at {opts.test_res}px",
+                     input_bytes=4 * 3 * opts.test_res ** 2,
+                     log=notice if rt.dist.is_main and not whole_network else None)
+    if fits < opts.batch_size and whole_network:
+        raise FixresError(f"--method {opts.method} trains the whole network on batches of {opts.batch_size} at "
+                          f"{opts.test_res}px, which do not fit in memory; --batch-size {fits} fits (the result "
+                          "depends on the batch, so fixres does not lower it by itself)")
+    return fits
 
 
 @dataclass
@@ -174,6 +192,7 @@ class _Context:
     opts: AdaptOptions
     rt: Runtime
     name: str                  # the model's, as the report names its source
+    pass_batch: int            # the batch of the passes that do not train (fits in memory)
 
     def before(self, given: EvalResult | None) -> tuple[EvalResult, float]:
         """Val before adaptation (``given`` when measured already, at the same geometry) and its seconds."""
@@ -191,14 +210,14 @@ class _Context:
 
     def evaluate(self, when: str) -> EvalResult:
         k = self.prep.test_res
-        result, _ = evaluate(self.model, self.imgs.val, self.prep, self.rt, batch_size=self.opts.batch_size,
+        result, _ = evaluate(self.model, self.imgs.val, self.prep, self.rt, batch_size=self.pass_batch,
                              label=f"val@{k} {when}")
         self.rt.log(f"{when}: val@{k} top-1 {result.top1:.2f}  top-5 {pct(result.top5)}  loss {result.loss:.4f}  "
                     f"({result.n} images)")
         return result
 
     def loader(self, transform, seed: int | None = None):
-        return ordered_batches(self.imgs.train, transform, self.rt, batch_size=self.opts.batch_size, seed=seed)
+        return ordered_batches(self.imgs.train, transform, self.rt, batch_size=self.pass_batch, seed=seed)
 
 
 class _Inputs(nn.Module):

@@ -47,7 +47,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra:   # reported by the top-level parser, which does not know the command: name it
+        parser.exit(2, f"{getattr(args, 'prog', 'fixres')}: error: unrecognized arguments: {' '.join(extra)}\n")
     try:
         return int(args.handler(args) or 0)
     except FixresError as e:

@@ -52,4 +52,6 @@ def print_json(obj) -> None:
 
 def command(sub, name: str, help: str, description: str):
     """A sub-command's parser; ``description``: its paragraph, as written in the command module."""
-    return sub.add_parser(name, help=help, description=" ".join(description.split()))
+    p = sub.add_parser(name, help=help, description=" ".join(description.split()))
+    p.set_defaults(prog=p.prog)      # errors that the top-level parser reports still name the command
+    return p

@@ -45,8 +45,9 @@ def prepare_run_dir(out: str | Path, *, resume: bool = False, overwrite: bool = 
             raise FixresError(f"cannot resume: {out} is not a fixres {what} (no {marker})")
     elif non_empty:
         if not overwrite:
-            hint = ("use --resume to continue it, --overwrite to replace it, or another --out" if marker == MARKER
-                    else "use --overwrite to replace it, or another --out" if replaceable else "choose another --out")
+            hint = ("choose another --out, or remove it" if not replaceable
+                    else "use --resume to continue it, --overwrite to replace it, or another --out" if marker == MARKER
+                    else "use --overwrite to replace it, or another --out")
             raise FixresError(f"output directory {out} already exists and is not empty ({hint})")
         if not (out / marker).is_file():
             raise FixresError(f"refusing to overwrite {out}: it is not a fixres {what} (no {marker})")

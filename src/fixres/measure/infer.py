@@ -16,6 +16,7 @@ from torch import nn
 
 from ..core.errors import FixresError
 from ..core.options import option
+from ..core.progress import notice
 from ..core.tables import pct
 from ..core.runtime import Dist, Runtime, RuntimeOptions, all_reduce_sum, autocast, gather_lists
 from ..data.folder import list_classes, scan_split
@@ -26,7 +27,7 @@ from ..data.preprocessing import Preprocessing
 from ..data.transforms import Normalizer, check_crop_pct, check_resolution
 from ..models.checkpoint import CheckpointMeta
 from ..models.labels import Binding, LabelSpace, bind, match_folders
-from ..models.sizes import check_input_size
+from ..models.sizes import check_input_size, fit_batch
 from ..models.sources import ModelSource, open_for_data
 
 
@@ -194,9 +195,11 @@ def evaluate_checkpoint(checkpoint: "str | Path | ModelSource", data: str | Path
     opts = EvalOptions() if opts is None else opts
     opened = open_for_data(checkpoint, data, [opts.split])
     prep = opened.meta.preprocessing.override("flag", test_res=opts.test_res, crop_pct=opts.crop_pct)
-    check_input_size(opened.model, [prep.test_res])
+    per_image = check_input_size(opened.model, [prep.test_res])
     index = load_split(data, opts.split, opened.binding)
     rt = opts.runtime(dist_env, quiet)
+    batch = fit_batch(per_image, opts.batch_size, rt.device, f"eval at {prep.test_res}px",
+                      input_bytes=4 * 3 * prep.test_res ** 2, log=notice if rt.dist.is_main else None)
     opened.model.to(rt.device)
-    result, skipped = evaluate(opened.model, index, prep, rt, batch_size=opts.batch_size)
+    result, skipped = evaluate(opened.model, index, prep, rt, batch_size=batch)
     return result, opened.meta, skipped

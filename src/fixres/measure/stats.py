@@ -259,6 +259,12 @@ class StatsOptions(RuntimeOptions):
             raise FixresError(f"images must be at least 1, got {self.images}")
 
 
+def feature_width(model: nn.Module) -> int | None:
+    """The number of pooled features the classifier reads (timm's ``num_features``)."""
+    width = getattr(model, "num_features", None)
+    return int(width) if width else getattr(model.get_classifier(), "in_features", None)
+
+
 def feature_stats(checkpoint: "str | Path | ModelSource", data: str | Path, opts: StatsOptions, *,
                   compare: Sequence[str | Path] = (), quiet: bool = True) -> StatsResult:
     """Distribution of the pooled features at each test resolution against the train-time one.
@@ -278,9 +284,15 @@ def feature_stats(checkpoint: "str | Path | ModelSource", data: str | Path, opts
         if any(p.label == probe.label for p in probes[:i]):
             probe.label = f"{probe.label} #{i + 1}"
     base = probes[0].meta
+    width = feature_width(probes[0].model)
     for probe in probes[1:]:
         if probe.meta.class_names != base.class_names:
             raise FixresError(f"--compare {probe.directory}: its classes differ from {probes[0].directory}'s")
+        if feature_width(probe.model) != width:
+            raise FixresError(f"--compare {probe.directory}: its pooled features have {feature_width(probe.model)} "
+                              f"channels, {probes[0].directory}'s {width}: the distances are to the first model's "
+                              "train-time features, so compare checkpoints of one architecture (run fixres stats on "
+                              "each model)")
     check_input_size(first.model, [*test_res, first.meta.preprocessing.train_res])
     index = balanced_sample(load_split(data, opts.split, first.binding), opts.images, opts.seed)
     prep = base.preprocessing

@@ -43,6 +43,7 @@ from torch import nn
 from ..analyze import predict_test_res
 from ..core.errors import FixresError
 from ..core.options import option
+from ..core.progress import notice
 from ..core.runtime import Dist, Runtime, RuntimeOptions
 from ..data.index import SplitIndex, sample_per_class
 from ..data.loader import Batch
@@ -51,7 +52,7 @@ from ..data.preprocessing import Preprocessing
 from ..data.transforms import check_geometries, resolutions
 from ..models.checkpoint import CheckpointMeta, read_meta
 from ..models.labels import Binding
-from ..models.sizes import check_input_size
+from ..models.sizes import check_input_size, fit_batch
 from ..models.sources import ModelSource, as_source, open_for_data, open_model
 from .choose import BUDGETS, Deployment, choose_best, deployments, fits_budget
 from .costs import ResolutionCost, cost_key, resolution_costs, with_timings
@@ -136,6 +137,10 @@ def select_split(meta: CheckpointMeta, data: str | Path, select_on: str | None, 
                           f"{split}: add one, or use --select-on val (optimistic) or none")
     train = load_split(data, "train", labels if labels is not None else meta.class_names)
     if select_on == "holdout":
+        if meta.weights_from is not None:
+            raise FixresError(f"--select-on holdout: {meta.model} was not trained by fixres, so no image of "
+                              f"{Path(data) / 'train'} is known to be held out of its training; use --select-on train "
+                              "(a sample of train/), val (optimistic) or none")
         if not meta.holdout:
             raise FixresError("the checkpoint records no held-out training images (train with --holdout); "
                               "use --select-on train, val or none")
@@ -298,11 +303,13 @@ def sweep_checkpoint(checkpoint: "str | Path | ModelSource", data: str | Path, o
     model, meta, directory = opened.model, opened.meta, opened.name
     prep = meta.preprocessing
     geometries = check_geometries(opts.test_res, opts.crop_pct or [prep.crop_pct])
-    check_input_size(model, [r for r, _ in geometries])
+    per_image = check_input_size(model, [r for r, _ in geometries])
     report = load_split(data, opts.split, opened.binding)
     selection = select_split(meta, data, opts.select_on, split=opts.split, select_images=opts.select_images,
                              labels=opened.binding)
     rt = opts.runtime(dist_env, quiet)
+    batch = fit_batch(per_image, opts.batch_size, rt.device, f"sweep up to {max(r for r, _ in geometries)}px",
+                      input_bytes=4 * 3 * sum(r * r for r, _ in geometries), log=notice if rt.dist.is_main else None)
     model.to(rt.device)
     cache = {} if cost_cache is None else cost_cache
     key = cost_key(meta)
@@ -311,7 +318,7 @@ def sweep_checkpoint(checkpoint: "str | Path | ModelSource", data: str | Path, o
         if opts.budget_gflops is not None:
             fits_budget(list(costs.values()), gflops=opts.budget_gflops)
         if opts.timing:
-            costs = with_timings(costs, model, rt, batch_size=opts.batch_size, budget_s=opts.timing_budget)
+            costs = with_timings(costs, model, rt, batch_size=batch, budget_s=opts.timing_budget)
         cache[key] = costs
     costs = cache[key]
     if opts.budget_ms is not None or opts.budget_gflops is not None:
@@ -319,7 +326,7 @@ def sweep_checkpoint(checkpoint: "str | Path | ModelSource", data: str | Path, o
     skipped: list = []
 
     def run(index: SplitIndex, name: str, keep_skipped: bool) -> tuple[SweepRow, ...]:
-        results = sweep_model(model, index, prep, geometries, rt, batch_size=opts.batch_size, label=f"sweep {name}",
+        results = sweep_model(model, index, prep, geometries, rt, batch_size=batch, label=f"sweep {name}",
                               skipped=skipped if keep_skipped else None)
         return to_rows(results, checkpoint=str(directory), meta=meta, split=name, costs=costs)
 

@@ -252,6 +252,9 @@ def load_checkpoint(path: str | Path, verify: bool = True,
     meta = read_meta(directory)
     weights = directory / WEIGHTS
     if ema:
+        if (meta.recipe or {}).get("weights") == "ema":
+            raise FixresError(f"{directory} was made from a run's EMA weights ({'adapted' if meta.adaptation else 'its'} "
+                              "weights are the EMA's, recipe['weights'] == 'ema'): drop --ema")
         if not meta.ema or not (directory / EMA_WEIGHTS).is_file():
             raise FixresError(f"{directory} holds no EMA weights (train with --ema-decay to keep them)")
         weights = directory / EMA_WEIGHTS

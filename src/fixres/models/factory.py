@@ -49,14 +49,27 @@ def create_model(name: str, num_classes: int, *, pretrained: bool = False, weigh
                                   new_classifier=new_classifier, **kwargs)[0]
     try:
         model = timm.create_model(name, pretrained=pretrained, num_classes=num_classes, **kwargs)
-    except TypeError as e:      # an argument the architecture does not take
-        raise FixresError(f"{name} does not take these arguments {sorted(kwargs)}: {str(e).strip()}") from None
+    except (TypeError, ValueError, AssertionError) as e:      # an argument it does not take, or a wrong value
+        raise build_error(name, kwargs, e) from None
     except (OSError, ConnectionError, RuntimeError) as e:
         if pretrained:
             raise FixresError(f"could not get pretrained weights for {name} ({type(e).__name__}); "
                               "without internet, pass a local file with --weights") from None
         raise
     return model
+
+
+def build_error(name: str, kwargs: dict, error: Exception) -> FixresError:
+    """One line for timm refusing to build ``name`` with ``kwargs``: the argument it does not take,
+    or that a value is wrong (timm's own message, or the assertion it failed), naming the values."""
+    text = str(error).strip().splitlines()[0] if str(error).strip() else ""
+    unknown = re.search(r"unexpected keyword argument '([^']+)'", text)
+    if unknown:
+        return FixresError(f"{name} does not take the argument {unknown.group(1)!r} (model_kwargs: {sorted(kwargs)})")
+    given = ", ".join(f"{k}={v!r}" for k, v in kwargs.items() if k != "dynamic_img_size")
+    why = text or f"timm's {type(error).__name__} (an assertion on the arguments)"
+    return FixresError(f"timm cannot build {name} with {given or 'its defaults'}: a value is not one it accepts "
+                       f"({why})")
 
 
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
@@ -165,8 +178,8 @@ def model_with_weights(name: str, state: dict[str, torch.Tensor], where: str, *,
             warnings.simplefilter("ignore")      # timm's notes on key conversions; the meta device's no-op copies
             model = timm.create_model(name, pretrained=True, num_classes=size, **kwargs,
                                       pretrained_cfg_overlay={"state_dict": state, "num_classes": size})
-    except TypeError as e:      # an argument the architecture does not take
-        raise FixresError(f"{name} does not take these arguments {sorted(kwargs)}: {str(e).strip()}") from None
+    except (TypeError, ValueError, AssertionError) as e:
+        raise build_error(name, kwargs, e) from None
     except RuntimeError as e:
         raise FixresError(load_summary(e, where, name)) from None
     model.pretrained_cfg.pop("state_dict", None)     # do not carry the weights around in the config

@@ -35,15 +35,32 @@ def find_classifier(model: nn.Module, override: str | None = None) -> str:
     if override is not None:
         modules = dict(model.named_modules())
         module = modules.get(override)
-        if module is not None and any(True for _ in module.parameters()):
-            return override
-        hint = "no such module" if module is None else "it has no parameters"
-        raise FixresError(f"--classifier-module {override!r}: {hint} in {architecture(model)}")
+        if module is None or not any(True for _ in module.parameters()):
+            hint = "no such module" if module is None else "it has no parameters"
+            raise FixresError(f"--classifier-module {override!r}: {hint} in {architecture(model)}")
+        outputs = classifier_outputs(module)
+        if outputs is None:
+            raise FixresError(f"--classifier-module {override!r} is a {type(module).__name__}, not a classifier (a "
+                              "linear layer or 1x1 convolution that produces the logits); name that layer")
+        classes = getattr(model, "num_classes", None)
+        if classes and outputs != classes:
+            raise FixresError(f"--classifier-module {override!r} has {outputs} outputs, the model {classes}: it is "
+                              "not the layer that produces the logits")
+        return override
     names = declared_classifiers(model)
     if not names:
         raise FixresError(f"cannot find the classifier of {architecture(model)} (no timm pretrained_cfg['classifier'] "
                           "or get_classifier()); name it with --classifier-module")
     return names[0]
+
+
+def classifier_outputs(module: nn.Module) -> int | None:
+    """The outputs of a linear or 1x1-convolution layer (what a classifier is), else None."""
+    if isinstance(module, nn.Linear):
+        return module.out_features
+    if isinstance(module, nn.Conv2d) and module.kernel_size == (1, 1):
+        return module.out_channels
+    return None
 
 
 def _cut(module: nn.Module, kept: torch.Tensor, name: str) -> nn.Module:

@@ -174,8 +174,11 @@ def read_class_map(path: str | Path, num_classes: int | None = None) -> LabelSpa
     names = [line.strip() for line in lines]
     if not names or any(not n for n in names):
         raise FixresError(f"class map {path}: expected one class name per line, no blank lines")
-    if len(set(names)) != len(names):
-        raise FixresError(f"class map {path}: a class name appears twice")
+    seen: dict[str, int] = {}
+    for number, name in enumerate(names, 1):
+        if name in seen:
+            raise FixresError(f"class map {path}: {name!r} on line {number} is already on line {seen[name]}")
+        seen[name] = number
     if num_classes is not None and len(names) != num_classes:
         raise FixresError(f"class map {path} names {len(names)} classes, the model has {num_classes} outputs")
     return LabelSpace(tuple(names), source=f"class map {path}")

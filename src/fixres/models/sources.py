@@ -126,6 +126,10 @@ def as_source(source: "str | Path | ModelSource") -> ModelSource:
     ``checkpoint`` downstream is a fixres checkpoint."""
     if isinstance(source, ModelSource):
         folder = as_source(source.checkpoint).model if source.checkpoint is not None else None
+        if folder and source.ema:
+            raise FixresError(f"{source.checkpoint} is an export (a timm folder): it holds one set of weights, the "
+                              "EMA's already if it was exported with --ema (config.json['fixres']['source']"
+                              "['weights'] says which); drop --ema")
         return replace(source, checkpoint=None, model=folder) if folder else source
     path = Path(source)
     if path.suffix == ".safetensors" and is_timm_folder(path.parent):
@@ -213,6 +217,7 @@ def _open_foreign(source: ModelSource) -> Opened:
         _check_recorded_hash(Path(name.split(":", 1)[1]), config)
         model = _timm_create(name, pretrained=True, **size_kwargs(config.get("architecture", "")))
     elif hub:
+        check_hub(name)            # before the config download, which retries for most of a minute offline
         config = _hub_config(name)
         model = _timm_create(name, pretrained=True, **size_kwargs(config.get("architecture", "")))
     elif source.weights:
@@ -264,11 +269,29 @@ def _descriptions(raw, names: tuple[str, ...]) -> tuple[str, ...]:
     return tuple(str(d) for d in raw) if raw and len(raw) == len(names) else ()
 
 
-def _timm_create(name: str, **kwargs) -> nn.Module:
-    downloads = kwargs.get("pretrained") and not name.startswith("local-dir:")
-    if downloads and not hub_reachable():
+def check_hub(name: str) -> None:
+    """Before any download: a Hugging Face hub name that is empty, or a hub that cannot be reached
+    (fail in seconds, with advice that works for a hub model), unless ``HF_HUB_OFFLINE`` asks
+    for the local cache."""
+    repo = name.split(":", 1)[1].strip() if ":" in name else ""
+    if name.startswith(("hf-hub:", "hf_hub:")) and not repo:
+        raise FixresError(f"{name!r} names no model: hf-hub:ORG/NAME (e.g. hf-hub:timm/resnet50.a1_in1k)")
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes"):
+        return          # the hub library reads its cache (and says so if the model is not in it)
+    if not hub_reachable():
+        if name.startswith(("hf-hub:", "hf_hub:")):
+            raise FixresError(f"cannot download {name}: {HUB[0]} is not reachable (offline?); with the model in "
+                              "the hub cache, set HF_HUB_OFFLINE=1; or give a timm folder as --model local-dir:PATH "
+                              "(its config.json and weights), or the architecture's timm name with --weights FILE")
         raise FixresError(f"cannot download the weights of {name}: {HUB[0]} is not reachable (offline?); give a "
                           "local file with --weights FILE (or --model local-dir:PATH)")
+
+
+def _timm_create(name: str, **kwargs) -> nn.Module:
+    # a hub name is resolved online even without its weights (timm reads its config.json there)
+    downloads = name.startswith(("hf-hub:", "hf_hub:")) or (kwargs.get("pretrained") and not name.startswith("local-dir:"))
+    if downloads:
+        check_hub(name)
     hub_log = logging.getLogger("huggingface_hub")
     level = hub_log.level
     hub_log.setLevel(logging.ERROR)     # its retry messages would bury the one line that matters
@@ -292,6 +315,11 @@ def _with_weights(name: str, path: Path) -> nn.Module:
 
 def _local_config(directory: Path) -> tuple[dict, str]:
     file = directory / "config.json"
+    if not directory.exists():
+        raise FixresError(f"local-dir:{directory} does not exist")
+    if not file.exists() and any((directory / n).exists() for n in ("config.yaml", "meta.json", "best", "last")):
+        raise FixresError(f"local-dir:{directory} is a fixres run or checkpoint, not a timm folder: use "
+                          f"--checkpoint {directory} (or fixres export it first)")
     try:
         return json.loads(file.read_text()), str(file)
     except FileNotFoundError:

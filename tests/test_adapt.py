@@ -229,7 +229,7 @@ def one_line(capsys, argv, *needles):
 def test_bad_inputs_are_one_line_errors(trained, colour_data, tmp_path, capsys):
     base = ["adapt", "--checkpoint", trained, "--data", colour_data, "--workers", "0", "--quiet", "--batch-size", "16"]
     one_line(capsys, [*base, "--out", tmp_path / "a", "--test-res", "48", "--method", "magic"], "invalid choice")
-    one_line(capsys, [*base, "--out", tmp_path / "a", "--test-res", "0"], "test_res")
+    one_line(capsys, [*base, "--out", tmp_path / "a", "--test-res", "0"], "test resolution")
     one_line(capsys, [*base, "--out", tmp_path / "a"], "--test-res")
     one_line(capsys, [*base, "--out", tmp_path / "a", "--test-res", "48", "--all-bn"], "--all-bn")
     (tmp_path / "full").mkdir()

@@ -84,6 +84,7 @@ class Images:
     val: SplitIndex         # where before/after accuracy is measured
     held_out: int           # training images excluded because the checkpoint held them out
     available: int          # training images the adaptation could use
+    held: SplitIndex | None = None   # those held-out images (where a ladder's budget rule chooses)
 
 
 def adaptation_images(data: str | Path, meta: CheckpointMeta, images: int | None, seed: int,
@@ -102,4 +103,4 @@ def adaptation_images(data: str | Path, meta: CheckpointMeta, images: int | None
         train = train.positions(torch.randperm(available, generator=g)[:images].tolist())
     if not len(train):
         raise FixresError(f"{data}/train has no training image left for adaptation")
-    return Images(train, val, held, available)
+    return Images(train, val, held, available, out)

@@ -88,30 +88,45 @@ def build_cache(bottom: nn.Module, loader, n: int, normalizer: Normalizer,
     Under several processes each rank computes the rows of its batches and the rows are
     summed across ranks (every other rank holds zeros there), so every rank ends with the
     whole cache, exactly as one process would have computed it."""
+    return build_caches(bottom, loader, n, normalizer, rt, views=None)[0]
+
+
+@torch.no_grad()
+def build_caches(bottom: nn.Module, loader, n: int, normalizer: Normalizer, rt: Runtime,
+                 views: int | None) -> list[tuple[FeatureCache | None, str]]:
+    """:func:`build_cache` for each of ``views`` geometries of one multi-view loader (every image
+    decoded once, a ladder's rungs: :class:`~fixres.data.loader.MultiView`); ``views=None``: the
+    loader yields single images. The cache of view ``v`` equals a one-view pass at that geometry."""
     device, dist_env = rt.device, rt.dist
-    tensors, labels = None, torch.zeros(n, dtype=torch.long)
-    valid, skipped, reason = torch.zeros(n, dtype=torch.bool), [], ""
+    k = 1 if views is None else views
+    tensors, reasons = [None] * k, [""] * k
+    labels, valid, skipped = torch.zeros(n, dtype=torch.long), torch.zeros(n, dtype=torch.bool), []
     for batch in loader:
         skipped.extend(batch.skipped)
-        if batch.images is None or reason:
+        if batch.images is None:
             continue
-        with autocast(device, rt.amp_dtype):
-            out = bottom(normalizer(batch.images, device))
-        if tensors is None:
-            tensors, reason = _allocate([(t.shape[1:], t.dtype) for t in out], n, device)
-            if tensors is None:
+        for v in range(k):
+            if reasons[v]:
                 continue
-        rows = batch.indices.to(tensors[0].device)
-        for dst, src in zip(tensors, out):
-            dst.index_copy_(0, rows, src.to(dst.device, dst.dtype))
+            images = batch.images if views is None else batch.images[v]
+            with autocast(device, rt.amp_dtype):
+                out = bottom(normalizer(images, device))
+            if tensors[v] is None:
+                tensors[v], reasons[v] = _allocate([(t.shape[1:], t.dtype) for t in out], n, device)
+                if tensors[v] is None:
+                    continue
+            rows = batch.indices.to(tensors[v][0].device)
+            for dst, src in zip(tensors[v], out):
+                dst.index_copy_(0, rows, src.to(dst.device, dst.dtype))
         labels[batch.indices] = batch.labels
         valid[batch.indices] = True
     if dist_env.enabled:
-        tensors, reason = _merge_ranks(tensors, reason, labels, valid, n, device, dist_env)
+        merged = [_merge_ranks(tensors[v], reasons[v], n, device, dist_env) for v in range(k)]
+        tensors, reasons = [m[0] for m in merged], [m[1] for m in merged]
+        labels, valid = _merged_labels(labels, valid, dist_env)
         skipped = gather_lists(skipped, dist_env)
-    if tensors is None:
-        return None, reason or "no adaptation image could be decoded"
-    return FeatureCache(tensors, labels, valid, skipped), ""
+    return [(None, reasons[v] or "no adaptation image could be decoded") if tensors[v] is None
+            else (FeatureCache(tensors[v], labels, valid, skipped), "") for v in range(k)]
 
 
 def _allocate(layout: list, n: int, device: torch.device) -> tuple[tuple[torch.Tensor, ...] | None, str]:
@@ -125,8 +140,7 @@ def _allocate(layout: list, n: int, device: torch.device) -> tuple[tuple[torch.T
     return tuple(torch.zeros((n, *shape), dtype=dtype, device=storage, pin_memory=pin) for shape, dtype in layout), ""
 
 
-def _merge_ranks(tensors, reason: str, labels: torch.Tensor, valid: torch.Tensor, n: int, device: torch.device,
-                 dist_env: Dist):
+def _merge_ranks(tensors, reason: str, n: int, device: torch.device, dist_env: Dist):
     """Agree on the layout (a rank may have had no batch), then sum the rows of all ranks."""
     mine = None if tensors is None else [(tuple(t.shape[1:]), t.dtype) for t in tensors]
     views: list = [None] * dist_env.world
@@ -139,8 +153,14 @@ def _merge_ranks(tensors, reason: str, labels: torch.Tensor, valid: torch.Tensor
         tensors, _ = _allocate(layout, n, device)
     for t in tensors:  # collectives run where the tensor lives (gloo: CPU, NCCL: GPU)
         torch.distributed.all_reduce(t)
+    return tensors, ""
+
+
+def _merged_labels(labels: torch.Tensor, valid: torch.Tensor, dist_env: Dist) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every rank's labels and decodable flags (each rank set the rows of its batches)."""
+    out = []
     for t in (labels, valid):
         merged = t.long()
         torch.distributed.all_reduce(merged)
-        t.copy_(merged.to(t.dtype))
-    return tensors, ""
+        out.append(merged.to(t.dtype))
+    return out[0], out[1]

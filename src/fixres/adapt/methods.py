@@ -197,34 +197,57 @@ def reestimate_bn(model: nn.Module, names: tuple[str, ...], loader, normalizer: 
     batch-normalised inputs (what matters with ``all_bn``); ``num_batches_tracked`` is kept.
     Returns the number of images used and the files that could not be decoded.
     """
+    moments, images, skipped = bn_moments(model, names, loader, normalizer, rt, views=None)
+    set_bn_statistics(model, names, moments[0])
+    return images, skipped
+
+
+@torch.no_grad()
+def bn_moments(model: nn.Module, names: tuple[str, ...], loader, normalizer: Normalizer, rt: Runtime,
+               views: int | None) -> tuple[list[list[_Moments]], int, list]:
+    """The exact input moments of the named batch-norms over every image of ``loader``, for each
+    of ``views`` geometries of a multi-view loader (one decode per image: a ladder's rungs), or
+    for single images (``views=None``). The model's running statistics are left to the caller:
+    the pass runs those batch-norms in train mode, which moves them."""
     bns = [model.get_submodule(n) for n in names]
-    moments = [_Moments() for _ in bns]
-    handles = [bn.register_forward_pre_hook(m) for bn, m in zip(bns, moments)]
+    k = 1 if views is None else views
+    moments = [[_Moments() for _ in bns] for _ in range(k)]
+    active = [0]
+    handles = [bn.register_forward_pre_hook(lambda m, a, i=i: moments[active[0]][i](m, a)) for i, bn in enumerate(bns)]
     tracked = [bn.num_batches_tracked.clone() if bn.num_batches_tracked is not None else None for bn in bns]
     images, skipped = 0, []
     model.eval()
     for bn in bns:
         bn.train()
     try:
-        for batch in rt.progress(loader, "bn statistics"):
+        for batch in rt.progress(loader, "bn statistics" + (f" x{views}" if views else "")):
             skipped.extend(batch.skipped)
-            if batch.images is not None:
+            if batch.images is None:
+                continue
+            for v in range(k):
+                active[0] = v
                 with autocast(rt.device, rt.amp_dtype):
-                    model(normalizer(batch.images, rt.device))
-                images += len(batch.images)
+                    model(normalizer(batch.images if views is None else batch.images[v], rt.device))
+            images += len(batch.labels)
     finally:
         for h in handles:
             h.remove()
         model.eval()
+        for bn, count in zip(bns, tracked):
+            if count is not None:
+                bn.num_batches_tracked.copy_(count)
     if rt.dist.enabled:
         images = int(all_reduce_sum(torch.tensor([images], dtype=torch.float64, device=rt.device), rt.dist).item())
         skipped = gather_lists(skipped, rt.dist)
-        moments = [_Moments.merge(m, rt.dist) for m in moments]
+        moments = [[_Moments.merge(m, rt.dist) for m in per_view] for per_view in moments]
     if images == 0:
         raise FixresError("no adaptation image could be decoded")
-    for bn, m, count in zip(bns, moments, tracked):
+    return moments, images, skipped
+
+
+def set_bn_statistics(model: nn.Module, names: tuple[str, ...], moments: list[_Moments]) -> None:
+    """Running mean and unbiased variance of the named batch-norms from their input moments."""
+    for name, m in zip(names, moments):
+        bn = model.get_submodule(name)
         bn.running_mean.copy_(m.mean.to(bn.running_mean.dtype))
         bn.running_var.copy_((m.m2 / max(m.n - 1, 1)).to(bn.running_var.dtype))
-        if count is not None:
-            bn.num_batches_tracked.copy_(count)
-    return images, skipped

@@ -123,15 +123,15 @@ def adapt_checkpoint(checkpoint: "str | Path | ModelSource", data: str | Path, o
     source = find_checkpoint(model_source.checkpoint) if model_source.checkpoint else None
     if out is not None and dist_env.is_main:
         out = check_adapt_out(out, source, overwrite)
-    ctx = _prepare(model_source, data, opts, rt)
+    ctx = prepare_adaptation(model_source, data, opts, rt)
     before, eval_seconds = ctx.before(before)
-    info = {"trains": _train_method, "bn": _bn_method, "parametric": _parametric_method}[
+    info = {"trains": train_method, "bn": bn_method, "parametric": parametric_method}[
         "trains" if opts.trains else opts.method](ctx)
     t0 = time.perf_counter()
     after = ctx.evaluate("after")
     eval_seconds += time.perf_counter() - t0
     seconds = time.perf_counter() - t_start
-    report = _report(ctx, ctx.name, before, after, info, seconds, eval_seconds)
+    report = adaptation_report(ctx, ctx.name, before, after, info, seconds, eval_seconds)
     new_meta = ctx.meta.replace(preprocessing=ctx.prep, adaptation=report,
                                 metrics={f"val_{k}": v for k, v in after.row().items()})
     if out is not None and dist_env.is_main:
@@ -143,15 +143,18 @@ def adapt_checkpoint(checkpoint: "str | Path | ModelSource", data: str | Path, o
     return result
 
 
-def _prepare(model_source: ModelSource, data: str | Path, opts: AdaptOptions, rt: Runtime) -> "_Context":
-    """Open the model on the data's folders, check what the adaptation needs, choose its layers."""
+def prepare_adaptation(model_source: ModelSource, data: str | Path, opts: AdaptOptions, rt: Runtime,
+             rungs: tuple[int, ...] = ()) -> "AdaptContext":
+    """Open the model on the data's folders, check what the adaptation needs, choose its layers.
+    ``rungs``: the resolutions of a ladder, every one checked (its passes hold all at once)."""
     opened = open_for_data(model_source, data, ["train", "val"])
     model, meta, name = opened.model, opened.meta, opened.name
     if opts.method == "parametric" and has_equaliser(model):
         raise FixresError(f"{name} is already equalised (method parametric); adapt its source checkpoint instead")
-    per_image = check_input_size(model, [opts.test_res, *([meta.preprocessing.train_res]
-                                                          if opts.method == "parametric" else [])])
-    pass_batch = _pass_batch(per_image, opts, rt)
+    resolutions = list(rungs) or [opts.test_res]
+    per_image = check_input_size(model, [*resolutions, *([meta.preprocessing.train_res]
+                                                         if opts.method == "parametric" else [])])
+    pass_batch = _pass_batch(per_image, opts, rt, resolutions)
     imgs = adaptation_images(data, meta, opts.images, opts.seed, opened.binding)
     check_label_coverage(opts, imgs, opened)
     if opts.trains and len(imgs.train) < opts.batch_size:
@@ -164,16 +167,16 @@ def _prepare(model_source: ModelSource, data: str | Path, opts: AdaptOptions, rt
     for note in plan.notes:
         rt.log(note)
     prep = meta.preprocessing.override("adaptation", test_res=opts.test_res, crop_pct=opts.crop_pct)
-    return _Context(model, meta, prep, plan, imgs, opts, rt, name, pass_batch)
+    return AdaptContext(model, meta, prep, plan, imgs, opts, rt, name, pass_batch)
 
 
-def _pass_batch(per_image: int, opts: AdaptOptions, rt: Runtime) -> int:
+def _pass_batch(per_image: int, opts: AdaptOptions, rt: Runtime, resolutions: list[int]) -> int:
     """The batch of the passes whose result does not depend on it (evaluation, feature caching,
     statistics): lowered to fit the memory available. A full-network training loop's batch is
     the optimisation's own: refused, with the batch that fits, rather than changed."""
     whole_network = opts.trains and (opts.method == "full" or opts.aug != "v1" or not opts.cache)
-    fits = fit_batch(per_image, opts.batch_size, rt.device, f"adapt at {opts.test_res}px",
-                     input_bytes=4 * 3 * opts.test_res ** 2,
+    fits = fit_batch(per_image, opts.batch_size, rt.device, f"adapt at {', '.join(map(str, resolutions))}px",
+                     input_bytes=4 * 3 * sum(r * r for r in resolutions),
                      log=notice if rt.dist.is_main and not whole_network else None)
     if fits < opts.batch_size and whole_network:
         raise FixresError(f"--method {opts.method} trains the whole network on batches of {opts.batch_size} at "
@@ -183,7 +186,7 @@ def _pass_batch(per_image: int, opts: AdaptOptions, rt: Runtime) -> int:
 
 
 @dataclass
-class _Context:
+class AdaptContext:
     model: nn.Module
     meta: CheckpointMeta
     prep: Preprocessing        # the checkpoint's, at the adaptation's test resolution
@@ -227,7 +230,7 @@ class _Inputs(nn.Module):
         return (x,)
 
 
-def _probe_batch(ctx: _Context, transform) -> torch.Tensor | None:
+def _probe_batch(ctx: AdaptContext, transform) -> torch.Tensor | None:
     dataset, images = ImageDataset(ctx.imgs.train, transform), []
     for i in range(len(dataset)):
         item = dataset[i]
@@ -238,40 +241,49 @@ def _probe_batch(ctx: _Context, transform) -> torch.Tensor | None:
     return ctx.normalizer(torch.stack(images), ctx.rt.device) if images else None
 
 
-def _train_method(ctx: _Context) -> dict:
+def train_method(ctx: AdaptContext) -> dict:
     """fixres / head / full: SGD on the top, on cached features when possible."""
-    opts, model, rt = ctx.opts, ctx.model, ctx.rt
-    transform = adapt_transform(opts.aug, ctx.prep)
     t0 = time.perf_counter()
-    forward, batches, cache, why, crossing = None, None, None, "", ()
+    split, why = trainable_split(ctx)
+    cache = None
+    if split is not None:
+        loader = ctx.rt.progress(ctx.loader(adapt_transform(ctx.opts.aug, ctx.prep)), "caching features")
+        cache, why = build_cache(split.bottom, loader, len(ctx.imgs.train), ctx.normalizer, ctx.rt)
+        why = "" if cache is not None else f"full-network loop: {why}"
+    return train_top(ctx, split if cache is not None else None, cache, why, time.perf_counter() - t0)
+
+
+def trainable_split(ctx: AdaptContext) -> tuple[Split | None, str]:
+    """The cut between the frozen layers and the adapted ones for training on cached features
+    (checked on two images at the context's resolution), or None and why the whole network runs."""
+    opts, model = ctx.opts, ctx.model
     if not opts.cache:
-        why = "--no-cache: full-network loop"
-    elif opts.aug != "v1":
-        why = V2_NOTE
-    else:
-        split, why = ((Split(_Inputs(), model, ("input",)), "") if "" in ctx.plan.adapted
-                      else split_graph(model, ctx.plan.adapted))
-        probe = _probe_batch(ctx, transform) if split is not None else None
-        if split is not None and probe is not None:
-            why = check_split(model, split, probe)
-        if split is not None and not why:
-            cache, why = build_cache(split.bottom, rt.progress(ctx.loader(transform), "caching features"),
-                                     len(ctx.imgs.train), ctx.normalizer, rt)
-        if cache is not None:
-            forward, crossing = split.top, split.crossing
-            batches = cached_batches(cache, opts.batch_size, opts.seed, rt.device)
-        else:
-            why = f"full-network loop: {why}"
+        return None, "--no-cache: full-network loop"
+    if opts.aug != "v1":
+        return None, V2_NOTE
+    split, why = ((Split(_Inputs(), model, ("input",)), "") if "" in ctx.plan.adapted
+                  else split_graph(model, ctx.plan.adapted))
+    probe = _probe_batch(ctx, adapt_transform(opts.aug, ctx.prep)) if split is not None else None
+    if split is not None and probe is not None:
+        why = check_split(model, split, probe)
+    return (split, "") if split is not None and not why else (None, f"full-network loop: {why}")
+
+
+def train_top(ctx: AdaptContext, split: Split | None, cache, why: str, features_seconds: float) -> dict:
+    """Train the plan's layers: the split's top on ``cache``, or (no cache) the whole network on
+    images decoded every epoch. Returns the report's execution part."""
+    opts, model, rt = ctx.opts, ctx.model, ctx.rt
     skipped: dict = {}
-    if forward is None:
+    if cache is None:
         rt.log(why)
         forward = model
-        batches = NaiveBatches(ctx.imgs.train, transform, opts.batch_size, opts.seed, ctx.normalizer, rt, skipped)
+        batches = NaiveBatches(ctx.imgs.train, adapt_transform(opts.aug, ctx.prep), opts.batch_size, opts.seed,
+                               ctx.normalizer, rt, skipped)
     else:
+        forward, batches = split.top, cached_batches(cache, opts.batch_size, opts.seed, rt.device)
         skipped.update(cache.skipped)
         rt.log(f"cached {int(cache.valid.sum())} images' features of the frozen layers "
-                f"({cache.nbytes / 2**20:.1f} MiB on {cache.storage}) in {time.perf_counter() - t0:.1f}s")
-    features_seconds = time.perf_counter() - t0
+               f"({cache.nbytes / 2**20:.1f} MiB on {cache.storage}) in {features_seconds:.1f}s")
     t0 = time.perf_counter()
     # On cached features every rank holds the whole cache and takes identical steps; the
     # full-network loop shards every batch over the ranks and averages the gradients.
@@ -284,11 +296,11 @@ def _train_method(ctx: _Context) -> dict:
             "images_skipped": len(skipped), "images_used": len(ctx.imgs.train) - len(skipped),
             "seconds_features": round(features_seconds, 3), "seconds_train": round(time.perf_counter() - t0, 3)}
     if cache is not None:
-        info["cache"] = {"bytes": cache.nbytes, "storage": str(cache.storage), "crossing": list(crossing)}
+        info["cache"] = {"bytes": cache.nbytes, "storage": str(cache.storage), "crossing": list(split.crossing)}
     return info
 
 
-def _bn_method(ctx: _Context) -> dict:
+def bn_method(ctx: AdaptContext) -> dict:
     """Label-free: exact batch-norm statistics at K_test, one pass, no gradient."""
     k, t0 = ctx.prep.test_res, time.perf_counter()
     used, skipped = reestimate_bn(ctx.model, ctx.plan.batch_norms, ctx.loader(ctx.prep.test_view()), ctx.normalizer,
@@ -299,7 +311,7 @@ def _bn_method(ctx: _Context) -> dict:
             "seconds_train": 0.0}
 
 
-def _parametric_method(ctx: _Context) -> dict:
+def parametric_method(ctx: AdaptContext) -> dict:
     """Label-free: fit the pooled features' laws at the train geometry (the run's own
     RandomResizedCrop settings, from its preprocessing record) and at the test geometry, equalise."""
     prep, rt, t0 = ctx.prep, ctx.rt, time.perf_counter()
@@ -327,8 +339,8 @@ def _parametric_method(ctx: _Context) -> dict:
             "seconds_features": round(time.perf_counter() - t0, 3), "seconds_train": 0.0}
 
 
-def _report(ctx: _Context, source: str, before: EvalResult, after: EvalResult, info: dict, seconds: float,
-            eval_seconds: float) -> dict:
+def adaptation_report(ctx: AdaptContext, source: str, before: EvalResult, after: EvalResult, info: dict,
+                      seconds: float, eval_seconds: float) -> dict:
     meta, opts, prep = ctx.meta, ctx.opts, ctx.prep
     keep = ("top1", "top5", "loss", "n", "n_skipped")
     report = {

@@ -92,7 +92,8 @@ def export_checkpoint(checkpoint: "str | Path | ModelSource", out: str | Path, *
     origin = {"checkpoint": opened.name, "weights_sha256": meta.weights_sha256, "epoch": meta.epoch,
               "created": meta.created, "versions": meta.versions, "weights_from": meta.weights_from,
               "weights": "ema" if source.ema else "model"}
-    weights = opened.directory / (EMA_WEIGHTS if source.ema else WEIGHTS) if opened.directory is not None else None
+    byte_copy = opened.directory is not None and not meta.base      # a ladder rung holds only its changed tensors
+    weights = opened.directory / (EMA_WEIGHTS if source.ema else WEIGHTS) if byte_copy else None
     out.parent.mkdir(parents=True, exist_ok=True)
     # an empty `out` (checked above) is replaced; one that filled up since makes this fail, deleting nothing
     with atomic_path(out, existing="empty", fsync=True) as tmp:

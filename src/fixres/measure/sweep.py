@@ -35,7 +35,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Literal, Optional, Sequence
+from typing import Callable, Literal, Optional, Sequence
 
 import torch
 from torch import nn
@@ -62,23 +62,29 @@ SELECT_ON = ("holdout", "train", "val", "none")
 
 
 # ----------------------------------------------------------------------------- one pass
-def _per_geometry(batches, n: int):
-    """Flatten each multi-geometry :class:`Batch` into ``n`` plain ones, geometry order."""
+def _per_geometry(batches, n: int, before_view: Callable[[int], None] | None = None):
+    """Flatten each multi-geometry :class:`Batch` into ``n`` plain ones, geometry order;
+    ``before_view(g)`` runs before geometry ``g``'s batch goes to the model."""
     for batch in batches:
         for g in range(n):
+            if before_view is not None:
+                before_view(g)
             yield Batch(None if batch.images is None else batch.images[g], batch.labels, batch.indices, batch.skipped)
 
 
 @torch.no_grad()
 def sweep_model(model: nn.Module, split_index: SplitIndex, prep: Preprocessing,
                 geometries: Sequence[tuple[int, float]], rt: Runtime, *, batch_size: int = 100,
-                label: str = "sweep", skipped: list | None = None) -> list[EvalResult]:
+                label: str = "sweep", skipped: list | None = None,
+                before_view: Callable[[int], None] | None = None) -> list[EvalResult]:
     """Evaluate ``model`` on ``split_index`` at every ``(test_res, crop_pct)`` of ``geometries``
     (``prep``'s normalisation and interpolation) in one pass over the images.
 
     Args:
         label: the progress bar's text.
         skipped: if given, extended with the ``(path, reason)`` of files that could not be read.
+        before_view: called with a geometry's position before each of its forwards (a ladder
+            puts that rung's weights in place: several models, one decode per image).
 
     Returns:
         One :class:`EvalResult` per geometry, in the order given; each equals
@@ -98,7 +104,8 @@ def sweep_model(model: nn.Module, split_index: SplitIndex, prep: Preprocessing,
             skipped.extend(split_index.skipped)
     n = len(views)
     batches = rt.progress(loader, f"{label} x{n}")
-    for i, (logits, batch) in enumerate(infer(model, _per_geometry(batches, n), prep.normalizer(rt.channels_last), rt)):
+    flat = _per_geometry(batches, n, before_view)
+    for i, (logits, batch) in enumerate(infer(model, flat, prep.normalizer(rt.channels_last), rt)):
         g = i % n
         tallies[g].add(logits, batch.labels, len(batch.skipped))
         if g == 0 and skipped is not None:

@@ -65,6 +65,9 @@ class CheckpointMeta:
                                        # "selection"}), if any
     selection: dict | None = None      # set by fixres train: what chose the run's best epoch (split, metric,
                                        # weights, geometry; fixres.train.select)
+    base: dict | None = None           # a ladder rung: {"path": the full checkpoint it changes (relative),
+                                       # "weights_sha256": its weights' hash}; its own weights file then holds
+                                       # only the tensors its adaptation changed (fixres.adapt.ladder)
     weights_sha256: str = ""
     format: str = FORMAT
     versions: dict = field(default_factory=dict)
@@ -262,13 +265,37 @@ def load_checkpoint(path: str | Path, verify: bool = True,
                             selection=meta.ema.get("selection", meta.selection),
                             recipe={**(meta.recipe or {}), "weights": "ema", "ema_decay": meta.ema.get("decay")},
                             ema=None)
-    if verify and meta.weights_sha256 and sha256_file(weights) != meta.weights_sha256:
-        raise FixresError(f"{weights}: content does not match the hash recorded in {META} (file changed or corrupt)")
-    try:
-        state = load_file(str(weights))
-    except Exception as e:  # safetensors raises its own error types for corrupt headers
-        raise FixresError(f"{weights}: unreadable safetensors file ({e})") from None
+    state = _read_weights(weights, meta.weights_sha256 if verify else "")
+    if meta.base:       # a ladder rung: the full weights it changes, then its own tensors over them
+        base = (directory / meta.base["path"]).resolve()
+        state = {**_read_weights(base / WEIGHTS, meta.base["weights_sha256"] if verify else ""), **state}
     return state, meta, directory
+
+
+def _read_weights(path: Path, sha256: str) -> dict[str, torch.Tensor]:
+    if not path.is_file():
+        raise FixresError(f"{path} does not exist")
+    if sha256 and sha256_file(path) != sha256:
+        raise FixresError(f"{path}: content does not match the hash recorded in {META} (file changed or corrupt)")
+    try:
+        return load_file(str(path))
+    except Exception as e:  # safetensors raises its own error types for corrupt headers
+        raise FixresError(f"{path}: unreadable safetensors file ({e})") from None
+
+
+def save_rung(directory: Path, tensors: dict[str, torch.Tensor], meta: CheckpointMeta, base: Path) -> CheckpointMeta:
+    """Write a ladder rung: ``tensors`` (only what its adaptation changed) and its metadata,
+    which names the full checkpoint ``base`` they apply to (relative, so the ladder moves whole)."""
+    base_meta = read_meta(base)
+    meta = meta.replace(base={"path": os.path.relpath(base, directory), "weights_sha256": base_meta.weights_sha256},
+                        ema=None)
+    directory.mkdir(parents=True)
+    save_file({k: v.detach().to("cpu", copy=True).contiguous() for k, v in tensors.items()}, str(directory / WEIGHTS),
+              metadata={"format": "pt"})
+    meta = meta.replace(weights_sha256=sha256_file(directory / WEIGHTS), versions=versions(),
+                        created=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+    (directory / META).write_text(meta.to_json())
+    return meta
 
 
 def load_train_state(directory: str | Path) -> dict[str, Any]:

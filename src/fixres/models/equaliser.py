@@ -84,6 +84,13 @@ def attach(model: nn.Module, module: str, equaliser: Equaliser) -> None:
     target.register_forward_pre_hook(equaliser)
 
 
+def detach(model: nn.Module, module: str) -> None:
+    """Remove any equaliser from the input of ``model.<module>``."""
+    target = model.get_submodule(module)
+    for key in _equaliser_hooks(target):
+        del target._forward_pre_hooks[key]
+
+
 def has_equaliser(model: nn.Module) -> bool:
     return any(_equaliser_hooks(m) for m in model.modules())
 

@@ -100,3 +100,86 @@ def test_a_ladder_of_one_rung_is_a_plain_adapted_checkpoint(trained_run, colour_
     assert not (tmp_path / "one" / "ladder.json").exists() and (tmp_path / "one" / "meta.json").is_file()
     assert result.meta.preprocessing.test_res == 40
     assert json.loads((tmp_path / "one" / "adapt.json").read_text())["method"] == "bn"
+
+
+# ----------------------------------------------------------------------------- every command takes a ladder
+def test_eval_uses_the_rung_at_its_resolution(ladders, colour_data, capsys):
+    from helpers import one_line_error, run_cli
+    ladder = ladders("fixres")
+    code, out, err = run_cli(capsys, "eval", "--checkpoint", ladder.out, "--data", colour_data, "--test-res", 40,
+                             "--json", "--workers", 0)
+    assert code == 0, err
+    rung = next(r for r in ladder.rungs if r.meta.preprocessing.test_res == 40)
+    assert json.loads(out)["top1"] == rung.after.top1 and json.loads(out)["loss"] == pytest.approx(rung.after.loss)
+    code, _, err = run_cli(capsys, "eval", "--checkpoint", ladder.out, "--data", colour_data, "--test-res", 44,
+                           "--workers", 0)
+    one_line_error(code, err, "no rung at 44px", "32px, 40px, 48px")
+    code, _, err = run_cli(capsys, "eval", "--checkpoint", ladder.out, "--data", colour_data, "--workers", 0)
+    one_line_error(code, err, "is a ladder", "--test-res")
+
+
+def test_sweep_draws_the_ladders_curve_beside_its_base(ladders, colour_data, tmp_path, capsys):
+    from helpers import run_cli
+    ladder = ladders("fixres")
+    code, out, err = run_cli(capsys, "sweep", "--checkpoint", ladder.out, "--data", colour_data, "--workers", 0,
+                             "--no-timing", "--json", "--out", tmp_path / "s")
+    assert code == 0, err
+    record = json.loads(out)
+    assert record["labels"] == ["not adapted", "ladder (fixres)"]
+    base, curve = record["checkpoints"]
+    assert [r["test_res"] for r in curve["rows"]] == list(RUNGS) == [r["test_res"] for r in base["rows"]]
+    for row, rung in zip(curve["rows"], ladder.rungs):      # each rung at its resolution, as adapted
+        assert row["top1"] == rung.after.top1 and row["loss"] == pytest.approx(rung.after.loss, rel=1e-5)
+        assert row["adapted"] == "fixres"
+    for row, rung in zip(base["rows"], ladder.rungs):
+        assert row["top1"] == rung.before.top1 and row["adapted"] is None
+    assert curve["chosen"]["split"] == "holdout" and (tmp_path / "s" / "sweep-cost.png").is_file()
+
+
+def test_predict_picks_the_rung_by_resolution_or_budget(ladders, colour_data, capsys):
+    from helpers import one_line_error, run_cli
+    ladder = ladders("fixres")
+    image = sorted((colour_data / "val" / "red").iterdir())[0]
+    record = json.loads((ladder.out / "ladder.json").read_text())
+    gflops = {r["test_res"]: r["gflops"] for r in record["rungs"]}
+    code, out, _ = run_cli(capsys, "predict", "--checkpoint", ladder.out, image, "--test-res", 40, "--json")
+    assert code == 0 and json.loads(out)["test_res"] == 40 and "rung 40px" in json.loads(out)["source"]
+    code, out, _ = run_cli(capsys, "predict", "--checkpoint", ladder.out, image, "--budget-gflops", gflops[40] * 1.01,
+                           "--json")
+    fits = [r for r in record["rungs"] if r["gflops"] <= gflops[40] * 1.01]
+    assert code == 0 and json.loads(out)["test_res"] == max(fits, key=lambda r: (r["selection_top1"],
+                                                                                 -r["test_res"]))["test_res"]
+    code, _, err = run_cli(capsys, "predict", "--checkpoint", ladder.out, image, "--budget-gflops", gflops[32] / 2)
+    one_line_error(code, err, "no rung fits", "32px")
+    code, _, err = run_cli(capsys, "predict", "--checkpoint", ladder.out, image, "--budget-ms", 5)
+    one_line_error(code, err, "not timed")
+
+
+def test_export_writes_one_timm_folder_per_rung(ladders, tmp_path):
+    import timm
+    ladder = ladders("fixres")
+    from fixres.deploy.export import export_checkpoint
+    out = export_checkpoint(ladder.out, tmp_path / "E", onnx=True)
+    record = json.loads((out / "ladder.json").read_text())
+    assert [r["test_res"] for r in record["rungs"]] == list(RUNGS)
+    for rung in record["rungs"]:
+        model = timm.create_model(f"local-dir:{out / rung['dir']}", pretrained=True).eval()
+        reference, _ = open_checkpoint(ladder.out / "rungs" / str(rung["test_res"]))
+        x = torch.randn(2, 3, rung["test_res"], rung["test_res"])
+        with torch.no_grad():
+            assert torch.allclose(model(x), reference(x), atol=1e-5)
+        assert model.pretrained_cfg["input_size"] == [3, rung["test_res"], rung["test_res"]]
+        assert (out / rung["dir"] / "model.onnx").is_file() and rung["onnx"] == "model.onnx"
+
+
+def test_switching_rungs_swaps_only_their_tensors(ladders):
+    from fixres.models.heads import find_classifier
+    ladder = Ladder.open(ladders("parametric").out)
+    model, _ = open_checkpoint(ladder.base)
+    switch = ladder.switcher(model, find_classifier(model))
+    x = torch.randn(2, 3, 40, 40)
+    for res in (48, 32, 40, None):
+        switch(res)
+        reference, _ = open_checkpoint(ladder.path(res) if res else ladder.base)
+        with torch.no_grad():
+            assert torch.allclose(model(x), reference(x), atol=1e-6), res

@@ -1,7 +1,10 @@
 """``fixres export``: a folder timm loads as it is (config.json + model.safetensors), optionally ONNX."""
 from __future__ import annotations
 
+import json
+
 from ..deploy.export import ONNX_TOLERANCE, export_checkpoint, export_text, read_export
+from ..models.ladder import LADDER_FILE
 from .common import add_model_source, add_output_flags, command, finish, model_source
 
 
@@ -29,5 +32,10 @@ def register(sub) -> None:
 def run(args) -> int:
     out = export_checkpoint(model_source(args), args.out, onnx=args.onnx, test_res=args.test_res,
                             crop_pct=args.crop_pct)
+    if (out / LADDER_FILE).is_file():      # a ladder: one folder per rung
+        record = json.loads((out / LADDER_FILE).read_text())
+        return finish(args, record, as_json=lambda r: {"out": str(out), **r},
+                      as_text=lambda r: "\n".join(export_text(out / rung["dir"], read_export(out / rung["dir"])["fixres"])
+                                                  for rung in r["rungs"]) + f"\nladder: {out / LADDER_FILE}")
     record = {"out": str(out), **read_export(out)["fixres"]}
     return finish(args, record, as_json=lambda r: r, as_text=lambda r: export_text(out, r))

@@ -5,7 +5,8 @@ from ..core.errors import FixresError
 from ..core.options import add_arguments, build, from_namespace
 from ..core.rundir import prepare_output_files
 from ..core.runtime import init_distributed
-from ..measure.sweep import SweepOptions, sweep_checkpoint, sweep_checkpoints
+from ..measure.sweep import SweepOptions, sweep_checkpoint, sweep_checkpoints, sweep_ladder
+from ..models.ladder import Ladder, is_ladder
 from ..measure.sweep_report import (
     SWEEP_FILES,
     comparison_json,
@@ -53,12 +54,21 @@ def sweep_sources(args) -> list[ModelSource]:
 
 
 def run(args) -> int:
-    opts = build(SweepOptions, from_namespace(args, SweepOptions))   # validated before loading anything
+    sources = sweep_sources(args)
+    ladders = [s.checkpoint for s in sources if s.checkpoint and is_ladder(s.checkpoint)]
+    given = from_namespace(args, SweepOptions)
+    if ladders and len(sources) > 1:
+        raise FixresError(f"{ladders[0]} is a ladder: sweep it alone (its curve is drawn beside its base's)")
+    if ladders and "test_res" not in given:     # by default, the ladder's own rungs
+        given["test_res"] = Ladder.open(ladders[0]).resolutions
+    opts = build(SweepOptions, given)   # validated before loading anything
     dist_env = init_distributed(opts.device)
     if args.out and dist_env.is_main:
         prepare_output_files(args.out, SWEEP_FILES, overwrite=args.overwrite, keep=False)
-    sources = sweep_sources(args)
-    if len(sources) == 1:
+    if ladders:
+        result = sweep_ladder(ladders[0], args.data, opts, quiet=args.quiet, dist_env=dist_env)
+        write, as_json, as_table = write_comparison, comparison_json, comparison_table
+    elif len(sources) == 1:
         result = sweep_checkpoint(sources[0], args.data, opts, quiet=args.quiet, dist_env=dist_env)
         write, as_json, as_table = write_sweep, sweep_json, sweep_table
     else:

@@ -39,11 +39,13 @@ from ..core.errors import FixresError
 from ..core.rundir import atomic_path, prepare_run_dir, sha256_file, write_json
 from ..data.preprocessing import Preprocessing
 from ..models.checkpoint import EMA_WEIGHTS, WEIGHTS, CheckpointMeta, read_meta, state_dict_for_saving, versions
+from ..models.ladder import LADDER_FILE, Ladder, is_ladder
 from ..models.sizes import check_input_size, rebuild_kwargs
 from ..models.sources import ModelSource, as_source, open_model
 from ..version import __version__
 
 EXPORT_FORMAT = "fixres-export/1"
+EXPORT_LADDER_FORMAT = "fixres-export-ladder/1"
 CONFIG, ONNX_FILE = "config.json", "model.onnx"
 ONNX_OPSET = 17
 # ONNX Runtime and PyTorch sum in different orders; float32 logits of a ResNet-50 differ by
@@ -83,6 +85,11 @@ def export_checkpoint(checkpoint: "str | Path | ModelSource", out: str | Path, *
     if onnx:
         _require_onnx()
     source = as_source(checkpoint)
+    if source.checkpoint is not None and is_ladder(source.checkpoint):
+        if test_res is not None or crop_pct is not None:
+            raise FixresError("a ladder exports every rung at its own resolution: drop --test-res / --crop-pct (or "
+                              "export one rung, LADDER/rungs/<res>)")
+        return export_ladder(Ladder.open(source.checkpoint), out, onnx=onnx)
     if source.checkpoint is not None:
         refuse_unexportable(read_meta(source.checkpoint))       # refuse before loading any weights
     out = prepare_run_dir(out, replaceable=False, keep=False)   # must not exist or be empty; checked before the work
@@ -99,6 +106,39 @@ def export_checkpoint(checkpoint: "str | Path | ModelSource", out: str | Path, *
     with atomic_path(out, existing="empty", fsync=True) as tmp:
         tmp.mkdir()
         write_export(tmp, opened.model, meta, prep, origin, weights_file=weights, onnx=onnx)
+    return out
+
+
+def export_ladder(ladder: Ladder, out: str | Path, *, onnx: bool = False) -> Path:
+    """One timm-loadable folder per rung, ``OUT/<res>/`` (each loads with
+    ``timm.create_model('local-dir:OUT/<res>', pretrained=True)``; with ``onnx`` its own
+    ``model.onnx``, checked), and ``OUT/ladder.json``: the rungs, their accuracy and cost, the
+    budget rule. Written as one unit."""
+    for rung in ladder.rungs:
+        refuse_unexportable(read_meta(ladder.root / rung["dir"]))
+    out = prepare_run_dir(out, replaceable=False, keep=False)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    rungs = []
+    with atomic_path(out, existing="empty", fsync=True) as tmp:
+        tmp.mkdir()
+        for rung in ladder.rungs:
+            opened = open_model(ladder.root / rung["dir"])
+            meta, name = opened.meta, str(rung["test_res"])
+            origin = {"checkpoint": str(ladder.root / rung["dir"]), "ladder": str(ladder.root),
+                      "weights_sha256": meta.weights_sha256, "created": meta.created, "versions": meta.versions,
+                      "weights_from": meta.weights_from, "weights": (meta.recipe or {}).get("weights", "model")}
+            (tmp / name).mkdir()
+            config = write_export(tmp / name, opened.model, meta, meta.preprocessing, origin, onnx=onnx)
+            rungs.append({**{k: rung.get(k) for k in ("test_res", "crop_pct", "resize", "method", "before", "after",
+                                                        "selection_split", "selection_top1", "gflops", "latency_ms",
+                                                        "images_per_s", "timing_stable")},
+                          "dir": name, "weights_sha256": config["fixres"]["weights_sha256"],
+                          "onnx": config["fixres"].get("onnx", {}).get("file")})
+        write_json(tmp / LADDER_FILE, {"format": EXPORT_LADDER_FORMAT, "model": ladder.record["model"],
+                                       "ladder": str(ladder.root), "rungs": rungs,
+                                       "budget_rule": ladder.record["budget_rule"], "timing": ladder.record["timing"],
+                                       "load": "timm.create_model('local-dir:<this folder>/<test_res>', "
+                                               "pretrained=True)"})
     return out
 
 

@@ -8,6 +8,7 @@ others.
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -20,7 +21,8 @@ from ..data.decode import UnreadableImage, load_rgb
 from ..data.preprocessing import Preprocessing
 from ..data.transforms import EvalTransform
 from ..models.labels import LabelSpace
-from ..models.sources import ModelSource, open_model
+from ..models.ladder import Ladder, is_ladder
+from ..models.sources import ModelSource, as_source, open_model
 
 
 @dataclass(frozen=True)
@@ -61,16 +63,30 @@ class Prediction:
         return asdict(self)
 
 
-def load_classifier(source: "str | Path | ModelSource") -> Classifier:
+def load_classifier(source: "str | Path | ModelSource", *, test_res: int | None = None,
+                    budget_ms: float | None = None, budget_gflops: float | None = None) -> Classifier:
     """Open a checkpoint (run directory, checkpoint directory, ``model.safetensors``), an exported
     folder or any :class:`~fixres.models.sources.ModelSource`: the model, its recorded (or declared)
-    test preprocessing and its label space."""
+    test preprocessing and its label space. A ladder's rung is the one at ``test_res``, or the
+    most accurate within the budgets (:meth:`~fixres.models.ladder.Ladder.choose`); another model
+    is used at ``test_res`` when given (its crop fraction kept)."""
+    source = as_source(source)
+    budgets = budget_ms is not None or budget_gflops is not None
+    rung = None
+    if source.checkpoint is not None and is_ladder(source.checkpoint):
+        ladder = Ladder.open(source.checkpoint)
+        rung = ladder.choose(test_res=test_res, budget_ms=budget_ms, budget_gflops=budget_gflops)
+        source, test_res = dataclasses.replace(source, checkpoint=str(ladder.root / rung["dir"])), None
+    elif budgets:
+        raise FixresError(f"--budget-ms / --budget-gflops choose a rung of a ladder; {source.checkpoint or source.model} "
+                          "is one model (give --test-res, or a ladder: fixres adapt --test-res R1 R2 ...)")
     opened = open_model(source)
-    return Classifier(opened.model, opened.meta.model, opened.labels, opened.meta.preprocessing, opened.name,
+    prep = opened.meta.preprocessing.override("--test-res", test_res=test_res)
+    name = opened.name if rung is None else f"{opened.name} (rung {rung['test_res']}px of the ladder)"
+    return Classifier(opened.model, opened.meta.model, opened.labels, prep, name,
                       "model" if opened.foreign else "checkpoint")
 
 
-@torch.no_grad()
 def predictions_text(classifier: Classifier, rows: list[Prediction]) -> str:
     """What ``fixres predict`` prints: the preprocessing, then one line per image."""
     d = classifier.describe()
@@ -84,6 +100,7 @@ def predictions_text(classifier: Classifier, rows: list[Prediction]) -> str:
     return "\n".join(lines)
 
 
+@torch.no_grad()
 def classify(classifier: Classifier, paths: list[str | Path], *, top_k: int = 5, device: str = "auto",
              batch_size: int = 32) -> list[Prediction]:
     """Top-``top_k`` classes and softmax probabilities of each image, in the order given."""

@@ -28,7 +28,7 @@ from ..data.transforms import Normalizer, check_crop_pct, check_resolution
 from ..models.checkpoint import CheckpointMeta
 from ..models.labels import Binding, LabelSpace, bind, match_folders
 from ..models.sizes import check_input_size, fit_batch
-from ..models.sources import ModelSource, open_for_data
+from ..models.sources import ModelSource, at_resolution, open_for_data
 
 
 TOP5_CLASSES = 5      # with this many classes or fewer, top-5 accuracy is 100% by construction: not reported
@@ -193,7 +193,7 @@ def evaluate_checkpoint(checkpoint: "str | Path | ModelSource", data: str | Path
     a disjoint shard and all get the same totals. Returns the result, the model's metadata
     (its classes: the dataset's only, with ``restrict_labels``) and the skipped files."""
     opts = EvalOptions() if opts is None else opts
-    opened = open_for_data(checkpoint, data, [opts.split])
+    opened = open_for_data(at_resolution(checkpoint, opts.test_res), data, [opts.split])
     prep = opened.meta.preprocessing.override("flag", test_res=opts.test_res, crop_pct=opts.crop_pct)
     per_image = check_input_size(opened.model, [prep.test_res])
     index = load_split(data, opts.split, opened.binding)

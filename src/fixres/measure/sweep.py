@@ -33,6 +33,7 @@ The text table, JSON record and output files of a :class:`SweepResult` are made 
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Literal, Optional, Sequence
@@ -52,8 +53,10 @@ from ..data.preprocessing import Preprocessing
 from ..data.transforms import check_geometries, resolutions
 from ..models.checkpoint import CheckpointMeta, read_meta
 from ..models.labels import Binding
+from ..models.heads import find_classifier
+from ..models.ladder import Ladder, is_ladder
 from ..models.sizes import check_input_size, fit_batch
-from ..models.sources import ModelSource, as_source, open_for_data, open_model
+from ..models.sources import ModelSource, Opened, as_source, open_for_data, open_model
 from .choose import BUDGETS, Deployment, choose_best, deployments, fits_budget
 from .costs import ResolutionCost, cost_key, resolution_costs, with_timings
 from .infer import EvalResult, Tally, infer, load_split
@@ -240,15 +243,21 @@ class SweepResult:
         return next((r for r in self.rows if (r.test_res, r.crop_pct) == self.best), None)
 
 
-def to_rows(results: Sequence[EvalResult], *, checkpoint: str, meta: CheckpointMeta, split: str,
-            costs: dict[int, ResolutionCost] | None = None) -> tuple[SweepRow, ...]:
+def to_rows(results: Sequence[EvalResult], *, checkpoint: str, meta: "CheckpointMeta | Sequence[CheckpointMeta]",
+            split: str, costs: dict[int, ResolutionCost] | None = None) -> tuple[SweepRow, ...]:
+    """One row per result; ``meta``: the model's, or one per result (a ladder's rungs)."""
+    if isinstance(meta, CheckpointMeta):
+        return tuple(_row(r, checkpoint, meta, split, costs) for r in results)
+    return tuple(_row(r, checkpoint, m, split, costs) for r, m in zip(results, meta))
+
+
+def _row(r: EvalResult, checkpoint: str, meta: CheckpointMeta, split: str, costs) -> SweepRow:
     adapted = (meta.adaptation or {}).get("method")
     prep = meta.preprocessing
     costs = costs or {}
-    return tuple(SweepRow(checkpoint, meta.model, prep.train_res, r.test_res, r.crop_pct,
-                          prep.test_view(r.test_res, r.crop_pct).resize_size, r.interpolation, split, r.top1, r.top5,
-                          r.loss, r.n, r.n_skipped, adapted,
-                          **(costs[r.test_res].fields() if r.test_res in costs else {})) for r in results)
+    return SweepRow(checkpoint, meta.model, prep.train_res, r.test_res, r.crop_pct,
+                    prep.test_view(r.test_res, r.crop_pct).resize_size, r.interpolation, split, r.top1, r.top5,
+                    r.loss, r.n, r.n_skipped, adapted, **(costs[r.test_res].fields() if r.test_res in costs else {}))
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -306,10 +315,21 @@ def sweep_checkpoint(checkpoint: "str | Path | ModelSource", data: str | Path, o
     shard and the sums are all-reduced. ``cost_cache``: a dict shared by calls whose
     checkpoints may have the same architecture, so that its costs are measured once.
     """
+    if is_ladder(as_source(checkpoint).checkpoint or ""):
+        raise FixresError(f"{checkpoint} is a ladder: sweep it with sweep_ladder (fixres sweep --checkpoint LADDER)")
     opened = open_for_data(checkpoint, data, [opts.split, "train"])
+    geometries = check_geometries(opts.test_res, opts.crop_pct or [opened.meta.preprocessing.crop_pct])
+    return sweep_opened(opened, data, opts, geometries, quiet=quiet, dist_env=dist_env, cost_cache=cost_cache)
+
+
+def sweep_opened(opened: Opened, data: str | Path, opts: SweepOptions, geometries, *, quiet: bool = True,
+                 dist_env: Dist = Dist(), cost_cache: dict | None = None, switch_for=None,
+                 metas: Sequence[CheckpointMeta] | None = None) -> SweepResult:
+    """:func:`sweep_checkpoint` of a model opened on the data, at ``geometries``. ``switch_for``:
+    ``switch_for(model)`` gives a hook called with a geometry's position before its forwards (a
+    ladder's rungs, one per geometry, with their ``metas``)."""
     model, meta, directory = opened.model, opened.meta, opened.name
     prep = meta.preprocessing
-    geometries = check_geometries(opts.test_res, opts.crop_pct or [prep.crop_pct])
     per_image = check_input_size(model, [r for r, _ in geometries])
     report = load_split(data, opts.split, opened.binding)
     selection = select_split(meta, data, opts.select_on, split=opts.split, select_images=opts.select_images,
@@ -331,11 +351,12 @@ def sweep_checkpoint(checkpoint: "str | Path | ModelSource", data: str | Path, o
     if opts.budget_ms is not None or opts.budget_gflops is not None:
         fits_budget(list(costs.values()), ms=opts.budget_ms, gflops=opts.budget_gflops)
     skipped: list = []
+    switch = switch_for(model) if switch_for is not None else None
 
     def run(index: SplitIndex, name: str, keep_skipped: bool) -> tuple[SweepRow, ...]:
         results = sweep_model(model, index, prep, geometries, rt, batch_size=batch, label=f"sweep {name}",
-                              skipped=skipped if keep_skipped else None)
-        return to_rows(results, checkpoint=str(directory), meta=meta, split=name, costs=costs)
+                              skipped=skipped if keep_skipped else None, before_view=switch)
+        return to_rows(results, checkpoint=str(directory), meta=metas or meta, split=name, costs=costs)
 
     rows = run(report, opts.split, True)
     if selection.split is None:
@@ -407,6 +428,29 @@ def sweep_checkpoints(checkpoints: Sequence["str | Path | ModelSource"], data: s
     results = tuple(sweep_checkpoint(c, data, opts, quiet=quiet, dist_env=dist_env, cost_cache=cache)
                     for c in checkpoints)
     return SweepComparison(results, _labels(checkpoints, metas))
+
+
+def sweep_ladder(path: str | Path, data: str | Path, opts: SweepOptions, *, quiet: bool = True,
+                 dist_env: Dist = Dist()) -> SweepComparison:
+    """A ladder's curve beside its unadapted model's: the base swept over ``opts.test_res``, and
+    each rung at its own resolution (one decode per image for every rung, each rung's tensors
+    swapped in before its forwards). The best and the deployment choices of the ladder are made
+    among its rungs, on the same selection images as the base's."""
+    ladder = Ladder.open(path)
+    cache: dict = {}
+    base = sweep_checkpoint(ladder.base, data, opts, quiet=quiet, dist_env=dist_env, cost_cache=cache)
+    opened = open_for_data(ladder.base, data, [opts.split, "train"])
+    metas = [read_meta(ladder.root / r["dir"]) for r in ladder.rungs]
+    geometries = [(r["test_res"], r["crop_pct"]) for r in ladder.rungs]
+    opened.name = str(ladder.root)
+
+    def switch_for(model):
+        switch = ladder.switcher(model, find_classifier(model))
+        return lambda g: switch(geometries[g][0])
+    rungs = sweep_opened(opened, data, dataclasses.replace(opts, test_res=tuple(r for r, _ in geometries)),
+                         geometries, quiet=quiet, dist_env=dist_env, cost_cache=cache, switch_for=switch_for,
+                         metas=metas)
+    return SweepComparison((base, rungs), ("not adapted", f"ladder ({ladder.record['method']})"))
 
 
 def _meta_of(source: ModelSource) -> CheckpointMeta:

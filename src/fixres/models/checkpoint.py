@@ -231,6 +231,10 @@ def find_checkpoint(path: str | Path, ema: bool = False) -> Path:
     for name in (("best-ema",) if ema else ()) + ("best", "last"):
         if (path / name / META).is_file():
             return (path / name).resolve()
+    if (path / "ladder.json").is_file():
+        raise FixresError(f"{path} is a ladder: eval, sweep, predict and export take it (eval and predict with "
+                          f"--test-res or a budget); elsewhere give one of its rungs, {path}/rungs/<res>, or its "
+                          f"base, {path}/base")
     raise FixresError(f"{path} holds no fixres checkpoint (no {META} + {WEIGHTS}, no best/ or last/)")
 
 

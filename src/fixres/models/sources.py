@@ -46,6 +46,7 @@ from .checkpoint import CheckpointMeta, find_checkpoint, load_checkpoint, read_m
 from .equaliser import reapply_adaptation
 from .factory import check_model_name, create_model, model_with_weights, read_state_dict
 from .heads import restrict_outputs
+from .ladder import is_ladder, rung_checkpoint
 from .labels import (Binding, LabelSpace, bind, config_space, imagenet_space, numbered_space, read_class_map,
                      read_valid_labels)
 from .sizes import size_kwargs
@@ -137,6 +138,15 @@ def as_source(source: "str | Path | ModelSource") -> ModelSource:
     if is_timm_folder(path):
         return ModelSource(model=f"local-dir:{path}")
     return ModelSource(checkpoint=str(source))
+
+
+def at_resolution(source: "str | Path | ModelSource", test_res: int | None) -> ModelSource:
+    """``source``, or for a ladder (:mod:`fixres.models.ladder`) its rung at ``test_res`` (one
+    line naming the rungs when there is none there)."""
+    source = as_source(source)
+    if source.checkpoint is not None and is_ladder(source.checkpoint):
+        return replace(source, checkpoint=str(rung_checkpoint(source.checkpoint, test_res)))
+    return source
 
 
 @dataclass

@@ -150,6 +150,7 @@ def test_model_kwargs_of_a_run_rebuild_the_same_model_everywhere(colour_data, tm
     x = torch.randn(2, 3, 40, 40)
     with torch.no_grad():
         assert torch.equal(reloaded(x), model(x))
+    capsys.readouterr()      # the sweep's notes (its timing fell back to torch: a dynamic ViT has no ONNX export)
     code, _, err = run_cli(capsys, "train", "--data", colour_data, "--out", tmp_path / "bad", "--model", "test_vit",
                            "--model-kwargs", "patch_sise=8", "--workers", 0, "--device", "cpu")
     one_line_error(code, err, "test_vit does not take", "patch_sise")

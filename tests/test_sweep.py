@@ -7,6 +7,7 @@ import shutil
 import types
 
 import pytest
+import torch
 from helpers import one_line_error, run_cli
 
 from fixres.core.errors import FixresError
@@ -136,13 +137,14 @@ def test_cli_writes_csv_json_png_and_refuses_to_overwrite(run, colour_data, tmp_
             "--batch-size", 10, "--workers", 0, "--quiet", "--out", out, "--timing-budget", 0]
     code, stdout, _ = run_cli(capsys, *args)
     assert code == 0 and "<- best" in stdout and "held out of training" in stdout
-    assert "GFLOPs" in stdout and "timing: cpu (1 thread), float32" in stdout
+    assert "GFLOPs" in stdout and "cpu (1 thread), float32" in stdout
+    assert "timing: onnxruntime" in stdout          # auto: on the CPU, the engine a deployment runs
     rows = list(csv.DictReader((out / "sweep.csv").open()))
     assert len(rows) == 8 and {r["split"] for r in rows} == {"holdout", "val"}
     assert set(rows[0]) == {"checkpoint", "model", "train_res", "test_res", "crop_pct", "resize_size", "interpolation",
                             "split", "top1", "top5", "loss", "n", "n_skipped", "adapted", "gflops", "params",
                             "images_per_s", "images_per_s_iqr", "latency_ms", "latency_ms_iqr", "timing_device",
-                            "timing_dtype", "timing_batch_size", "timing_stable"}
+                            "timing_dtype", "timing_batch_size", "timing_stable", "timing_engine"}
     assert all(float(r["latency_ms"]) > 0 and r["timing_batch_size"] == "10" for r in rows)
     data = json.loads((out / "sweep.json").read_text())
     assert data["chosen"]["split"] == "holdout" and len(data["rows"]) == 4 and len(data["selection_rows"]) == 4
@@ -319,3 +321,37 @@ def test_an_existing_cost_figure_is_refused(run, colour_data, tmp_path, capsys):
     code, _, err = run_cli(capsys, "sweep", "--checkpoint", run, "--data", colour_data, "--test-res", 32,
                            "--workers", 0, "--out", tmp_path)
     one_line_error(code, err, "sweep-cost.png", "--overwrite")
+
+
+def test_timing_engines_run_the_same_model(run, colour_data):
+    """--engine onnxruntime times the ONNX export of the model at each resolution, whose logits
+    were checked against PyTorch's (the export's check); torch times the module itself."""
+    import onnxruntime
+
+    from fixres.measure.timing import resolve_engine
+    by = {}
+    for engine in ("torch", "onnxruntime"):
+        result = sweep_checkpoint(run, colour_data, SweepOptions(test_res=[24, 32], timing_budget=0, engine=engine,
+                                                                 select_on="none", **FAST))
+        by[engine] = result
+        assert all(r.latency_ms > 0 and r.images_per_s > 0 for r in result.rows)
+    assert by["onnxruntime"].rows[0].timing_engine == f"onnxruntime {onnxruntime.__version__}"
+    assert by["torch"].rows[0].timing_engine.startswith("torch ")
+    assert [r.top1 for r in by["torch"].rows] == [r.top1 for r in by["onnxruntime"].rows]   # accuracy: torch's
+    assert resolve_engine("auto", torch.device("cpu")) == "onnxruntime"
+    with pytest.raises(FixresError, match="unknown engine"):
+        resolve_engine("tensorrt", torch.device("cpu"))
+
+
+def test_onnx_logits_equal_pytorchs_at_every_resolution(run, tmp_path):
+    from fixres.models.onnx import ONNX_TOLERANCE, export_onnx, onnx_session
+    from fixres.models.sources import open_checkpoint
+    model, _ = open_checkpoint(run)
+    for res in (24, 48):
+        record = export_onnx(model, tmp_path / f"m{res}.onnx", res, 3)
+        x = torch.randn(4, 3, res, res)
+        got = onnx_session(tmp_path / f"m{res}.onnx").run(["logits"], {"input": x.numpy()})[0]
+        with torch.no_grad():
+            expected = model(x)
+        assert record["max_abs_diff"] <= record["tolerance"]
+        assert float((torch.from_numpy(got) - expected).abs().max()) <= ONNX_TOLERANCE * max(1.0, float(expected.abs().max()))

@@ -32,6 +32,7 @@ from ..data.transforms import check_resolution
 from ..measure.costs import resolution_costs, with_timings
 from ..measure.infer import EvalResult
 from ..measure.sweep import sweep_model
+from ..measure.timing import resolve_engine
 from ..models.checkpoint import save_checkpoint, save_rung
 from ..models.equaliser import Equaliser, attach, detach
 from ..models.ladder import BASE, LADDER_FILE, LADDER_FORMAT, RUNGS, Ladder
@@ -78,16 +79,18 @@ def check_rungs(rungs) -> tuple[int, ...]:
 
 def adapt_ladder(checkpoint: "str | Path | ModelSource", data: str | Path, opts: AdaptOptions, rungs, *,
                  out: str | Path | None = None, overwrite: bool = False, quiet: bool = False, timing: bool = True,
-                 dist_env: Dist = Dist()) -> "LadderResult | AdaptResult":
+                 engine: str = "auto", dist_env: Dist = Dist()) -> "LadderResult | AdaptResult":
     """Adapt ``checkpoint`` at every resolution of ``rungs`` (``opts.test_res`` is ignored) and
     write the ladder ``out`` as one unit (a temporary sibling renamed into place). One rung is a
-    plain adapted checkpoint (:func:`adapt_checkpoint`). ``timing``: measure each rung's speed."""
+    plain adapted checkpoint (:func:`adapt_checkpoint`). ``timing``: measure each rung's speed on
+    ``engine`` (:func:`~fixres.measure.timing.resolve_engine`)."""
     rungs = check_rungs(rungs)
     if len(rungs) == 1:
         return adapt_checkpoint(checkpoint, data, dataclasses.replace(opts, test_res=rungs[0]), out=out,
                                 overwrite=overwrite, quiet=quiet, dist_env=dist_env)
     t_start = time.perf_counter()
     rt = opts.runtime(dist_env, quiet)
+    engine_asked, engine = engine, resolve_engine(engine, rt.device) if timing else None
     source = as_source(checkpoint)
     if out is not None and dist_env.is_main:
         if source.checkpoint is not None and Path(out).resolve() == Path(source.checkpoint).resolve():
@@ -115,7 +118,8 @@ def adapt_ladder(checkpoint: "str | Path | ModelSource", data: str | Path, opts:
     _load(ctx, base, states[-1])
     costs = resolution_costs(ctx.model, ctx.meta, list(rungs))
     if timing:
-        costs = with_timings(costs, ctx.model, rt, batch_size=ctx.pass_batch)
+        costs = with_timings(costs, ctx.model, rt, batch_size=ctx.pass_batch, engine=engine,
+                             fallback=engine_asked == "auto")
     record = _record(ctx, opts, results, states, base, costs, selection, split, shared, rt)
     if out is not None and dist_env.is_main:
         _write(Path(out), ctx, base, results, states, record, overwrite)
@@ -288,8 +292,8 @@ def _record(ctx, opts, results, states, base, costs, selection, split, shared, r
             "budget_rule": "the rung of highest selection_top1 among those whose latency_ms (--budget-ms) and gflops "
                            "(--budget-gflops) are within the budgets",
             "timing": None if rungs[0].get("latency_ms") is None else {
-                "engine": "torch", "device": rungs[0]["timing_device"], "dtype": rungs[0]["timing_dtype"],
-                "batch": rungs[0]["timing_batch_size"]},
+                "engine": rungs[0]["timing_engine"], "device": rungs[0]["timing_device"],
+                "dtype": rungs[0]["timing_dtype"], "batch": rungs[0]["timing_batch_size"]},
             "device": str(rt.device)}
 
 

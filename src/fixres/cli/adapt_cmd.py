@@ -7,6 +7,7 @@ from ..adapt.ladder import LadderResult, adapt_ladder
 from ..core.options import add_arguments, build, from_namespace
 from ..core.runtime import init_distributed
 from ..data.transforms import resolutions
+from ..measure.timing import ENGINES
 from .common import add_model_source, add_output_flags, command, finish, model_source
 
 
@@ -26,6 +27,9 @@ def register(sub) -> None:
     add_arguments(p, AdaptOptions, exclude=("test_res",))
     p.add_argument("--no-timing", dest="timing", action="store_false",
                    help="a ladder: do not measure each rung's speed (GFLOPs are still counted)")
+    p.add_argument("--engine", choices=ENGINES, default="auto",
+                   help="a ladder: what times each rung (torch, or onnxruntime on its ONNX export; auto: onnxruntime "
+                        "on the CPU where installed)")
     add_output_flags(p, out="checkpoint directory (or ladder folder) to write (must not exist or be empty)",
                      out_required=True, overwrite="replace the fixres checkpoint or ladder already in --out",
                      quiet="no progress bars and no per-epoch lines", json="print the adaptation report as JSON")
@@ -38,7 +42,7 @@ def run(args) -> int:
     opts = build(AdaptOptions, {**from_namespace(args, AdaptOptions), "test_res": rungs[0]})
     dist_env = init_distributed(opts.device)  # under torchrun: the passes over the images are shared
     result = adapt_ladder(source, args.data, opts, rungs, out=args.out, overwrite=args.overwrite, quiet=args.quiet,
-                          timing=args.timing, dist_env=dist_env)
+                          timing=args.timing, engine=args.engine, dist_env=dist_env)
     if not dist_env.is_main:
         return 0
     if isinstance(result, LadderResult):

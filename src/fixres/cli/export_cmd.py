@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import json
 
-from ..deploy.export import ONNX_TOLERANCE, export_checkpoint, export_text, read_export
+from ..deploy.export import export_checkpoint, export_text, read_export
+from ..models.onnx import ONNX_TOLERANCE
 from ..models.ladder import LADDER_FILE
 from .common import add_model_source, add_output_flags, command, finish, model_source
 

@@ -28,7 +28,6 @@ from __future__ import annotations
 import json
 import shutil
 import time
-import warnings
 from pathlib import Path
 
 import torch
@@ -40,6 +39,7 @@ from ..core.rundir import atomic_path, prepare_run_dir, sha256_file, write_json
 from ..data.preprocessing import Preprocessing
 from ..models.checkpoint import EMA_WEIGHTS, WEIGHTS, CheckpointMeta, read_meta, state_dict_for_saving, versions
 from ..models.ladder import LADDER_FILE, Ladder, is_ladder
+from ..models.onnx import example_inputs, export_onnx, require_onnx
 from ..models.sizes import check_input_size, rebuild_kwargs
 from ..models.sources import ModelSource, as_source, open_model
 from ..version import __version__
@@ -47,10 +47,6 @@ from ..version import __version__
 EXPORT_FORMAT = "fixres-export/1"
 EXPORT_LADDER_FORMAT = "fixres-export-ladder/1"
 CONFIG, ONNX_FILE = "config.json", "model.onnx"
-ONNX_OPSET = 17
-# ONNX Runtime and PyTorch sum in different orders; float32 logits of a ResNet-50 differ by
-# ~1e-5. Allowed: 1e-4 times the largest logit magnitude (at least 1e-4).
-ONNX_TOLERANCE = 1e-4
 # timm and fixres build the same module with the same weights on the CPU: the logits agree
 # exactly in practice; the bound only allows for kernels that are not bitwise deterministic.
 TIMM_TOLERANCE = 1e-5
@@ -83,7 +79,7 @@ def export_checkpoint(checkpoint: "str | Path | ModelSource", out: str | Path, *
             packages, or an export whose outputs differ from the PyTorch model's.
     """
     if onnx:
-        _require_onnx()
+        require_onnx()
     source = as_source(checkpoint)
     if source.checkpoint is not None and is_ladder(source.checkpoint):
         if test_res is not None or crop_pct is not None:
@@ -246,12 +242,6 @@ def fixres_record(meta: CheckpointMeta, prep: Preprocessing) -> dict:
     }
 
 
-def example_inputs(n: int, chans: int, res: int) -> torch.Tensor:
-    """Fixed pseudo-random normalised images for the parity checks."""
-    g = torch.Generator().manual_seed(0)
-    return torch.randn(n, chans, res, res, generator=g)
-
-
 def load_timm_export(directory: str | Path) -> nn.Module:
     """``timm.create_model("local-dir:DIR", pretrained=True)`` in eval mode, errors as FixresError."""
     import timm
@@ -272,53 +262,6 @@ def check_timm_load(directory: Path, example: torch.Tensor, reference: torch.Ten
         raise FixresError(f"the model timm loads from the export gives other logits than fixres's "
                           f"(max abs diff {diff:.3g})")
     return diff
-
-
-def _require_onnx() -> None:
-    missing = []
-    for name in ("onnx", "onnxruntime"):
-        try:
-            __import__(name)
-        except ImportError:
-            missing.append(name)
-    if missing:
-        raise FixresError(f"ONNX export needs the {' and '.join(missing)} package{'s' if len(missing) > 1 else ''}: "
-                          "pip install 'fixres[onnx]'")
-
-
-def export_onnx(model: nn.Module, path: Path, test_res: int, chans: int, *, opset: int = ONNX_OPSET) -> dict:
-    """Write ``model`` as ONNX (input ``input`` N x C x R x R, output ``logits``; N dynamic) and check it.
-
-    The check runs ONNX Runtime on a batch of a different size than the one traced, so it
-    also proves the batch axis is dynamic. Returns what was checked; raises FixresError
-    if the outputs differ by more than the tolerance.
-    """
-    import onnx
-    import onnxruntime
-
-    traced = example_inputs(2, chans, test_res)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")   # the TorchScript exporter's deprecation and tracer warnings
-        # dynamo=False: the TorchScript-based exporter needs no onnxscript and works offline
-        # on torch 2.4-2.14; the torch.export-based one (the default from 2.9) needs onnxscript.
-        torch.onnx.export(model, (traced,), str(path), dynamo=False, input_names=["input"], output_names=["logits"],
-                          dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}}, opset_version=opset,
-                          do_constant_folding=True)
-    onnx.checker.check_model(str(path))
-    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    check = example_inputs(3, chans, test_res)
-    with torch.no_grad():
-        expected = model(check)
-    got = torch.from_numpy(session.run(["logits"], {"input": check.numpy()})[0])
-    if got.shape != expected.shape:
-        raise FixresError(f"ONNX model output shape {tuple(got.shape)} differs from PyTorch's {tuple(expected.shape)}")
-    diff = float((got - expected).abs().max())
-    tolerance = ONNX_TOLERANCE * max(1.0, float(expected.abs().max()))
-    if not diff <= tolerance:
-        raise FixresError(f"ONNX Runtime logits differ from PyTorch's by {diff:.3g} (tolerance {tolerance:.3g})")
-    return {"file": path.name, "opset": opset, "input": "input", "output": "logits",
-            "input_size": ["batch", chans, test_res, test_res], "max_abs_diff": diff, "tolerance": tolerance,
-            "checked_batch": int(check.shape[0]), "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__}
 
 
 def export_text(out: Path, record: dict) -> str:

@@ -173,7 +173,7 @@ class ResolutionCost:
                 "images_per_s": t and t.images_per_s, "images_per_s_iqr": t and t.images_per_s_iqr,
                 "latency_ms": t and t.latency_ms, "latency_ms_iqr": t and t.latency_ms_iqr,
                 "timing_device": t and t.device, "timing_dtype": t and t.dtype, "timing_batch_size": t and t.batch_size,
-                "timing_stable": t and t.stable}
+                "timing_stable": t and t.stable, "timing_engine": t and t.engine}
 
 
 def _flops(model: nn.Module, meta: "CheckpointMeta", resolutions: Sequence[int]) -> dict[int, int]:
@@ -195,7 +195,7 @@ def resolution_costs(model: nn.Module, meta: "CheckpointMeta", resolutions: Sequ
 
 
 def with_timings(costs: dict[int, ResolutionCost], model: nn.Module, rt: Runtime, *, batch_size: int,
-                 budget_s: float = 0.3) -> dict[int, ResolutionCost]:
+                 budget_s: float = 0.3, engine: str = "torch", fallback: bool = False) -> dict[int, ResolutionCost]:
     """``costs`` with the measured speed of ``model`` at each resolution (:func:`fixres.measure.timing.time_model`).
 
     Timed on the main process only (under torchrun the others wait, so they do not compete
@@ -204,7 +204,8 @@ def with_timings(costs: dict[int, ResolutionCost], model: nn.Module, rt: Runtime
     timings: dict[int, Timing] = {}
     if rt.dist.is_main:
         for r in rt.progress(list(costs), "timing", unit="res"):
-            timings[r] = time_model(model, r, rt, batch_size=batch_size, budget_s=budget_s)
+            timings[r] = time_model(model, r, rt, batch_size=batch_size, budget_s=budget_s, engine=engine,
+                                    fallback=fallback)
     timings = gather_lists([timings] if rt.dist.is_main else [], rt.dist)[0]
     return {r: replace(c, timing=timings[r]) for r, c in costs.items()}
 

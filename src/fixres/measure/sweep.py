@@ -59,6 +59,7 @@ from ..models.sizes import check_input_size, fit_batch
 from ..models.sources import ModelSource, Opened, as_source, open_for_data, open_model
 from .choose import BUDGETS, Deployment, choose_best, deployments, fits_budget
 from .costs import ResolutionCost, cost_key, resolution_costs, with_timings
+from .timing import resolve_engine
 from .infer import EvalResult, Tally, infer, load_split
 
 SELECT_ON = ("holdout", "train", "val", "none")
@@ -200,6 +201,7 @@ class SweepRow:
     timing_dtype: str | None = None
     timing_batch_size: int | None = None
     timing_stable: bool | None = None          # both IQRs within 25% of their medians (measure.timing)
+    timing_engine: str | None = None           # what ran the timed forwards (torch, onnxruntime)
 
     def row(self) -> dict:
         return asdict(self)
@@ -274,6 +276,9 @@ class SweepOptions(RuntimeOptions):
     split: str = option("val", "sub-directory the accuracy is reported on")
     timing: bool = option(True, "measure throughput (at --batch-size) and single-image latency at every resolution "
                                 "on the device in use; --no-timing skips it (FLOPs are still counted)")
+    engine: Literal["auto", "torch", "onnxruntime"] = option(
+        "auto", "what runs the timed forwards: torch, or onnxruntime on the model exported to ONNX at each resolution "
+                "(checked against PyTorch's logits); auto: onnxruntime on the CPU where it is installed, else torch")
     timing_budget: float = option(0.3, "seconds of timed forward passes per resolution (after warm-up; at least 3 "
                                        "batches and 5 single images whatever the budget)", metavar="S")
     within: Optional[float] = option(None, "deploy: the smallest resolution whose top-1 on the selection split is "
@@ -345,7 +350,8 @@ def sweep_opened(opened: Opened, data: str | Path, opts: SweepOptions, geometrie
         if opts.budget_gflops is not None:
             fits_budget(list(costs.values()), gflops=opts.budget_gflops)
         if opts.timing:
-            costs = with_timings(costs, model, rt, batch_size=batch, budget_s=opts.timing_budget)
+            costs = with_timings(costs, model, rt, batch_size=batch, budget_s=opts.timing_budget,
+                                 engine=resolve_engine(opts.engine, rt.device), fallback=opts.engine == "auto")
         cache[key] = costs
     costs = cache[key]
     if opts.budget_ms is not None or opts.budget_gflops is not None:

@@ -78,7 +78,8 @@ def _timing_line(result: SweepResult) -> str:
     r = result.rows[0]
     if r.latency_ms is None:
         return "timing: not measured (--no-timing); GFLOPs counted, not timed"
-    line = (f"timing: {r.timing_device}, {r.timing_dtype}, forward pass only on synthetic input (data excluded); "
+    line = (f"timing: {r.timing_engine}, {r.timing_device}, {r.timing_dtype}, forward pass only on synthetic input "
+            "(data excluded); "
             f"img/s at batch {r.timing_batch_size}, ms for one image: medians after warm-up (IQR: spread of repeats)")
     unstable = unstable_timings(result.rows)
     if unstable:

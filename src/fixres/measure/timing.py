@@ -20,8 +20,13 @@ at the time, and the record says which machine, dtype, batch size and thread cou
 """
 from __future__ import annotations
 
+import copy
+import dataclasses
+import importlib.util
+import tempfile
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable
 
 import numpy as np
@@ -29,6 +34,7 @@ import torch
 from torch import nn
 
 from ..core.errors import FixresError
+from ..core.progress import notice
 from ..core.runtime import Runtime, autocast
 
 WARMUP = 2               # calls before the clock starts
@@ -67,6 +73,7 @@ class Timing:
     device: str
     dtype: str
     stable: bool = True
+    engine: str = "torch"        # what ran the forward: "torch 2.x" or "onnxruntime 1.x" (the exported ONNX)
 
 
 def is_stable(median: float, iqr: float) -> bool:
@@ -116,16 +123,47 @@ def median_iqr(values) -> tuple[float, float]:
     return float(q50), float(q75 - q25)
 
 
-def time_model(model: nn.Module, resolution: int, rt: Runtime, *, batch_size: int, budget_s: float = 0.3) -> Timing:
+ENGINES = ("auto", "torch", "onnxruntime")
+
+
+def resolve_engine(engine: str, device: torch.device) -> str:
+    """``auto``: ONNX Runtime on the CPU where it is installed (what a CPU deployment runs), else
+    torch; a named engine that is not installed is one line."""
+    if engine not in ENGINES:
+        raise FixresError(f"unknown engine {engine!r}; choose one of {', '.join(ENGINES)}")
+    installed = importlib.util.find_spec("onnxruntime") is not None and importlib.util.find_spec("onnx") is not None
+    if engine == "auto":
+        return "onnxruntime" if installed and device.type == "cpu" else "torch"
+    if engine == "onnxruntime" and not installed:
+        raise FixresError("--engine onnxruntime needs the onnx and onnxruntime packages: pip install 'fixres[onnx]'")
+    return engine
+
+
+def time_model(model: nn.Module, resolution: int, rt: Runtime, *, batch_size: int, budget_s: float = 0.3,
+               engine: str = "torch", fallback: bool = False) -> Timing:
     """Measure ``model`` at ``resolution`` on ``rt``'s device: throughput at ``batch_size``
     (at least :data:`BATCH_MIN_REPEATS` timed batches after :data:`BATCH_WARMUP`) and
     single-image latency (at least :data:`MIN_REPEATS` after :data:`WARMUP`), each given half
     of ``budget_s`` (all of it when ``batch_size`` is 1).
 
     The model is put in eval mode for the measurement and left in the mode it was in.
+    ``engine="onnxruntime"``: the model exported to ONNX at ``resolution`` (checked against
+    PyTorch's logits, :func:`~fixres.models.onnx.export_onnx`) runs in an ONNX Runtime session
+    with as many threads as torch uses; a model that does not export is timed by torch instead
+    with ``fallback`` (said once, and in the timing's engine), else one line.
     """
     if batch_size < 1:
         raise FixresError(f"timing batch size must be at least 1, got {batch_size}")
+    if engine == "onnxruntime":
+        from ..models.onnx import OnnxExportError
+        try:
+            return _time_onnx(model, resolution, rt, batch_size=batch_size, budget_s=budget_s)
+        except OnnxExportError as e:
+            if not fallback:
+                raise
+            notice(f"timing with torch: {e}")
+            timing = time_model(model, resolution, rt, batch_size=batch_size, budget_s=budget_s)
+            return dataclasses.replace(timing, engine=f"{timing.engine} (no ONNX export)")
     device = rt.device
     fmt = torch.channels_last if rt.channels_last else torch.contiguous_format
 
@@ -156,4 +194,38 @@ def time_model(model: nn.Module, resolution: int, rt: Runtime, *, batch_size: in
     ips, ips_iqr = median_iqr([batch_size / s for s in seconds[batch_size]])
     ms, ms_iqr = median_iqr([1000 * s for s in seconds[1]])
     return Timing(ips, ips_iqr, ms, ms_iqr, batch_size, len(seconds[batch_size]), len(seconds[1]),
-                  device_label(device), dtype_label(rt.amp_dtype), is_stable(ips, ips_iqr) and is_stable(ms, ms_iqr))
+                  device_label(device), dtype_label(rt.amp_dtype), is_stable(ips, ips_iqr) and is_stable(ms, ms_iqr),
+                  f"torch {torch.__version__.split('+')[0]}")
+
+
+def _time_onnx(model: nn.Module, resolution: int, rt: Runtime, *, batch_size: int, budget_s: float) -> Timing:
+    """:func:`time_model` through ONNX Runtime (float32: the exported graph)."""
+    import onnxruntime
+
+    from ..models.onnx import export_onnx, onnx_session
+    threads = torch.get_num_threads()
+    was_training = model.training
+    model.eval()
+    cpu = next(model.parameters()).device.type == "cpu"
+    try:
+        with tempfile.TemporaryDirectory(prefix="fixres-onnx-") as tmp:
+            path = Path(tmp) / "model.onnx"
+            export_onnx(model if cpu else copy.deepcopy(model).cpu(), path, resolution, 3)
+            session = onnx_session(path, threads=threads, device=rt.device)
+            seconds = {}
+            for n in sorted({batch_size, 1}):
+                x = np.random.default_rng(0).standard_normal((n, 3, resolution, resolution), dtype=np.float32)
+                seconds[n] = repeat_timed(lambda x=x: session.run(["logits"], {"input": x}), lambda: None,
+                                          budget_s=budget_s / (2 if batch_size > 1 else 1),
+                                          min_repeats=MIN_REPEATS if n == 1 else BATCH_MIN_REPEATS,
+                                          warmup=WARMUP if n == 1 else BATCH_WARMUP)
+            provider = session.get_providers()[0]
+    finally:
+        model.train(was_training)
+    ips, ips_iqr = median_iqr([batch_size / s for s in seconds[batch_size]])
+    ms, ms_iqr = median_iqr([1000 * s for s in seconds[1]])
+    device = (f"cpu ({threads} thread{'s' if threads != 1 else ''})" if provider == "CPUExecutionProvider"
+              else device_label(rt.device))
+    return Timing(ips, ips_iqr, ms, ms_iqr, batch_size, len(seconds[batch_size]), len(seconds[1]), device,
+                  "float32", is_stable(ips, ips_iqr) and is_stable(ms, ms_iqr),
+                  f"onnxruntime {onnxruntime.__version__}")

@@ -28,14 +28,14 @@ from fixres.train.loop import fit
 
 
 def one_seed(seed: int, out: Path, high_res: int) -> dict:
-    cfg = DemoConfig(out=str(out / f"seed{seed}"), seed=seed)
+    cfg = DemoConfig(out=str(out / f"seed{seed}"), seed=seed, rung_res=(64, 80, 96, 112, 128))
     t0 = time.perf_counter()
     demo = run_demo(cfg, overwrite=True, quiet=True)
     low = {"train_res": cfg.train_res, "train_s": demo["train"]["train_seconds"]}
     val = {r["test_res"]: r["top1"] for r in demo["sweep"]["rows"]}
     chosen = demo["sweep"]["chosen"]["test_res"]
-    fixres = {r["test_res"]: r["top1"] for r in demo["adapted"]["fixres"]}
-    bn = {r["test_res"]: r["top1"] for r in demo["adapted"]["bn"]}
+    fixres = {r["test_res"]: r["after"]["top1"] for r in demo["ladders"]["fixres"]["rungs"]}
+    bn = {r["test_res"]: r["after"]["top1"] for r in demo["ladders"]["bn"]["rungs"]}
     low.update(at_train=val[cfg.train_res], chosen=chosen, at_chosen=val[chosen],
                fixres_at_chosen=fixres.get(chosen), bn_at_chosen=bn.get(chosen),
                best_unadapted=max(val.values()), best_fixres=max(fixres.values()),

@@ -183,3 +183,62 @@ def test_switching_rungs_swaps_only_their_tensors(ladders):
         reference, _ = open_checkpoint(ladder.path(res) if res else ladder.base)
         with torch.no_grad():
             assert torch.allclose(model(x), reference(x), atol=1e-6), res
+
+
+# ----------------------------------------------------------------------------- fixres tune
+def test_tune_runs_end_to_end_on_a_run(trained_run, colour_data, tmp_path, capsys):
+    from helpers import run_cli
+    out = tmp_path / "T"
+    code, stdout, err = run_cli(capsys, "tune", "--checkpoint", trained_run, "--data", colour_data, "--out", out,
+                                "--sweep-res", "24:64:8", "--rungs", 3, "--epochs", 2, "--workers", 0, "--batch-size",
+                                16, "--compare", "bn", "--quiet")
+    assert code == 0, err
+    summary = json.loads((out / "tune.json").read_text())
+    assert summary["sweep"]["chosen"]["split"] == "holdout"                       # never val
+    rungs = summary["rungs"]["test_res"]
+    assert 1 <= len(rungs) <= 4 and set(rungs) <= set(range(24, 65, 8))
+    ladder = Ladder.open(out / "ladder")
+    assert ladder.resolutions == rungs and (out / "ladder-bn" / "ladder.json").is_file()
+    for res in rungs:
+        assert (out / "export" / str(res) / "config.json").is_file()
+    assert [c["label"] for c in json.loads((out / "ladder-sweep" / "sweep.json").read_text())["checkpoints"]] == \
+        ["not adapted", "ladder (fixres)"]
+    html = (out / "report.html").read_text()
+    assert html.count("data:image/png;base64,") == 3 and "for a budget of" in html and "deploy rung" in html
+    assert "report:" in stdout
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]         # one unit, no temporary left
+
+
+def test_tune_a_model_fixres_did_not_train(colour_data, tmp_path, capsys):
+    """--model NAME --weights FILE: chosen on a sample of train/ (the weights' own training set is
+    unknown), the train resolution said to come from the timm config."""
+    import timm
+    from safetensors.torch import save_file
+
+    from helpers import run_cli
+    weights = tmp_path / "w.safetensors"
+    torch.manual_seed(0)
+    save_file(timm.create_model("test_resnet", num_classes=3).state_dict(), str(weights))
+    (tmp_path / "map.txt").write_text("blue\ngreen\nred\n")
+    out = tmp_path / "T"
+    code, _, err = run_cli(capsys, "tune", "--model", "test_resnet", "--weights", weights, "--class-map",
+                           tmp_path / "map.txt", "--data", colour_data, "--out", out, "--sweep-res", 48, 64,
+                           "--rungs", 2, "--method", "bn", "--no-timing", "--workers", 0, "--batch-size", 16, "--quiet")
+    assert code == 0, err
+    summary = json.loads((out / "tune.json").read_text())
+    assert summary["sweep"]["chosen"]["split"] == "train" and "pretrained_cfg" in summary["sweep"]["train_res_from"]
+    assert Ladder.open(out / "ladder").record["method"] == "bn"
+    assert "from timm pretrained_cfg" in (out / "report.md").read_text()
+
+
+def test_tune_checks_its_output_and_options_first(trained_run, colour_data, tmp_path, capsys):
+    from helpers import one_line_error, run_cli
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "x").write_text("")
+    for extra, message in ((["--out", tmp_path / "full"], "not empty"),
+                           (["--out", tmp_path / "T", "--rungs", 0], "rungs must be at least 1"),
+                           (["--out", tmp_path / "T", "--budget-ms", 3, "--no-timing"], "--no-timing"),
+                           (["--out", tmp_path / "T", "--compare", "fixres"], "other methods")):
+        code, _, err = run_cli(capsys, "tune", "--checkpoint", trained_run, "--data", colour_data, *extra)
+        one_line_error(code, err, message)
+    assert not (tmp_path / "T").exists()

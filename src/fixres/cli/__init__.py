@@ -26,10 +26,12 @@ from . import (
     sweep_cmd,
     train_cmd,
     transfer_cmd,
+    tune_cmd,
 )
 
 # In the order of the data flow: data -> train -> evaluate/sweep -> adapt -> export/predict.
-COMMANDS = (demo_cmd, data_cmd, analyze_cmd, train_cmd, eval_cmd, sweep_cmd, adapt_cmd, export_cmd, predict_cmd, stats_cmd, grid_cmd, transfer_cmd)
+COMMANDS = (demo_cmd, data_cmd, analyze_cmd, train_cmd, eval_cmd, sweep_cmd, adapt_cmd, tune_cmd, export_cmd, predict_cmd,
+            stats_cmd, grid_cmd, transfer_cmd)
 
 
 class _Parser(argparse.ArgumentParser):

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from ..experiments.demo import DemoConfig, run_demo
-from ..experiments.report import demo_text
+from ..experiments.tune_report import tune_text
 from .common import add_output_flags, command
 
 
@@ -22,5 +22,5 @@ def register(sub) -> None:
 def run(args) -> int:
     cfg = DemoConfig(out=args.out, seed=args.seed, device=args.device, workers=args.workers)
     summary = run_demo(cfg, overwrite=args.overwrite, quiet=args.quiet)
-    print(demo_text(summary))
+    print(tune_text(summary))
     return 0

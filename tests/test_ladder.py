@@ -242,3 +242,64 @@ def test_tune_checks_its_output_and_options_first(trained_run, colour_data, tmp_
         code, _, err = run_cli(capsys, "tune", "--checkpoint", trained_run, "--data", colour_data, *extra)
         one_line_error(code, err, message)
     assert not (tmp_path / "T").exists()
+
+
+# ----------------------------------------------------------------------------- RS-Nets: switchable training
+@pytest.fixture(scope="module")
+def switchable_run(colour_data, tmp_path_factory):
+    from fixres.cli import main
+    run = tmp_path_factory.mktemp("sw") / "run"
+    assert main([str(a) for a in ("train", "--data", colour_data, "--out", run, "--model", "test_resnet",
+                                  "--train-res", 48, "--switchable-res", 32, 40, 48, "--epochs", 2, "--batch-size", 24,
+                                  "--lr", 0.05, "--holdout", 0.25, "--workers", 0, "--device", "cpu", "--quiet")]) == 0
+    return run
+
+
+def test_a_switchable_run_shares_its_weights_and_keeps_a_batch_norm_per_resolution(switchable_run):
+    state = load_file(str(switchable_run / "last" / "model.safetensors"))
+    paths = [k for k in state if ".paths." in k]
+    assert {k.split(".paths.")[1].split(".")[0] for k in paths} == {"0", "1", "2"}
+    assert not any(".paths." in k for k in state if k.endswith("conv1.0.weight") or k.startswith("fc."))   # shared
+    means = [state[f"bn1.paths.{i}.running_mean"] for i in range(3)]
+    assert not torch.equal(means[0], means[2])           # each resolution's own statistics
+    ladder = Ladder.open(switchable_run / "ladder")
+    assert ladder.resolutions == [32, 40, 48] and ladder.record["method"] == "switchable"
+    for rung in ladder.rungs:        # a rung: its path's batch-norms only
+        tensors = load_file(str(ladder.root / rung["dir"] / "model.safetensors"))
+        assert tensors and all("bn" in k or "downsample.2" in k or "conv1.1" in k or "conv1.4" in k for k in tensors)
+
+
+def test_each_rung_of_a_switchable_run_is_its_path(switchable_run, colour_data):
+    """Evaluating rung r equals the switchable network with path r active, at r."""
+    from fixres.measure.infer import EvalOptions, evaluate_checkpoint
+    from fixres.models import create_model
+    from fixres.train.switchable import make_switchable, set_path
+    state = load_file(str(switchable_run / "last" / "model.safetensors"))
+    meta = read_meta(switchable_run / "last")
+    net = make_switchable(create_model("test_resnet", 3), 3)
+    net.load_state_dict(state)
+    net.eval()
+    x = torch.randn(2, 3, 40, 40)
+    ladder = Ladder.open(switchable_run / "ladder")
+    for i, res in enumerate(ladder.resolutions):
+        set_path(net, i)
+        model, _ = open_checkpoint(ladder.path(res))
+        with torch.no_grad():
+            assert torch.allclose(model(x), net(x), atol=1e-6)
+        result, _, _ = evaluate_checkpoint(ladder.root, colour_data, EvalOptions(test_res=res, workers=0))
+        assert result.top1 == ladder.rungs[i]["after"]["top1"]
+    assert meta.recipe["switchable_res"] == [32, 40, 48]
+    plain, _ = open_checkpoint(switchable_run / "last")   # every command opens a switchable run as its largest path
+    set_path(net, 2)
+    with torch.no_grad():
+        assert torch.allclose(plain(x), net(x), atol=1e-6)
+
+
+@pytest.mark.parametrize("args, message", [(["--switchable-res", 48], "at least two"),
+                                           (["--switchable-res", 32, 40], "--train-res must be the largest"),
+                                           (["--switchable-res", 32, 48, "--progressive-from", 32], "progressive")])
+def test_bad_switchable_settings_are_one_line(colour_data, tmp_path, capsys, args, message):
+    from helpers import one_line_error, run_cli
+    code, _, err = run_cli(capsys, "train", "--data", colour_data, "--out", tmp_path / "r", "--model", "test_resnet",
+                           "--train-res", 48, "--epochs", 3, *args, "--workers", 0)
+    one_line_error(code, err, message)

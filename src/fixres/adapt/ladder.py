@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 
 from ..core.errors import FixresError
-from ..core.rundir import atomic_path, prepare_run_dir, write_json
+from ..core.rundir import prepare_run_dir
 from ..core.runtime import Dist
 from ..data.loader import MultiView
 from ..data.transforms import check_resolution
@@ -33,9 +33,8 @@ from ..measure.costs import resolution_costs, with_timings
 from ..measure.infer import EvalResult
 from ..measure.sweep import sweep_model
 from ..measure.timing import resolve_engine
-from ..models.checkpoint import save_checkpoint, save_rung
 from ..models.equaliser import Equaliser, attach, detach
-from ..models.ladder import BASE, LADDER_FILE, LADDER_FORMAT, RUNGS, Ladder
+from ..models.ladder import BASE, LADDER_FILE, LADDER_FORMAT, RUNGS, write_ladder
 from ..models.pooled import collect_pooled
 from ..models.sources import ModelSource, as_source
 from ..version import __version__
@@ -299,16 +298,9 @@ def _record(ctx, opts, results, states, base, costs, selection, split, shared, r
 
 def _write(out: Path, ctx: AdaptContext, base: dict, results, states, record: dict, overwrite: bool) -> None:
     """The ladder folder, as one unit: base/, rungs/<res>/, ladder.json."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(out, existing="replace" if overwrite else "empty", fsync=True) as tmp:
-        tmp.mkdir()
-        _load(ctx, base, None)
-        save_checkpoint(tmp / BASE, ctx.model, ctx.meta)
-        for result, state in zip(results, states):
-            res = result.meta.preprocessing.test_res
-            save_rung(tmp / RUNGS / str(res), state.tensors, result.meta, tmp / BASE)
-        write_json(tmp / LADDER_FILE, record)
-    Ladder.open(out)      # readable as written
+    _load(ctx, base, None)
+    write_ladder(out, ctx.model, ctx.meta, [(r.meta, s.tensors) for r, s in zip(results, states)], record,
+                 overwrite=overwrite)
 
 
 __all__ = ["LadderResult", "adapt_ladder", "check_rungs"]

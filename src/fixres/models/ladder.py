@@ -120,6 +120,24 @@ class Ladder:
         return switch
 
 
+def write_ladder(out: Path, base_model: nn.Module, base_meta, rungs: list, record: dict, *,
+                 overwrite: bool = False) -> Ladder:
+    """Write a ladder folder as one unit (a temporary sibling renamed into place): ``base/`` (the
+    full checkpoint of ``base_model``), for each ``(meta, tensors)`` of ``rungs`` its checkpoint
+    ``rungs/<test_res>/`` over the base, and ``record`` as ``ladder.json``."""
+    from ..core.rundir import atomic_path, write_json
+    from .checkpoint import save_checkpoint, save_rung
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(out, existing="replace" if overwrite else "empty", fsync=True) as tmp:
+        tmp.mkdir()
+        save_checkpoint(tmp / BASE, base_model, base_meta)
+        for meta, tensors in rungs:
+            save_rung(tmp / RUNGS / str(meta.preprocessing.test_res), tensors, meta, tmp / BASE)
+        write_json(tmp / LADDER_FILE, record)
+    return Ladder.open(out)
+
+
 def ladder_summary(ladder: Ladder) -> str:
     """One line per rung: resolution, accuracy before and after adapting, cost."""
     lines = [f"ladder {ladder.root}: {ladder.record['model']}, {len(ladder.rungs)} rungs ({ladder.record['method']})"]

@@ -47,6 +47,7 @@ from .equaliser import reapply_adaptation
 from .factory import check_model_name, create_model, model_with_weights, read_state_dict
 from .heads import restrict_outputs
 from .ladder import is_ladder, rung_checkpoint
+from .switchable_state import collapse, is_switchable_state
 from .labels import (Binding, LabelSpace, bind, config_space, imagenet_space, numbered_space, read_class_map,
                      read_valid_labels)
 from .sizes import size_kwargs
@@ -178,6 +179,8 @@ def build_model(meta: CheckpointMeta, state: dict[str, torch.Tensor]) -> nn.Modu
     """Instantiate the checkpoint's model and load its weights (strictly), then re-attach what
     its adaptation changed outside the weights (a parametric equaliser)."""
     model = create_model(meta.model, meta.num_classes, **meta.model_kwargs)
+    if (meta.recipe or {}).get("switchable_res") and is_switchable_state(state):   # its largest resolution's path
+        state = collapse(state, -1)
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as e:

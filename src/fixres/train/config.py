@@ -10,7 +10,7 @@ from ..core.errors import FixresError
 from ..core.options import option
 from ..core.runtime import RuntimeOptions
 from ..models.sizes import size_kwargs
-from ..data.transforms import DEFAULT_CROP_PCT, check_crop_pct, check_resolution, interpolation_mode
+from ..data.transforms import DEFAULT_CROP_PCT, check_crop_pct, check_resolution, interpolation_mode, resolutions
 from .recipes import (Ema, Erasing, Loss, Mixing, ResolutionSchedule, augment_policy, check_optimizer, default_ramp,
                       sgd_family)
 
@@ -88,6 +88,11 @@ class TrainConfig(RuntimeOptions):
     aug_repeats: int = option(1, "repeated augmentation: each sampled image appears this many times per epoch with "
                                  "different crops, the copies spread over processes (timm RepeatAugSampler, "
                                  "--aug-repeats; 1: off)")
+    switchable_res: Optional[tuple[int, ...]] = option(
+        None, "train ONE network for these resolutions jointly, the RS-Nets baseline: shared weights, a private "
+              "batch-norm per resolution, every step the losses of every resolution summed (one crop per image at "
+              "--train-res, the largest, resized to the others); the run ends with a ladder, RUN/ladder",
+        parse=resolutions, type=str, metavar="RES")
     progressive_from: Optional[int] = option(None, "progressive resizing: train at this resolution first, rising to "
                                                    "--train-res (the final one) over --progressive-epochs (FFCV min_res)")
     progressive_epochs: Optional[tuple[int, int]] = option(
@@ -161,8 +166,22 @@ class TrainConfig(RuntimeOptions):
                                   "policy")
         if self.aug_repeats < 1:
             raise FixresError(f"aug_repeats must be at least 1, got {self.aug_repeats}")
+        self._check_switchable()
         for part in ("erasing", "mixing", "loss_settings", "ema", "resolution_schedule"):
             getattr(self, part)        # each part checks its own settings
+
+    def _check_switchable(self) -> None:
+        res = self.switchable_res
+        if res is None:
+            return
+        if len(res) < 2:
+            raise FixresError("--switchable-res needs at least two resolutions (one is plain training)")
+        if max(res) != self.train_res:
+            raise FixresError(f"--switchable-res {' '.join(map(str, res))}: --train-res must be the largest of them "
+                              f"({max(res)}), the resolution each step crops at; got {self.train_res}")
+        if self.progressive_from is not None:
+            raise FixresError("--switchable-res trains every resolution at every step: it does not combine with "
+                              "progressive resizing")
 
     @property
     def starts_from_weights(self) -> bool:
@@ -230,7 +249,8 @@ class TrainConfig(RuntimeOptions):
                 "label_smoothing": self.label_smoothing, "bce_target_thresh": self.bce_target_thresh,
                 "auto_augment": self.auto_augment, "random_erasing": self.erasing.record(),
                 "mixup": self.mixing.record(), "aug_repeats": self.aug_repeats, "ema": self.ema.record(),
-                "train_res_schedule": schedule.row() if schedule.progressive else None, "weights": "model"}
+                "train_res_schedule": schedule.row() if schedule.progressive else None, "weights": "model",
+                "switchable_res": list(self.switchable_res) if self.switchable_res else None}
 
 
 # arguments fixres sets itself, from its own options or the data

@@ -50,6 +50,7 @@ from .recipes import BatchRecipe, train_transform
 from .run import Position, RunFolder
 from .select import evaluate_epoch, score, selection_for
 from .step import TrainStep, check_finite
+from .switchable import make_switchable, write_switchable_ladder
 
 
 BEST_LINK = {"model": "best", "ema": "best-ema"}
@@ -107,7 +108,10 @@ class Trainer:
                                   new_classifier=cfg.new_classifier, **self.create_kwargs)
         declared = Preprocessing.from_pretrained_cfg(self.model.pretrained_cfg, cfg.model, sizes=False)
         self.prep = train_preprocessing(cfg, declared)
-        check_input_size(self.model, [cfg.train_res, cfg.eval_res], "training or evaluation resolution")
+        check_input_size(self.model, [cfg.train_res, cfg.eval_res, *(cfg.switchable_res or ())],
+                         "training or evaluation resolution")
+        if cfg.switchable_res:      # RS-Nets: a private batch-norm per resolution (train.switchable)
+            make_switchable(self.model, len(cfg.switchable_res))
         self.selection = selection_for(self.holdout_split, self.data.val, self.prep)
         self.normalizer = self.prep.normalizer(cfg.channels_last)
         self.model.to(self.device)
@@ -128,7 +132,8 @@ class Trainer:
             self.net = torch.compile(self.net)
         recipe = BatchRecipe(cfg.erasing, cfg.mixing, cfg.loss_settings, len(self.classes), device)
         self.step = TrainStep(self.model, self.net, self.optimizer, self.scaler, recipe, self.normalizer, self.rt,
-                              cfg.seed, cfg.batch_size, cfg.accum_steps, cfg.clip_grad, self._note_skipped)
+                              cfg.seed, cfg.batch_size, cfg.accum_steps, cfg.clip_grad, self._note_skipped,
+                              tuple(sorted(cfg.switchable_res or ())))
         batches = dict(n=len(self.train_split), global_batch=cfg.batch_size, seed=cfg.seed, rank=self.dist.rank,
                        world=self.dist.world, accum=cfg.accum_steps)
         self.sampler = (RepeatedBatches(**batches, repeats=cfg.aug_repeats) if cfg.aug_repeats > 1
@@ -296,6 +301,9 @@ class Trainer:
                 sinks.log(row, p.step)
             self.save(row, best=best)
             self.folder.log(epoch_line(row, cfg.epochs))
+        if cfg.switchable_res:
+            write_switchable_ladder(self.folder.root / "ladder", self.model, self._meta({}), self.step.paths,
+                                    self.data.val, self.holdout_split, self.prep, self.rt)
         summary = self._summary()
         self.folder.write_summary(summary)
         return TrainResult(self.folder.root, summary, self.dist.is_main)

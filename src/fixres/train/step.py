@@ -15,6 +15,7 @@ from ..core.errors import FixresError
 from ..core.runtime import Dist, Runtime, autocast
 from ..data.loader import mix_seed
 from .recipes import BatchRecipe
+from .switchable import resized, set_path
 
 class NonFiniteLoss(FixresError):
     pass
@@ -39,6 +40,7 @@ class TrainStep:
     accum_steps: int
     clip_grad: float | None
     note_skipped: Callable     # note_skipped(split, [(path, reason), ...])
+    paths: tuple[int, ...] = ()   # a resolution-switchable network: the resolution of each path (train.switchable)
 
     def set_lr(self, lr: float) -> None:
         for group in self.optimizer.param_groups:
@@ -58,11 +60,8 @@ class TrainStep:
             # batch (micro * world + rank: the same images whatever the world size and accumulation)
             share = micro * dist.world + dist.rank
             x, target = self.recipe(x, y, mix_seed(self.seed, BATCH_RECIPE_STREAM, step, share))
-            sync = micro == accum - 1 or not dist.enabled
             try:
-                with (contextlib.nullcontext() if sync else self.net.no_sync()), autocast(device, self.rt.amp_dtype):
-                    loss = self.recipe.criterion(self.net(x), target)
-                self.scaler.scale(loss / accum).backward()
+                loss = self._backward(x, target, last_micro=micro == accum - 1)
             except torch.cuda.OutOfMemoryError:
                 raise self.out_of_memory(len(y), x.shape[-1]) from None
             loss_sum += loss.detach() * y.numel()
@@ -74,6 +73,24 @@ class TrainStep:
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
         return images
+
+    def _backward(self, x: torch.Tensor, target: torch.Tensor, last_micro: bool) -> torch.Tensor:
+        """Forward and backward of one micro-batch: the loss, or for a switchable network the sum of
+        every path's loss (each path's backward in turn; gradients sync on the very last one)."""
+        dist, accum = self.rt.dist, self.accum_steps
+        paths = self.paths or (x.shape[-1],)
+        total = torch.zeros((), device=x.device)
+        for i, res in enumerate(paths):
+            sync = not dist.enabled or (last_micro and i == len(paths) - 1)
+            if self.paths:
+                set_path(self.model, i)
+            with (contextlib.nullcontext() if sync else self.net.no_sync()), autocast(self.rt.device, self.rt.amp_dtype):
+                loss = self.recipe.criterion(self.net(resized(x, res)), target)
+            self.scaler.scale(loss / accum).backward()
+            total = total + loss.detach()
+        if self.paths:
+            set_path(self.model, len(paths) - 1)      # the largest resolution's path: evaluation, EMA, saving
+        return total
 
     def out_of_memory(self, images: int, res: int) -> FixresError:
         torch.cuda.empty_cache()

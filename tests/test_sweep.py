@@ -196,7 +196,7 @@ def test_predicted_marker_gets_the_runs_rrc_settings(run, colour_data, monkeypat
         calls.append((train_res, scale, ratio, crop_pct, len(sizes)))
         return types.SimpleNamespace(test_res=41, statistic=statistic, source=source)
 
-    monkeypatch.setattr("fixres.measure.sweep.predict_test_res", predict_test_res)
+    monkeypatch.setattr("fixres.measure.selection.predict_test_res", predict_test_res)
     result = sweep_checkpoint(run, colour_data,
                               SweepOptions(test_res=[32], crop_pct=[1.0], select_on="val", **FAST, **UNTIMED))
     assert calls == [(32, (0.25, 1.0), (0.75, 4 / 3), 1.0, 24)]        # the run's --scale 0.25 1.0, val's sizes

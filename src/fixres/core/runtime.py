@@ -11,7 +11,7 @@ import datetime
 import os
 import random
 from dataclasses import dataclass
-from typing import Literal, Optional
+from typing import Iterator, Literal, Optional
 
 import numpy as np
 import torch
@@ -175,6 +175,23 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
+
+
+@contextlib.contextmanager
+def seeded_rngs(seed: int, device: torch.device | None = None) -> Iterator[None]:
+    """Run a block with Python's ``random``, numpy's and torch's global generators (the CPU one,
+    and ``device``'s when it is a GPU) seeded from ``seed``; restore all of them afterwards."""
+    py_state, np_state = random.getstate(), np.random.get_state()
+    gpus = [device.index or 0] if device is not None and device.type == "cuda" else []
+    try:
+        with torch.random.fork_rng(devices=gpus):
+            random.seed(seed)
+            np.random.seed(seed % 2**32)
+            torch.manual_seed(seed)
+            yield
+    finally:
+        random.setstate(py_state)
+        np.random.set_state(np_state)
 
 
 def rng_state() -> dict:

@@ -391,6 +391,17 @@ def sweep_batches(split: SplitIndex, views: Sequence[EvalTransform], rt: Runtime
                           prefetch=prefetch, single=False)
 
 
+def variant_batches(split: SplitIndex, views: Sequence[EvalTransform], variants: Sequence[str | None], seed: int,
+                    rt: Runtime, *, batch_size: int = 100):
+    """Like :func:`sweep_batches`, each decoded image also corrupted (every variant, each through
+    every view: ``Batch.images`` a tuple of ``len(variants) x len(views)`` stacks, variant-major).
+    The Pillow path only: the corruptions are the reference numpy functions."""
+    from .corruptions import VariantDataset
+    dataset = VariantDataset(split, tuple(views), tuple(variants), seed)
+    return make_loader(dataset, sampler=EvalShard(len(dataset), rt.dist.rank, rt.dist.world), batch_size=batch_size,
+                       workers=rt.workers, pin_memory=rt.pin_memory, batch_bytes=dataset.batch_bytes(batch_size))
+
+
 def _single_collate(items: list) -> Batch:
     return collate([it if isinstance(it, Skipped) else (it[0][0], it[1], it[2]) for it in items])
 

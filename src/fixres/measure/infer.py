@@ -45,6 +45,9 @@ class EvalResult:
     crop_pct: float
     interpolation: str
     crop_mode: str = "center"
+    ece: float | None = None      # expected calibration error, percent (15 equal-width bins of the max probability)
+    nll: float | None = None      # mean cross-entropy of the probabilities at ``temperature`` (= loss at 1)
+    temperature: float = 1.0      # the logits were divided by this before ece and nll (fitted: --calibrate)
 
     def row(self) -> dict:
         return asdict(self)
@@ -63,12 +66,21 @@ def infer(model: nn.Module, batches, normalizer: Normalizer, rt: Runtime) -> Ite
         yield logits.float(), batch
 
 
-class Tally:
-    """Running sums of correct top-1/top-k, loss and counts, kept on the device."""
+ECE_BINS = 15   # Guo et al. (ICML 2017), torchmetrics' default
 
-    def __init__(self, device: torch.device):
-        self.sums = torch.zeros(5, dtype=torch.float64, device=device)  # top1, top5, loss, n, skipped
+
+class Tally:
+    """Running sums of correct top-1/top-k, loss and counts, and the calibration histogram (per
+    bin of the max probability: count, confidence, correct), kept on the device. ``temperature``
+    divides the logits before the calibration figures (not before top-1/top-5/loss);
+    ``keep_logits``: keep them (CPU) to fit a temperature on."""
+
+    def __init__(self, device: torch.device, temperature: float = 1.0, keep_logits: bool = False):
+        self.sums = torch.zeros(6, dtype=torch.float64, device=device)  # top1, top5, loss, n, skipped, nll@T
+        self.bins = torch.zeros(3, ECE_BINS, dtype=torch.float64, device=device)
         self.classes: int | None = None
+        self.temperature = temperature
+        self.kept: list | None = [] if keep_logits else None
 
     def add(self, logits: torch.Tensor | None, labels: torch.Tensor, n_skipped: int) -> None:
         self.sums[4] += n_skipped
@@ -83,9 +95,20 @@ class Tally:
         self.sums[1] += hits.any(dim=1).sum()
         self.sums[2] += F.cross_entropy(logits, labels, reduction="sum").double()
         self.sums[3] += labels.numel()
+        scaled = logits / self.temperature
+        self.sums[5] += F.cross_entropy(scaled, labels, reduction="sum").double()
+        confidence, predicted = scaled.softmax(dim=1).max(dim=1)
+        index = (confidence.double() * ECE_BINS).ceil().long().clamp(1, ECE_BINS) - 1   # (lo, hi] bins, as torchmetrics
+        self.bins[0].index_add_(0, index, torch.ones_like(confidence, dtype=torch.float64))
+        self.bins[1].index_add_(0, index, confidence.double())
+        self.bins[2].index_add_(0, index, predicted.eq(labels).double())
+        if self.kept is not None:
+            self.kept.append((logits.detach().cpu(), labels.cpu()))
 
     def result(self, dist_env: Dist, **geometry) -> EvalResult:
-        top1, top5, loss, n, skipped = all_reduce_sum(self.sums.clone(), dist_env).tolist()
+        top1, top5, loss, n, skipped, nll = all_reduce_sum(self.sums.clone(), dist_env).tolist()
+        count, conf, correct = all_reduce_sum(self.bins.clone(), dist_env)
+        ece = float((conf - correct).abs().sum() / max(n, 1)) * 100 if n else None
         n_safe = max(n, 1)
         applicable = self.classes is None or self.classes > TOP5_CLASSES
         if dist_env.enabled:   # a rank that saw no image does not know the classes
@@ -93,7 +116,33 @@ class Tally:
             torch.distributed.all_reduce(known, op=torch.distributed.ReduceOp.MAX)
             applicable = int(known.item()) == 0 or int(known.item()) > TOP5_CLASSES
         return EvalResult(100 * top1 / n_safe, 100 * top5 / n_safe if applicable else None, loss / n_safe, int(n),
-                          int(skipped), **geometry)
+                          int(skipped), **geometry, ece=ece, nll=nll / n_safe if n else None,
+                          temperature=self.temperature)
+
+    def logits(self, dist_env: Dist) -> tuple[torch.Tensor, torch.Tensor]:
+        """Every rank's kept logits and labels (for a temperature fit)."""
+        mine = (torch.cat([a for a, _ in self.kept]) if self.kept else torch.zeros(0, self.classes or 0),
+                torch.cat([b for _, b in self.kept]) if self.kept else torch.zeros(0, dtype=torch.long))
+        parts = gather_lists([mine], dist_env)
+        return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
+
+
+def fit_temperature(logits: torch.Tensor, labels: torch.Tensor) -> float:
+    """The temperature that minimises the mean cross-entropy of ``logits / T`` (Guo et al.: one
+    scalar, fitted by L-BFGS on log T so that it stays positive)."""
+    if not len(labels):
+        raise FixresError("no image to fit a temperature on")
+    log_t = torch.zeros(1, dtype=torch.float64, requires_grad=True)
+    logits, labels = logits.double(), labels.long()
+    opt = torch.optim.LBFGS([log_t], lr=0.5, max_iter=200, line_search_fn="strong_wolfe")
+
+    def closure():
+        opt.zero_grad()
+        loss = F.cross_entropy(logits / log_t.exp(), labels)
+        loss.backward()
+        return loss
+    opt.step(closure)
+    return float(log_t.exp())
 
 
 def evaluate(model: nn.Module, split: SplitIndex, prep: Preprocessing, rt: Runtime, *, batch_size: int = 100,

@@ -48,12 +48,11 @@ from .metrics_log import MetricSinks, check_sinks
 from .optim import make_optimizer, optimizer_kwargs, schedule_for
 from .recipes import BatchRecipe, train_transform
 from .run import Position, RunFolder
-from .select import evaluate_epoch, score, selection_for
+from .select import better_links, evaluate_epoch, selection_for
 from .step import TrainStep, check_finite
 from .switchable import make_switchable, write_switchable_ladder
 
 
-BEST_LINK = {"model": "best", "ema": "best-ema"}
 
 
 @dataclass(frozen=True)
@@ -108,8 +107,7 @@ class Trainer:
                                   new_classifier=cfg.new_classifier, **self.create_kwargs)
         declared = Preprocessing.from_pretrained_cfg(self.model.pretrained_cfg, cfg.model, sizes=False)
         self.prep = train_preprocessing(cfg, declared)
-        check_input_size(self.model, [cfg.train_res, cfg.eval_res, *(cfg.switchable_res or ())],
-                         "training or evaluation resolution")
+        check_input_size(self.model, [cfg.train_res, cfg.eval_res, *(cfg.switchable_res or ())], "training resolution")
         if cfg.switchable_res:      # RS-Nets: a private batch-norm per resolution (train.switchable)
             make_switchable(self.model, len(cfg.switchable_res))
         self.selection = selection_for(self.holdout_split, self.data.val, self.prep)
@@ -256,13 +254,7 @@ class Trainer:
         """Evaluate the model (and its EMA) into ``row``; return the best links it now deserves."""
         models = {"model": self.model, **({"ema": self.ema.module} if self.ema is not None else {})}
         row.update(evaluate_epoch(models, self.data.val, self.selection, self.prep, self.rt, self._note_skipped))
-        best, p = [], self.position
-        for weights in models:
-            value = score(row, self.selection, weights)
-            if value > p.best[weights][0]:
-                p.best[weights] = (value, p.epoch)
-                best.append(BEST_LINK[weights])
-        return tuple(best)
+        return better_links(self.position.best, row, self.selection, models, self.position.epoch)
 
     def _check_finite(self, loss_sum: torch.Tensor) -> None:
         check_finite(loss_sum, self.rt.dist, self.position, self.folder.last)
@@ -301,7 +293,7 @@ class Trainer:
                 sinks.log(row, p.step)
             self.save(row, best=best)
             self.folder.log(epoch_line(row, cfg.epochs))
-        if cfg.switchable_res:
+        if cfg.switchable_res:   # RUN/ladder: a rung per resolution (train.switchable)
             write_switchable_ladder(self.folder.root / "ladder", self.model, self._meta({}), self.step.paths,
                                     self.data.val, self.holdout_split, self.prep, self.rt)
         summary = self._summary()

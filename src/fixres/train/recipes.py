@@ -21,12 +21,10 @@ imports it.
 """
 from __future__ import annotations
 
-import contextlib
 import difflib
-import random
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Callable, Iterator
+from typing import Callable
 
 import numpy as np
 import torch
@@ -35,29 +33,12 @@ from PIL import Image
 from torchvision.transforms.v2 import functional as TF
 
 from ..core.errors import FixresError
+from ..core.runtime import seeded_rngs
 from ..data.transforms import TrainTransform, check_resolution, interpolation_mode
 
 TRIVIAL_AUGMENT = ("trivialaugment", "trivial")   # torchvision's TrivialAugmentWide (timm has none)
 # timm's optimisers with momentum-SGD-like learning rates (the others are Adam-like).
 SGD_FAMILY = ("sgd", "momentum", "nesterov", "sgdw", "sgdp", "nesterovw", "lars", "larc", "nlars", "nlarc")
-
-
-# ----------------------------------------------------------------------------- random state
-@contextlib.contextmanager
-def seeded_rngs(seed: int, device: torch.device | None = None) -> Iterator[None]:
-    """Run a block with Python's ``random``, numpy's and torch's global generators (the CPU one,
-    and ``device``'s when it is a GPU) seeded from ``seed``; restore all of them afterwards."""
-    py_state, np_state = random.getstate(), np.random.get_state()
-    gpus = [device.index or 0] if device is not None and device.type == "cuda" else []
-    try:
-        with torch.random.fork_rng(devices=gpus):
-            random.seed(seed)
-            np.random.seed(seed % 2**32)
-            torch.manual_seed(seed)
-            yield
-    finally:
-        random.setstate(py_state)
-        np.random.set_state(np_state)
 
 
 def _draw_seed(generator: torch.Generator | None) -> int:

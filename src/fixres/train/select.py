@@ -68,3 +68,18 @@ def score(row: dict, selection: Selection, weights: str) -> float:
     """The selection metric of ``weights`` ("model" or "ema") in an evaluated row."""
     prefix = "" if weights == "model" else f"{weights}_"
     return row[f"{prefix}{selection.split}_top1"]
+
+
+BEST_LINK = {"model": "best", "ema": "best-ema"}
+
+
+def better_links(best: dict, row: dict, selection: Selection, models, epoch: int) -> tuple[str, ...]:
+    """The best links (``best``, ``best-ema``) that the epoch ``row`` now deserves, updating
+    ``best`` (weights -> (score, epoch)) where it beats the best so far."""
+    links = []
+    for weights in models:
+        value = score(row, selection, weights)
+        if value > best[weights][0]:
+            best[weights] = (value, epoch)
+            links.append(BEST_LINK[weights])
+    return tuple(links)

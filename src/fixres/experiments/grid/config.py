@@ -26,7 +26,7 @@ from ...core.options import build, check_keys, coerce, option, read_yaml
 from ...data import synth
 from ...data.transforms import check_resolution, parse_resolutions
 from ...measure.costs import ExpectedCost
-from ...measure.sweep import SELECT_ON
+from ...measure.selection import SELECT_ON
 from ...models.factory import check_model_name
 from ...train.config import TrainConfig
 

@@ -144,7 +144,8 @@ def test_cli_writes_csv_json_png_and_refuses_to_overwrite(run, colour_data, tmp_
     assert set(rows[0]) == {"checkpoint", "model", "train_res", "test_res", "crop_pct", "resize_size", "interpolation",
                             "split", "top1", "top5", "loss", "n", "n_skipped", "adapted", "gflops", "params",
                             "images_per_s", "images_per_s_iqr", "latency_ms", "latency_ms_iqr", "timing_device",
-                            "timing_dtype", "timing_batch_size", "timing_stable", "timing_engine"}
+                            "timing_dtype", "timing_batch_size", "timing_stable", "timing_engine", "corruption", "ece",
+                            "nll", "temperature"}
     assert all(float(r["latency_ms"]) > 0 and r["timing_batch_size"] == "10" for r in rows)
     data = json.loads((out / "sweep.json").read_text())
     assert data["chosen"]["split"] == "holdout" and len(data["rows"]) == 4 and len(data["selection_rows"]) == 4

@@ -21,6 +21,7 @@ versions then go through every test geometry (:class:`VariantDataset`).
 """
 from __future__ import annotations
 
+import difflib
 import zlib
 from dataclasses import dataclass
 from typing import Sequence
@@ -43,6 +44,7 @@ EXTRA = ("speckle_noise", "gaussian_blur", "spatter", "saturate")
 # is numba-compiled (~2 s once per process) but still the slowest by far; it is opt-in in "all".
 SLOW = ("glass_blur",)
 CORRUPT_STREAM = 0xC0C0
+OWN_SEED = ("impulse_noise", "glass_blur")   # seeded through the package's `seed` argument
 
 
 def _package():
@@ -63,7 +65,7 @@ class Corruption:
 
     def __post_init__(self):
         if self.name not in (*BENCHMARK, *EXTRA):
-            close = [n for n in (*BENCHMARK, *EXTRA) if n.startswith(self.name.split("_")[0])]
+            close = difflib.get_close_matches(self.name, (*BENCHMARK, *EXTRA), n=3)
             hint = f" (did you mean {', '.join(close)}?)" if close else f"; known: {', '.join(BENCHMARK + EXTRA)}"
             raise FixresError(f"unknown corruption {self.name!r}{hint}")
         if self.severity not in range(1, 6):
@@ -76,9 +78,13 @@ class Corruption:
     def __call__(self, img: Image.Image, seed: int) -> Image.Image:
         corrupt = _package().corrupt
         arr = np.asarray(img.convert("RGB"))
+        if min(arr.shape[:2]) < 32:
+            raise FixresError(f"{self.name}: the corruptions need images of at least 32 x 32 pixels, got "
+                              f"{arr.shape[1]} x {arr.shape[0]}")
+        # the two that draw from their own generators take the seed (scikit-image's, numba's)
+        own = {"seed": seed % 2**32} if self.name in OWN_SEED else {}
         with seeded_rngs(seed):
-            out = corrupt(arr, corruption_name=self.name, severity=self.severity)
-        return Image.fromarray(np.clip(np.asarray(out), 0, 255).astype(np.uint8))
+            return Image.fromarray(corrupt(arr, corruption_name=self.name, severity=self.severity, **own))
 
 
 def parse_corruptions(values: "Sequence[str] | str") -> tuple[str, ...]:

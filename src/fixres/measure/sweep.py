@@ -36,13 +36,17 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Literal, Optional, Sequence
+from typing import Callable, Literal, Optional, Sequence
+
+from torch import nn
 
 from ..core.errors import FixresError
 from ..core.options import option
 from ..core.progress import notice
-from ..core.runtime import Dist, RuntimeOptions
+from ..core.runtime import Dist, Runtime, RuntimeOptions
+from ..data.corruptions import parse_corruptions
 from ..data.index import SplitIndex
+from ..data.preprocessing import Preprocessing
 from ..data.transforms import check_geometries, resolutions
 from ..models.checkpoint import CheckpointMeta, read_meta
 from ..models.heads import find_classifier
@@ -53,6 +57,13 @@ from .choose import BUDGETS, Deployment, choose_best, deployments, fits_budget
 from .costs import ResolutionCost, cost_key, resolution_costs, with_timings
 from .infer import EvalResult, load_split
 from .onepass import sweep_model
+from .robustness import (
+    check_objective,
+    choices_by_objective,
+    fitted_temperatures,
+    objective_rows,
+    split_variants,
+)
 from .selection import Selection, prediction, select_split
 from .timing import resolve_engine
 
@@ -85,6 +96,10 @@ class SweepRow:
     timing_batch_size: int | None = None
     timing_stable: bool | None = None          # both IQRs within 25% of their medians (measure.timing)
     timing_engine: str | None = None           # what ran the timed forwards (torch, onnxruntime)
+    corruption: str | None = None              # None: clean; "gaussian_noise:3"...; "mean" over the corruptions
+    ece: float | None = None                   # expected calibration error, percent (15 bins)
+    nll: float | None = None                   # cross-entropy at ``temperature``
+    temperature: float = 1.0                   # fitted on the selection images with --calibrate
 
     def row(self) -> dict:
         return asdict(self)
@@ -102,6 +117,11 @@ class SweepResult:
     device: str = ""
     deployments: tuple[Deployment, ...] = ()   # --within / --budget-* choices, made like best
     train_res_from: str = ""                   # a model fixres did not train: where its train resolution comes from
+    corrupted_rows: tuple[SweepRow, ...] = ()          # the reported split under each --corrupt
+    corrupted_selection_rows: tuple[SweepRow, ...] = ()
+    shifted_selection_rows: tuple[SweepRow, ...] = ()  # --shift-select: the shifted images that choose
+    objective: str = "clean"
+    objective_choices: dict = field(default_factory=dict)   # objective -> (test_res, crop_pct) it would choose
 
     @property
     def train_res(self) -> int:
@@ -129,20 +149,24 @@ class SweepResult:
 
 
 def to_rows(results: Sequence[EvalResult], *, checkpoint: str, meta: "CheckpointMeta | Sequence[CheckpointMeta]",
-            split: str, costs: dict[int, ResolutionCost] | None = None) -> tuple[SweepRow, ...]:
-    """One row per result; ``meta``: the model's, or one per result (a ladder's rungs)."""
-    if isinstance(meta, CheckpointMeta):
-        return tuple(_row(r, checkpoint, meta, split, costs) for r in results)
-    return tuple(_row(r, checkpoint, m, split, costs) for r, m in zip(results, meta))
+            split: str, costs: dict[int, ResolutionCost] | None = None,
+            variants: Sequence[str | None] = (None,)) -> tuple[SweepRow, ...]:
+    """One row per result; ``meta``: the model's, or one per geometry (a ladder's rungs);
+    ``variants``: the results are variant-major, one block of geometries per variant."""
+    per = len(results) // len(variants)
+    metas = [meta] * per if isinstance(meta, CheckpointMeta) else list(meta)
+    return tuple(_row(r, checkpoint, metas[i % per], split, costs, variants[i // per]) for i, r in enumerate(results))
 
 
-def _row(r: EvalResult, checkpoint: str, meta: CheckpointMeta, split: str, costs) -> SweepRow:
+def _row(r: EvalResult, checkpoint: str, meta: CheckpointMeta, split: str, costs,
+         corruption: str | None = None) -> SweepRow:
     adapted = (meta.adaptation or {}).get("method")
     prep = meta.preprocessing
     costs = costs or {}
     return SweepRow(checkpoint, meta.model, prep.train_res, r.test_res, r.crop_pct,
                     prep.test_view(r.test_res, r.crop_pct).resize_size, r.interpolation, split, r.top1, r.top5,
-                    r.loss, r.n, r.n_skipped, adapted, **(costs[r.test_res].fields() if r.test_res in costs else {}))
+                    r.loss, r.n, r.n_skipped, adapted, **(costs[r.test_res].fields() if r.test_res in costs else {}),
+                    corruption=corruption, ece=r.ece, nll=r.nll, temperature=r.temperature)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -164,6 +188,18 @@ class SweepOptions(RuntimeOptions):
                 "(checked against PyTorch's logits); auto: onnxruntime on the CPU where it is installed, else torch")
     timing_budget: float = option(0.3, "seconds of timed forward passes per resolution (after warm-up; at least 3 "
                                        "batches and 5 single images whatever the budget)", metavar="S")
+    corrupt: Optional[tuple[str, ...]] = option(
+        None, "also measure every resolution under these common corruptions (ImageNet-C's, on the decoded image): "
+              "NAME:SEVERITY, all:SEVERITY (the fifteen but glass blur), all+slow:3, severities 1-5; needs "
+              "pip install 'fixres[robustness]'", parse=parse_corruptions, type=str, metavar="NAME:SEV")
+    corrupt_seed: int = option(0, "seed of the corruptions' noise (each image's own, per corruption)")
+    calibrate: bool = option(False, "fit a temperature per resolution on the selection images (held-out training "
+                                    "images) and report ECE and NLL on --split with it")
+    objective: Literal["clean", "corrupted", "shifted", "mean"] = option(
+        "clean", "what the best and the deployment resolutions are chosen on, on the selection images: clean top-1, "
+                 "the mean top-1 under --corrupt, top-1 on --shift-select, or the mean of those measured")
+    shift_select: Optional[str] = option(None, "a split of shifted images that chooses under --objective shifted "
+                                               "(fixres data synth --shift writes shifted-holdout)")
     within: Optional[float] = option(None, "deploy: the smallest resolution whose top-1 on the selection split is "
                                            "within P points of the best", metavar="P")
     budget_ms: Optional[float] = option(None, "deploy: the most accurate resolution whose measured single-image "
@@ -191,6 +227,10 @@ class SweepOptions(RuntimeOptions):
                               "split, which --select-on none turns off")
         if self.budget_ms is not None and not self.timing:
             raise FixresError("--budget-ms needs the measured latency, which --no-timing turns off")
+        check_objective(self.objective, self.corrupt, self.shift_select, self.select_on)
+        if self.calibrate and self.select_on in ("val", "none"):
+            raise FixresError("--calibrate fits the temperature on the selection images (held-out training images or "
+                              f"a training sample), not with --select-on {self.select_on}")
 
 
 def sweep_checkpoint(checkpoint: "str | Path | ModelSource", data: str | Path, opts: SweepOptions, *,
@@ -216,19 +256,49 @@ def sweep_opened(opened: Opened, data: str | Path, opts: SweepOptions, geometrie
     """:func:`sweep_checkpoint` of a model opened on the data, at ``geometries``. ``switch_for``:
     ``switch_for(model)`` gives a hook called with a geometry's position before its forwards (a
     ladder's rungs, one per geometry, with their ``metas``)."""
-    model, meta, directory = opened.model, opened.meta, opened.name
+    model, meta = opened.model, opened.meta
     prep = meta.preprocessing
     per_image = check_input_size(model, [r for r, _ in geometries])
     report = load_split(data, opts.split, opened.binding)
     selection = select_split(meta, data, opts.select_on, split=opts.split, select_images=opts.select_images,
                              labels=opened.binding)
+    shifted = load_split(data, opts.shift_select, opened.binding) if opts.shift_select else None
     rt = opts.runtime(dist_env, quiet)
+    variants = (None, *(opts.corrupt or ()))
     batch = fit_batch(per_image, opts.batch_size, rt.device, f"sweep up to {max(r for r, _ in geometries)}px",
-                      input_bytes=4 * 3 * sum(r * r for r, _ in geometries), log=notice if rt.dist.is_main else None)
+                      input_bytes=4 * 3 * len(variants) * sum(r * r for r, _ in geometries),
+                      log=notice if rt.dist.is_main else None)
     model.to(rt.device)
+    costs = _costs(model, meta, geometries, opts, rt, batch, cost_cache)
+    passes = SweepPasses(model, prep, tuple(geometries), rt, batch, variants, opts.corrupt_seed,
+                         switch_for(model) if switch_for is not None else None, str(opened.name), metas or meta, costs)
+    selected, temperatures = passes.selection(selection, calibrate=opts.calibrate)
+    rows, corrupted = passes.run(report, opts.split, temperatures=temperatures, keep_skipped=True)
+    shift_rows = passes.run(shifted, opts.shift_select, variants=(None,))[0] if shifted is not None else ()
+    chosen, chosen_corrupted = selected if selection.index is not None else (rows, corrupted)
+    if selection.split is None:
+        chosen, chosen_corrupted = (), ()
+    if chosen and all(r.n == 0 for r in chosen):
+        raise FixresError(f"no readable image in the {selection.split} selection split")
+    ranked = objective_rows(opts.objective, chosen, chosen_corrupted, shift_rows) if chosen else ()
+    best_row = choose_best(ranked) if ranked else None
+    best = (best_row.test_res, best_row.crop_pct) if best_row else None
+    pct = best[1] if best else geometries[0][1]
+    sized = (selection.index, selection.split) if selection.index is not None else (report, opts.split)
+    choices = deployments(ranked, rows, within=opts.within, budget_ms=opts.budget_ms, budget_gflops=opts.budget_gflops)
+    return SweepResult(rows, chosen, best, selection.split, selection, prediction(prep, meta, pct, *sized),
+                       tuple(passes.skipped), str(rt.device), choices,
+                       prep.source_of("train_res") if meta.weights_from is not None else "", corrupted,
+                       chosen_corrupted if selection.index is not None else (), shift_rows, opts.objective,
+                       choices_by_objective(chosen, chosen_corrupted, shift_rows) if chosen else {})
+
+
+def _costs(model, meta, geometries, opts: SweepOptions, rt, batch: int, cost_cache: dict | None) -> dict:
+    """Each resolution's cost, measured once per architecture (``cost_cache``), before the data
+    pass: an impossible budget fails before the expensive part."""
     cache = {} if cost_cache is None else cost_cache
     key = cost_key(meta)
-    if key not in cache:       # before the data pass: an impossible budget fails before the expensive part
+    if key not in cache:
         costs = resolution_costs(model, meta, [r for r, _ in geometries])
         if opts.budget_gflops is not None:
             fits_budget(list(costs.values()), gflops=opts.budget_gflops)
@@ -239,31 +309,47 @@ def sweep_opened(opened: Opened, data: str | Path, opts: SweepOptions, geometrie
     costs = cache[key]
     if opts.budget_ms is not None or opts.budget_gflops is not None:
         fits_budget(list(costs.values()), ms=opts.budget_ms, gflops=opts.budget_gflops)
-    skipped: list = []
-    switch = switch_for(model) if switch_for is not None else None
+    return costs
 
-    def run(index: SplitIndex, name: str, keep_skipped: bool) -> tuple[SweepRow, ...]:
-        results = sweep_model(model, index, prep, geometries, rt, batch_size=batch, label=f"sweep {name}",
-                              skipped=skipped if keep_skipped else None, before_view=switch)
-        return to_rows(results, checkpoint=str(directory), meta=metas or meta, split=name, costs=costs)
 
-    rows = run(report, opts.split, True)
-    if selection.split is None:
-        chosen = ()
-    elif selection.index is None:
-        chosen = rows
-    else:
-        chosen = run(selection.index, selection.split, False)
-    if chosen and all(r.n == 0 for r in chosen):
-        raise FixresError(f"no readable image in the {selection.split} selection split")
-    best_row = choose_best(chosen) if chosen else None
-    best = (best_row.test_res, best_row.crop_pct) if best_row else None
-    pct = best[1] if best else geometries[0][1]
-    sized = (selection.index, selection.split) if selection.index is not None else (report, opts.split)
-    choices = deployments(chosen, rows, within=opts.within, budget_ms=opts.budget_ms, budget_gflops=opts.budget_gflops)
-    return SweepResult(rows, chosen, best, selection.split, selection, prediction(prep, meta, pct, *sized),
-                       tuple(skipped), str(rt.device), choices,
-                       prep.source_of("train_res") if meta.weights_from is not None else "")
+@dataclass
+class SweepPasses:
+    """The passes of one sweep over its splits: every geometry and variant from one decode per
+    image, as rows."""
+
+    model: nn.Module
+    prep: Preprocessing
+    geometries: tuple
+    rt: Runtime
+    batch: int
+    variants: tuple
+    seed: int
+    switch: Callable | None
+    checkpoint: str
+    metas: object
+    costs: dict
+    skipped: list = field(default_factory=list)
+
+    def run(self, index: SplitIndex, name: str, *, temperatures=None, keep_skipped: bool = False, tallies=None,
+            variants=None) -> tuple[tuple, tuple]:
+        """``(clean rows, corrupted rows)`` of ``index``."""
+        variants = self.variants if variants is None else variants
+        results = sweep_model(self.model, index, self.prep, self.geometries, self.rt, batch_size=self.batch,
+                              label=f"sweep {name}", skipped=self.skipped if keep_skipped else None,
+                              before_view=self.switch, variants=variants, seed=self.seed, temperatures=temperatures,
+                              tallies_out=tallies)
+        rows = to_rows(results, checkpoint=self.checkpoint, meta=self.metas, split=name, costs=self.costs,
+                       variants=variants)
+        return split_variants(rows, len(self.geometries))
+
+    def selection(self, selection: Selection, *, calibrate: bool) -> tuple[tuple[tuple, tuple], list | None]:
+        """The selection split's rows (when it is not the reported one) and, with ``calibrate``,
+        the temperature fitted on them per geometry."""
+        if selection.index is None:
+            return ((), ()), None
+        tallies = [] if calibrate else None
+        rows = self.run(selection.index, selection.split, tallies=tallies)
+        return rows, (fitted_temperatures(tallies, len(self.geometries), self.rt.dist) if calibrate else None)
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,7 @@ from ..core.tables import table
 from ..data.transforms import EvalTransform
 from ..models.checkpoint import versions
 from .choose import unstable_timings
+from .robustness import mean_over_corruptions
 from .timing import STABILITY_BUDGET, STABLE_IQR
 from .sweep import SweepComparison, SweepResult
 
@@ -24,7 +25,8 @@ SWEEP_FILES = ("sweep.csv", "sweep.json", "sweep.png", "sweep-cost.png")
 
 _TIMING_COLUMNS = [("images_per_s", "img/s", ".0f"), ("ms", "ms", "s"), ("latency_ms_iqr", "(IQR)", ".2g")]
 _ACCURACY_COLUMNS = [("test_res", "test_res", "d"), ("crop_pct", "crop_pct", "g"), ("resize_size", "resize", "d"),
-                     ("top1", "top-1", ".2f"), ("top5", "top-5", ".2f"), ("loss", "loss", ".4f"), ("n", "images", "d")]
+                     ("top1", "top-1", ".2f"), ("top5", "top-5", ".2f"), ("loss", "loss", ".4f"), ("ece", "ECE", ".2f"),
+                     ("n", "images", "d")]
 
 
 def _columns(timed: bool) -> list[tuple[str, str, str]]:
@@ -106,7 +108,27 @@ def sweep_json(result: SweepResult) -> dict:
             "deployments": [d.row() for d in result.deployments],
             "rows": [r.row() for r in result.rows],
             "selection_rows": [] if result.selected_on_report else [r.row() for r in result.selection_rows],
+            "objective": result.objective,
+            "objective_choices": {k: {"test_res": v[0], "crop_pct": v[1]} for k, v in result.objective_choices.items()},
+            "corrupted_rows": [r.row() for r in result.corrupted_rows],
+            "corrupted_mean_rows": [r.row() for r in mean_over_corruptions(result.corrupted_rows)],
+            "corrupted_selection_rows": [r.row() for r in result.corrupted_selection_rows],
+            "shifted_selection_rows": [r.row() for r in result.shifted_selection_rows],
             "skipped_files": [{"path": p, "reason": why} for p, why in result.skipped]}
+
+
+def robustness_table(result: SweepResult) -> str:
+    """Per resolution: clean top-1 and ECE, the mean top-1 under the corruptions and each one's."""
+    mean = {(r.test_res, r.crop_pct): r for r in mean_over_corruptions(result.corrupted_rows)}
+    labels = list(dict.fromkeys(r.corruption for r in result.corrupted_rows))
+    per = {(r.test_res, r.crop_pct, r.corruption): r.top1 for r in result.corrupted_rows}
+    rows = [{"test_res": r.test_res, "crop_pct": r.crop_pct, "clean": r.top1, "ece": r.ece,
+             "mean": mean[(r.test_res, r.crop_pct)].top1, "mean_ece": mean[(r.test_res, r.crop_pct)].ece,
+             **{c: per[(r.test_res, r.crop_pct, c)] for c in labels}} for r in result.rows]
+    columns = [("test_res", "test_res", "d"), ("crop_pct", "crop_pct", "g"), ("clean", "clean", ".2f"),
+               ("ece", "ECE", ".2f"), ("mean", "corrupted", ".2f"), ("mean_ece", "ECE", ".2f"),
+               *[(c, c.replace("_", " ").replace(" compression", "").replace(" transform", ""), ".1f") for c in labels]]
+    return table(rows, columns)
 
 
 def sweep_table(result: SweepResult) -> str:
@@ -133,10 +155,20 @@ def sweep_table(result: SweepResult) -> str:
         at = result.best_row()
         train = [r for r in result.rows if r.test_res == r.train_res and r.crop_pct == result.best[1]]
         gain = f" ({at.top1 - train[0].top1:+.2f} vs the train resolution)" if train else ""
-        lines.append(f"best on {result.chosen_on}: {result.best[0]}px, crop_pct {result.best[1]:g}; "
+        what = "" if result.objective == "clean" else f" for the {result.objective} objective"
+        lines.append(f"best on {result.chosen_on}{what}: {result.best[0]}px, crop_pct {result.best[1]:g}; "
                      f"{at.split} top-1 there {at.top1:.2f}{gain}")
         lines.append(f"  {result.selection.note}")
+        if len(result.objective_choices) > 1:
+            lines.append("  each objective would choose: " + ", ".join(
+                f"{k} {v[0]}px" for k, v in result.objective_choices.items()))
     lines += _deployment_lines(result)
+    if result.corrupted_rows:
+        lines += ["", f"{result.rows[0].split} under corruption (top-1; the corruption on the decoded image, "
+                      f"seeded): mean of {len(set(r.corruption for r in result.corrupted_rows))}", robustness_table(result)]
+    if result.rows[0].temperature != 1.0:
+        lines.append("calibrated: temperature fitted per resolution on the selection images: " + ", ".join(
+            f"{r.test_res}px T={r.temperature:.3g}" for r in result.rows))
     pred = result.predicted
     lines.append(f"predicted: {pred['test_res']}px (geometric: apparent object size, {pred['statistic']}, "
                  f"{pred['sizes']}; not measured)" if pred.get("test_res") is not None else pred["note"])
@@ -167,10 +199,13 @@ def write_sweep(result: SweepResult, out_dir: str | Path, *, overwrite: bool = F
 def _write_sweep(result: SweepResult, out: Path) -> None:
     from ..core.plots import plot_costs, plot_sweep  # matplotlib is imported when a figure is drawn, not at start-up
     rows = [*(() if result.selected_on_report else result.selection_rows), *result.rows]
-    write_text(out / "sweep.csv", _csv(rows))
+    write_text(out / "sweep.csv", _csv([*rows, *result.corrupted_selection_rows, *result.corrupted_rows,
+                                        *result.shifted_selection_rows]))
     write_json(out / "sweep.json", sweep_json(result))
     model = result.rows[0].model
-    plot_sweep({"": rows}, out / "sweep.png", train_res=result.train_res, chosen=result.best,
+    curves = {"": rows, **({"mean under corruption": mean_over_corruptions(result.corrupted_rows)}
+                           if result.corrupted_rows else {})}
+    plot_sweep(curves, out / "sweep.png", train_res=result.train_res, chosen=result.best,
                predicted=result.predicted.get("test_res"), title=f"{model}: top-1 against test resolution")
     best, deploy = _marks(result)
     plot_costs({"": result.rows}, out / "sweep-cost.png", train_res=result.train_res, best={"": best},

@@ -1,0 +1,147 @@
+"""Robust at every resolution: corruptions (the reference functions, seeded, on the decoded image),
+calibration (ECE as torchmetrics computes it, a fitted temperature), the objective a sweep
+chooses on, a shifted split of the embedded dataset, and label-free Tent adaptation."""
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from helpers import one_line_error, run_cli
+from PIL import Image
+
+from fixres.core.runtime import seeded_rngs
+from fixres.data.corruptions import Corruption, parse_corruptions, variant_seed
+from fixres.measure.infer import EvalOptions, evaluate_checkpoint
+from fixres.measure.robustness import choices_by_objective, objective_rows
+from fixres.measure.sweep import SweepOptions, sweep_checkpoint
+
+FAST = dict(workers=0, batch_size=12, device="cpu", timing=False)
+CORRUPT = ("gaussian_noise:3", "defocus_blur:2", "jpeg_compression:4")
+
+
+@pytest.mark.parametrize("label", ["gaussian_noise:3", "impulse_noise:1", "motion_blur:2", "fog:3", "contrast:5",
+                                   "jpeg_compression:4", "pixelate:2", "glass_blur:1"])
+def test_a_corruption_is_the_reference_function_seeded(photo, label):
+    """The pixels of imagecorruptions' own corrupt() with numpy's global generator seeded as ours."""
+    from imagecorruptions import corrupt
+    c = Corruption(*label.split(":")[:1], int(label.split(":")[1]))
+    img = Image.open(photo).convert("RGB").resize((160, 107))
+    ours = np.asarray(c(img, seed=1234))
+    own = {"seed": 1234} if c.name in ("impulse_noise", "glass_blur") else {}   # their own generators' seed
+    with seeded_rngs(1234):
+        reference = corrupt(np.asarray(img), corruption_name=c.name, severity=c.severity, **own)
+    assert ours.shape == reference.shape and np.array_equal(ours, reference)
+    assert np.array_equal(np.asarray(c(img, seed=1234)), ours)         # a rerun: the same pixels
+    assert not np.array_equal(np.asarray(img), ours)
+
+
+def test_corruption_labels_expand_and_refuse_in_one_line():
+    assert parse_corruptions(["gaussian_noise:1-3"]) == ("gaussian_noise:1", "gaussian_noise:2", "gaussian_noise:3")
+    everything = parse_corruptions("all:3")
+    assert len(everything) == 14 and "glass_blur:3" not in everything      # the slow one is opt-in
+    assert "glass_blur:3" in parse_corruptions("all+slow:3")
+    from fixres.core.errors import FixresError
+    for bad, message in (("gausian_noise:3", "did you mean gaussian_noise"), ("fog:6", "1-5"), ("fog", "NAME:SEVERITY"),
+                         ("fog:x", "severity")):
+        with pytest.raises(FixresError, match=message):
+            parse_corruptions([bad])
+
+
+def test_sweep_under_corruption_equals_eval_on_a_corrupted_copy(trained_run, colour_data, tmp_path):
+    """Where the corruption is applied: to the decoded source image, before the resize. A copy
+    of val whose every image was corrupted by the reference function (seeded as the sweep seeds
+    it), saved losslessly, evaluates to the sweep's corrupted rows."""
+    from fixres.data.folder import scan_split
+    label = "gaussian_noise:3"
+    swept = sweep_checkpoint(trained_run, colour_data, SweepOptions(test_res=[32, 40], corrupt=(label,),
+                                                                    select_on="none", corrupt_seed=7, **FAST))
+    index = scan_split(colour_data / "val", ("blue", "green", "red"))
+    copy = tmp_path / "corrupted"
+    shutil.copytree(colour_data / "train", copy / "train")
+    c = Corruption("gaussian_noise", 3)
+    for i, sample in enumerate(index.samples):
+        target = copy / "val" / sample.path
+        target.parent.mkdir(parents=True, exist_ok=True)
+        c(Image.open(colour_data / "val" / sample.path).convert("RGB"), variant_seed(7, i, c)).save(
+            target.with_suffix(".png"))
+    for row in swept.corrupted_rows:
+        result, _, _ = evaluate_checkpoint(trained_run, copy, EvalOptions(test_res=row.test_res, workers=0))
+        assert (row.corruption, row.top1, row.n) == (label, result.top1, result.n)
+        assert row.loss == pytest.approx(result.loss, rel=1e-5)
+    again = sweep_checkpoint(trained_run, colour_data, SweepOptions(test_res=[32, 40], corrupt=(label,),
+                                                                    select_on="none", corrupt_seed=7, **FAST))
+    assert [r.loss for r in again.corrupted_rows] == [r.loss for r in swept.corrupted_rows]   # seeded
+
+
+def test_ece_is_torchmetrics_and_calibrate_fits_a_temperature(trained_run, colour_data):
+    from torchmetrics.classification import MulticlassCalibrationError
+
+    from fixres.measure.infer import fit_temperature
+    from fixres.models.sources import open_checkpoint
+    from fixres.data.folder import scan_split
+    swept = sweep_checkpoint(trained_run, colour_data, SweepOptions(test_res=[40], select_on="none", **FAST))
+    model, meta = open_checkpoint(trained_run)
+    view = meta.preprocessing.test_view(40)
+    index = scan_split(colour_data / "val", meta.class_names)
+    x = torch.stack([view(Image.open(colour_data / "val" / s.path).convert("RGB")) for s in index.samples])
+    with torch.no_grad():
+        logits = model(meta.preprocessing.normalizer()(x, torch.device("cpu")))
+    labels = torch.tensor([s.label for s in index.samples])
+    metric = MulticlassCalibrationError(num_classes=3, n_bins=15, norm="l1")
+    assert swept.rows[0].ece == pytest.approx(100 * float(metric(logits.softmax(1), labels)), abs=1e-4)
+    t = fit_temperature(logits, labels)
+    nll = [float(torch.nn.functional.cross_entropy(logits / (t * f), labels)) for f in (0.9, 1.0, 1.1)]
+    assert nll[1] <= min(nll[0], nll[2]) + 1e-7                         # a minimum of the NLL
+    calibrated = sweep_checkpoint(trained_run, colour_data, SweepOptions(test_res=[40], calibrate=True, **FAST))
+    row = calibrated.rows[0]
+    assert row.temperature != 1.0 and row.top1 == swept.rows[0].top1 and row.nll is not None
+
+
+def test_the_objective_chooses_on_the_selection_images():
+    from dataclasses import dataclass
+
+    @dataclass(frozen=True)
+    class Row:
+        test_res: int
+        top1: float
+        loss: float = 1.0
+        crop_pct: float = 0.875
+        corruption: str | None = None
+        top5: float | None = None
+        ece: float | None = None
+        nll: float | None = None
+
+    clean = [Row(32, 80), Row(48, 90), Row(64, 85)]
+    corrupted = [Row(32, 60, corruption="a:1"), Row(48, 50, corruption="a:1"), Row(64, 40, corruption="a:1"),
+                 Row(32, 70, corruption="b:1"), Row(48, 60, corruption="b:1"), Row(64, 30, corruption="b:1")]
+    assert [r.top1 for r in objective_rows("corrupted", clean, corrupted, ())] == [65, 55, 35]
+    assert [r.top1 for r in objective_rows("mean", clean, corrupted, ())] == [72.5, 72.5, 60]
+    choices = choices_by_objective(clean, corrupted, ())
+    assert choices["clean"][0] == 48 and choices["corrupted"][0] == 32 and choices["mean"][0] == 32   # tie: lower res
+    assert "shifted" not in choices
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--corrupt", "gausian_noise:3"], "did you mean"),
+    (["--corrupt", "fog:9"], "1-5"),
+    (["--objective", "corrupted"], "needs --corrupt"),
+    (["--objective", "shifted"], "--shift-select"),
+    (["--calibrate", "--select-on", "val"], "--calibrate"),
+])
+def test_bad_robustness_options_are_one_line_before_any_work(trained_run, colour_data, capsys, args, message):
+    code, _, err = run_cli(capsys, "sweep", "--checkpoint", trained_run, "--data", colour_data, "--test-res", 32,
+                           *args, "--workers", 0)
+    one_line_error(code, err, message)
+
+
+def test_cli_reports_corruptions_and_objectives(trained_run, colour_data, tmp_path, capsys):
+    code, out, err = run_cli(capsys, "sweep", "--checkpoint", trained_run, "--data", colour_data, "--test-res", 32,
+                             40, "--corrupt", *CORRUPT, "--objective", "mean", "--no-timing", "--workers", 0,
+                             "--out", tmp_path / "s")
+    assert code == 0, err
+    assert "under corruption" in out and "each objective would choose" in out and "for the mean objective" in out
+    record = json.loads((tmp_path / "s" / "sweep.json").read_text())
+    assert len(record["corrupted_rows"]) == 2 * len(CORRUPT) and record["objective"] == "mean"
+    assert {r["corruption"] for r in record["corrupted_mean_rows"]} == {"mean"}
+    assert len(record["corrupted_selection_rows"]) == 2 * len(CORRUPT)           # the held-out images, corrupted too

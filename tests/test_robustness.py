@@ -122,6 +122,29 @@ def test_the_objective_chooses_on_the_selection_images():
     assert "shifted" not in choices
 
 
+def test_a_shifted_split_is_reported_and_another_chooses(trained_run, colour_data, tmp_path):
+    """``--split shifted`` reports on a shifted split like on val; ``--objective shifted`` chooses
+    on ``--shift-select`` (here: grey copies of val and of train's first images)."""
+    data = tmp_path / "data"
+    shutil.copytree(colour_data, data)
+    for folder, source, n in (("shifted", "val", 8), ("shifted-holdout", "train", 4)):
+        for path in sorted(p for p in (colour_data / source).rglob("*") if p.is_file()):
+            if int(path.stem.rsplit("_", 1)[-1]) < n:
+                target = data / folder / path.relative_to(colour_data / source)
+                target.parent.mkdir(parents=True, exist_ok=True)
+                Image.open(path).convert("L").convert("RGB").save(target)
+    swept = sweep_checkpoint(trained_run, data, SweepOptions(test_res=[32, 40], split="shifted",
+                                                             shift_select="shifted-holdout", objective="shifted",
+                                                             **FAST))
+    assert {r.split for r in swept.rows} == {"shifted"} and swept.rows[0].n == 24
+    assert [r.n for r in swept.shifted_selection_rows] == [12, 12]
+    from fixres.measure.choose import choose_best
+    best = choose_best(swept.shifted_selection_rows)
+    assert swept.best_row().test_res == best.test_res == swept.objective_choices["shifted"][0]
+    result, _, _ = evaluate_checkpoint(trained_run, data, EvalOptions(test_res=40, split="shifted", workers=0))
+    assert result.top1 == swept.rows[1].top1
+
+
 @pytest.mark.parametrize("args, message", [
     (["--corrupt", "gausian_noise:3"], "did you mean"),
     (["--corrupt", "fog:9"], "1-5"),

@@ -265,3 +265,58 @@ def test_no_class_is_the_mirror_image_of_another(rotated_textures):
                         s, worst.get((CLASS_NAMES[p], CLASS_NAMES[q]), 0.0))
     too_close = {k: round(v, 3) for k, v in worst.items() if v > 0.9}
     assert not too_close, too_close
+
+
+# ---------------------------------------------------------------- shifted splits (--shift)
+
+
+def test_shift_adds_two_splits_of_the_same_classes_without_touching_the_dataset(small_tree, tmp_path):
+    out, _ = small_tree
+    ds = tmp_path / "ds"
+    synthesize(ds, seed=0, workers=1, **SMALL)
+    before = _tree_bytes(ds)
+    summary = synthesize(ds, shift="sketch", val_per_class=3, workers=2, progress=False)
+    assert (summary.n_train, summary.n_shifted, summary.shift) == (0, 6, "sketch")
+    after = _tree_bytes(ds)
+    assert {k: v for k, v in after.items() if k.split("/")[0] in ("train", "val")} == \
+        {k: v for k, v in before.items() if k != "synth.json"}
+    for folder in ("shifted", "shifted-holdout"):
+        assert sorted(p.name for p in (ds / folder).iterdir()) == sorted(CLASS_NAMES[:2])
+        assert len(list((ds / folder).rglob("*.jpg"))) == 6
+    assert after["shifted/hstripes/hstripes_00000.jpg"] != after["shifted-holdout/hstripes/hstripes_00000.jpg"]
+    record = json.loads((ds / "synth.json").read_text())
+    assert record["shift"]["name"] == "sketch" and record["shift"]["counts"]["shifted"] == 6
+    assert record["arguments"] == json.loads(before["synth.json"])["arguments"]
+    # The same shifted bytes when written with the dataset in one go (and the dataset's own bytes).
+    whole = tmp_path / "whole"
+    synthesize(whole, seed=0, workers=1, shift="sketch", **{**SMALL, "val_per_class": 3})
+    whole_bytes = _tree_bytes(whole)
+    assert all(whole_bytes[k] == v for k, v in after.items() if k.startswith("shifted"))
+    assert whole_bytes["train/hstripes/hstripes_00000.jpg"] == before["train/hstripes/hstripes_00000.jpg"]
+
+
+def test_a_shifted_image_is_grey_for_sketch_and_differs_per_shift():
+    rng = lambda: np.random.default_rng(5)  # noqa: E731
+    images = {name: np.asarray(render_image(2, rng(), synth.SHIFTS[name])) for name in synth.SHIFTS}
+    sketch = images["sketch"].astype(int)
+    assert (sketch[..., 0] == sketch[..., 1]).all() and (sketch[..., 1] == sketch[..., 2]).all()
+    assert np.unique(images["cartoon"]).size <= 8
+    assert images["neon"].mean() < np.asarray(render_image(2, rng())).mean()
+
+
+def test_shift_refusals(small_tree, tmp_path):
+    out, _ = small_tree
+    with pytest.raises(ValueError, match="unknown shift 'rain'; known: sketch, neon, cartoon"):
+        synthesize(tmp_path / "x", shift="rain", **SMALL)
+    ds = tmp_path / "ds"
+    synthesize(ds, seed=1, workers=1, **SMALL)
+    with pytest.raises(ValueError, match="made with seed 1, not 2"):
+        synthesize(ds, seed=2, shift="neon", progress=False)
+    synthesize(ds, shift="neon", val_per_class=1, progress=False)
+    with pytest.raises(FileExistsError, match="shifted already exists"):
+        synthesize(ds, shift="cartoon", val_per_class=1, progress=False)
+    foreign = tmp_path / "foreign"
+    (foreign / "train" / "a").mkdir(parents=True)
+    (foreign / "train" / "a" / "x.jpg").write_bytes(b"x")
+    with pytest.raises(FileExistsError, match="without a readable synth.json"):
+        synthesize(foreign, shift="neon", progress=False)

@@ -16,13 +16,19 @@ def register(sub) -> None:
 
     s = command(data_sub, "synth", "write the embedded synthetic dataset (ImageFolder of JPEGs)", """
         Write OUT/train/<class>/*.jpg and OUT/val/<class>/*.jpg: badges whose class is a fine texture,
-        at varied sizes and positions on cluttered backgrounds. Deterministic for a seed.
+        at varied sizes and positions on cluttered backgrounds. Deterministic for a seed. --shift NAME
+        also writes OUT/shifted and OUT/shifted-holdout: the same classes rendered under a distribution
+        shift (sketch, neon, cartoon), --val-per-class images per class each; on an OUT that already
+        holds a dataset it writes only those two, with that dataset's classes and seed.
     """)
     s.add_argument("out", help="output directory (must not hold a dataset already)")
-    s.add_argument("--classes", type=int, default=10, help="number of classes (default: 10)")
+    s.add_argument("--classes", type=int, default=None, help="number of classes (default: 10)")
     s.add_argument("--train-per-class", type=int, default=400, help="training images per class (default: 400)")
-    s.add_argument("--val-per-class", type=int, default=100, help="validation images per class (default: 100)")
-    s.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    s.add_argument("--val-per-class", type=int, default=None,
+                   help="validation (and shifted) images per class (default: 100, or the dataset's with --shift)")
+    s.add_argument("--seed", type=int, default=None, help="random seed (default: 0)")
+    s.add_argument("--shift", default=None, metavar="NAME",
+                   help="also write shifted/ and shifted-holdout/ under this shift: sketch, neon or cartoon")
     s.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
     add_output_flags(s, quiet="no progress bar", json=None)
     s.set_defaults(handler=run_synth)
@@ -62,13 +68,16 @@ def run_synth(args) -> int:
     try:
         summary = synthesize(Path(args.out), classes=args.classes, train_per_class=args.train_per_class,
                              val_per_class=args.val_per_class, seed=args.seed, workers=args.workers,
-                             progress=not args.quiet)
+                             progress=not args.quiet, shift=args.shift)
     except (ValueError, FileExistsError) as e:
         raise FixresError(str(e)) from None
     except OSError as e:
         raise FixresError(f"cannot write {args.out}: {e.strerror or e}") from None
-    print(f"wrote {summary.n_train} train + {summary.n_val} val images of {len(summary.classes)} classes "
-          f"to {summary.root} in {summary.seconds:.1f}s")
+    parts = [f"{summary.n_train} train + {summary.n_val} val"] if summary.n_train else []
+    if summary.shift:
+        parts.append(f"{summary.n_shifted} shifted + {summary.n_shifted} shifted-holdout ({summary.shift})")
+    print(f"wrote {' + '.join(parts)} images of {len(summary.classes)} classes to {summary.root} "
+          f"in {summary.seconds:.1f}s")
     return 0
 
 

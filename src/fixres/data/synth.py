@@ -42,6 +42,7 @@ from PIL import Image, ImageDraw
 
 from ..core.rundir import atomic_path
 from .synth_patterns import CLASS_NAMES, MAX_CLASSES, coverage, pattern_function, pattern_texture
+from .synth_shifts import SHIFTS, Shift, shift_named
 
 __all__ = [
     "CLASS_NAMES",
@@ -50,6 +51,7 @@ __all__ = [
     "SynthSummary",
     "synthesize",
     "render_image",
+    "SHIFTS",
     "pattern_texture",
 ]
 
@@ -57,6 +59,7 @@ __all__ = [
 SYNTH_VERSION = 1
 
 SPLITS = ("train", "val")
+SHIFTED_SPLITS = ("shifted", "shifted-holdout")   # reported, and kept for choosing (--shift-select)
 _SEED_TAG = 0x5F1E5  # constant mixed into every per-image seed ("fixres synth")
 
 # Geometry / appearance ranges (documented in docs/data-synth.md).
@@ -232,10 +235,10 @@ class _BadgeLook:
     reach: float                 # how far (pixels, beyond the radius) the badge and its shadow reach
 
     @classmethod
-    def draw(cls, rng: np.random.Generator, R: float) -> "_BadgeLook":
+    def draw(cls, rng: np.random.Generator, R: float, colours: Callable = _colour_pair) -> "_BadgeLook":
         sil = _silhouette_params(rng)
         theta = math.radians(float(rng.uniform(-MAX_ROTATION_DEG, MAX_ROTATION_DEG)))
-        ink, paper = _colour_pair(rng)
+        ink, paper = colours(rng)
         if rng.random() < 0.5:
             ink, paper = paper, ink
         # Drop shadow: direction mostly from the upper left, soft edge.
@@ -258,14 +261,16 @@ def _draw_badge(
     cy: float,
     D: float,
     fill: Callable,
+    colours: Callable = _colour_pair,
 ) -> None:
     """Composite one badge (with drop shadow) onto canvas (H, W, 3 float32, 0..255) in place.
 
-    ``fill(u, v, R)`` returns the ink coverage in [0, 1] in the (rotated) badge frame.
+    ``fill(u, v, R)`` returns the ink coverage in [0, 1] in the (rotated) badge frame;
+    ``colours(rng)`` draws its (ink, paper) pair.
     """
     H, W, _ = canvas.shape
     R = D / 2.0
-    look = _BadgeLook.draw(rng, R)
+    look = _BadgeLook.draw(rng, R, colours)
     pad = 1.05 * R + look.reach
     x0, x1 = max(0, int(cx - pad)), min(W, int(math.ceil(cx + pad)))
     y0, y1 = max(0, int(cy - pad)), min(H, int(math.ceil(cy + pad)))
@@ -331,12 +336,15 @@ def _photometric(rng: np.random.Generator, img: np.ndarray) -> np.ndarray:
     return (x + 0.5).astype(np.uint8)
 
 
-def render_image(class_index: int, rng: np.random.Generator) -> Image.Image:
-    """Render one RGB image of class ``class_index`` (index into :data:`CLASS_NAMES`)."""
+def render_image(class_index: int, rng: np.random.Generator, shift: Shift | None = None) -> Image.Image:
+    """Render one RGB image of class ``class_index`` (index into :data:`CLASS_NAMES`),
+    rendered under ``shift`` (:mod:`fixres.data.synth_shifts`) when one is given."""
     pattern = pattern_function(class_index)
+    background, colours, finish = ((shift.background, shift.colours, shift.finish) if shift is not None
+                                   else (_background, _colour_pair, _photometric))
     W, H = _canvas_size(rng)
     short = min(W, H)
-    bg = _background(rng, W, H)
+    bg = background(rng, W, H)
     canvas = np.asarray(bg, dtype=np.float32).copy()
 
     # Main object: size log-uniform over OBJECT_FRACTION of the shorter side, centred with
@@ -357,10 +365,10 @@ def render_image(class_index: int, rng: np.random.Generator) -> Image.Image:
         dy = float(rng.uniform(Dd / 2, H - Dd / 2))
         dseed = rng.integers(2**63)
         _draw_badge(rng, canvas, dx, dy, Dd,
-                    lambda u, v, R: _fill_nonclass(np.random.default_rng(dseed), u, v, R))
+                    lambda u, v, R: _fill_nonclass(np.random.default_rng(dseed), u, v, R), colours)
 
-    _draw_badge(rng, canvas, cx, cy, D, lambda u, v, R: pattern(u, v, p, R, phase))
-    return Image.fromarray(_photometric(rng, canvas), "RGB")
+    _draw_badge(rng, canvas, cx, cy, D, lambda u, v, R: pattern(u, v, p, R, phase), colours)
+    return Image.fromarray(finish(rng, canvas), "RGB")
 
 
 # --------------------------------------------------------------------------------------
@@ -370,13 +378,16 @@ def render_image(class_index: int, rng: np.random.Generator) -> Image.Image:
 
 @dataclass(frozen=True)
 class SynthSummary:
-    """What :func:`synthesize` wrote."""
+    """What :func:`synthesize` wrote (``n_train``/``n_val`` are 0 when only shifted splits
+    were added to an existing dataset)."""
 
     root: pathlib.Path
     classes: tuple[str, ...]
     n_train: int
     n_val: int
     seconds: float
+    shift: str | None = None
+    n_shifted: int = 0            # images in each of shifted/ and shifted-holdout/
 
 
 def _image_rng(seed: int, split: int, class_index: int, index: int) -> np.random.Generator:
@@ -388,15 +399,22 @@ def _file_name(name: str, index: int) -> str:
     return f"{name}_{index:05d}.jpg"
 
 
-def _render_to_file(task: tuple[str, int, int, int, int]) -> int:
-    root, seed, split, class_index, index = task
-    rng = _image_rng(seed, split, class_index, index)
-    img = render_image(class_index, rng)
+def _split_id(folder: str, shift: str | None) -> int:
+    """The split's number in every image's seed: 0 train, 1 val, then two per shift."""
+    if shift is None:
+        return SPLITS.index(folder)
+    return 2 + 2 * list(SHIFTS).index(shift) + SHIFTED_SPLITS.index(folder)
+
+
+def _render_to_file(task: tuple) -> int:
+    root, seed, folder, shift, class_index, index = task
+    rng = _image_rng(seed, _split_id(folder, shift), class_index, index)
+    img = render_image(class_index, rng, None if shift is None else SHIFTS[shift])
     quality = int(rng.integers(JPEG_QUALITY[0], JPEG_QUALITY[1] + 1))
     buf = io.BytesIO()
     img.save(buf, "JPEG", quality=quality)
     name = CLASS_NAMES[class_index]
-    path = os.path.join(root, SPLITS[split], name, _file_name(name, index))
+    path = os.path.join(root, folder, name, _file_name(name, index))
     with open(path, "wb") as fh:
         fh.write(buf.getvalue())
     return 1
@@ -418,39 +436,87 @@ def _non_empty_dir(path: pathlib.Path) -> bool:
 
 def synthesize(
     out,
-    classes: int = 10,
+    classes: int | None = None,
     train_per_class: int = 400,
-    val_per_class: int = 100,
-    seed: int = 0,
+    val_per_class: int | None = None,
+    seed: int | None = None,
     workers: int | None = None,
     progress: bool = True,
+    shift: str | None = None,
 ) -> SynthSummary:
     """Write the synthetic ImageFolder dataset ``out/{train,val}/<class>/<class>_NNNNN.jpg``.
 
-    Deterministic for a ``seed`` (same bytes, whatever ``workers``).  Uses the first
-    ``classes`` names of :data:`CLASS_NAMES`.  Also writes ``out/synth.json``.  Refuses
-    (FileExistsError) when ``out/train`` or ``out/val`` exists and is not empty.  Images
-    are written to a temporary sibling directory that is renamed into place at the end,
-    so an interrupted run leaves nothing half-written at ``out``.
+    Deterministic for a ``seed`` (default 0; same bytes, whatever ``workers``).  Uses the
+    first ``classes`` (default 10) names of :data:`CLASS_NAMES`; ``val_per_class``
+    defaults to 100.  Also writes
+    ``out/synth.json``.  Refuses (FileExistsError) when ``out/train`` or ``out/val`` exists
+    and is not empty.  Images are written to a temporary sibling directory whose entries
+    are moved into place at the end, so an interrupted run leaves nothing half-written.
+
+    ``shift`` (a name of :data:`fixres.data.synth_shifts.SHIFTS`) also writes
+    ``out/shifted`` (reported, ``--split shifted``) and ``out/shifted-holdout`` (for
+    choosing, ``--shift-select``), ``val_per_class`` images per class each, the same
+    classes rendered under the shift.  When ``out`` already holds a dataset this function
+    wrote, only those two are added, with its classes and seed (``classes``/``seed``,
+    when given, must be the same) and by default its ``val_per_class``.
     """
     t0 = time.perf_counter()
-    classes, counts, seed, workers = _check_arguments(classes, train_per_class, val_per_class, seed, workers)
-    out = _check_out(out)
+    shifted = shift_named(shift) if shift is not None else None
+    out = pathlib.Path(out).expanduser().resolve()
+    existing = _existing_record(out) if shifted is not None else None
+    if existing is not None:
+        classes, seed = _same_as_recorded(existing, classes, seed)
+        val_per_class = existing["arguments"]["val_per_class"] if val_per_class is None else val_per_class
+    classes, counts, seed, workers = _check_arguments(10 if classes is None else classes, train_per_class,
+                                                      100 if val_per_class is None else val_per_class,
+                                                      0 if seed is None else seed, workers)
+    folders = (() if existing is not None else SPLITS) + (SHIFTED_SPLITS if shifted is not None else ())
+    _check_out(out, folders)
     names = CLASS_NAMES[:classes]
-    # Temporary sibling (same file system, so the final rename is atomic); created with
-    # os.mkdir so that it gets the usual umask permissions (mkdtemp would give 0700). An
-    # existing OUT (empty, or holding other files) gets train/, val/ and synth.json moved in.
+    per_class = {"train": counts[0], "val": counts[1], **{f: counts[1] for f in SHIFTED_SPLITS}}
+    record = existing or _synth_record(names, counts, seed)
+    if shifted is not None:
+        record = {**record, "shift": {"name": shifted.name, "description": shifted.description,
+                                      "counts": {f: per_class[f] * classes for f in SHIFTED_SPLITS}}}
+    # Temporary sibling (same file system); created with os.mkdir so that it gets the usual
+    # umask permissions (mkdtemp would give 0700). Its entries are merged into OUT.
     with atomic_path(out, existing="merge") as tmp:
         tmp.mkdir()
         tasks = []
-        for split, n in enumerate(counts):
+        for folder in folders:
+            kind = shift if folder in SHIFTED_SPLITS else None
             for ci, name in enumerate(names):
-                (tmp / SPLITS[split] / name).mkdir(parents=True)
-                tasks.extend((str(tmp), seed, split, ci, i) for i in range(n))
+                (tmp / folder / name).mkdir(parents=True)
+                tasks.extend((str(tmp), seed, folder, kind, ci, i) for i in range(per_class[folder]))
         _run_tasks(tasks, workers, progress)
-        (tmp / "synth.json").write_text(json.dumps(_synth_record(names, counts, seed), indent=2) + "\n")
-    return SynthSummary(root=out, classes=tuple(names), n_train=counts[0] * classes, n_val=counts[1] * classes,
-                        seconds=time.perf_counter() - t0)
+        (tmp / "synth.json").write_text(json.dumps(record, indent=2) + "\n")
+    return SynthSummary(root=out, classes=tuple(names), n_train=counts[0] * classes if existing is None else 0,
+                        n_val=counts[1] * classes if existing is None else 0, seconds=time.perf_counter() - t0,
+                        shift=shift, n_shifted=counts[1] * classes if shifted is not None else 0)
+
+
+def _existing_record(out: pathlib.Path) -> dict | None:
+    """The ``synth.json`` of the dataset already at ``out`` (None: there is none)."""
+    if not any(_non_empty_dir(out / split) for split in SPLITS):
+        return None
+    try:
+        record = json.loads((out / "synth.json").read_text())
+    except (OSError, ValueError):
+        raise FileExistsError(f"{out} holds a dataset without a readable synth.json; --shift adds shifted "
+                              f"splits to a dataset fixres data synth wrote (or give a new OUT)") from None
+    if record.get("generator") != "fixres.data.synth" or record.get("version") != SYNTH_VERSION:
+        raise FileExistsError(f"{out}/synth.json is not from this version of fixres data synth "
+                              f"(version {record.get('version')!r}, this is {SYNTH_VERSION})")
+    return record
+
+
+def _same_as_recorded(record: dict, classes, seed) -> tuple[int, int]:
+    recorded = record["arguments"]
+    for name, given in (("classes", classes), ("seed", seed)):
+        if given is not None and given != recorded[name]:
+            raise ValueError(f"the dataset was made with {name} {recorded[name]}, not {given}; "
+                             f"leave {name} out to add shifted splits to it")
+    return recorded["classes"], recorded["seed"]
 
 
 def _check_arguments(classes, train_per_class, val_per_class, seed, workers) -> tuple:
@@ -464,17 +530,15 @@ def _check_arguments(classes, train_per_class, val_per_class, seed, workers) -> 
     return classes, counts, seed, workers
 
 
-def _check_out(out) -> pathlib.Path:
-    """The resolved output folder, refused when it already holds a dataset (before any work)."""
-    out = pathlib.Path(out).expanduser().resolve()
-    for split in SPLITS:
+def _check_out(out: pathlib.Path, folders: tuple[str, ...]) -> None:
+    """Refuse (before any work) an output folder that already holds one of ``folders``."""
+    for split in folders:
         if _non_empty_dir(out / split):
             raise FileExistsError(f"{out / split} already exists and is not empty; "
                                   f"choose another OUT or remove it")
     if out.exists() and not out.is_dir():
         raise FileExistsError(f"{out} exists and is not a directory")
     out.parent.mkdir(parents=True, exist_ok=True)
-    return out
 
 
 def _synth_record(names, counts: tuple[int, int], seed: int) -> dict:

@@ -168,3 +168,97 @@ def test_cli_reports_corruptions_and_objectives(trained_run, colour_data, tmp_pa
     assert len(record["corrupted_rows"]) == 2 * len(CORRUPT) and record["objective"] == "mean"
     assert {r["corruption"] for r in record["corrupted_mean_rows"]} == {"mean"}
     assert len(record["corrupted_selection_rows"]) == 2 * len(CORRUPT)           # the held-out images, corrupted too
+
+
+# ----------------------------------------------------------------------------- Tent (--method tent --unlabelled)
+
+
+@pytest.fixture(scope="module")
+def unlabelled(colour_data, tmp_path_factory):
+    """Deployment images without labels: val's images, flat and in a sub-folder, made darker
+    (a shift), plus a file that is no image."""
+    root = tmp_path_factory.mktemp("unlabelled")
+    (root / "more").mkdir()
+    for i, path in enumerate(sorted(p for p in (colour_data / "val").rglob("*") if p.is_file())):
+        dark = (np.asarray(Image.open(path).convert("RGB"), np.float32) * 0.6).astype(np.uint8)
+        Image.fromarray(dark).save(root / ("more" if i % 2 else ".") / f"img_{i:03d}.png")
+    (root / "notes.txt").write_text("not an image")
+    return root
+
+
+def _tent(trained_run, colour_data, unlabelled, tmp_path, **kw):
+    from fixres.adapt import AdaptOptions, adapt_checkpoint
+    opts = AdaptOptions(**{"test_res": 40, "method": "tent", "unlabelled": str(unlabelled), "batch_size": 8,
+                           "workers": 0, "device": "cpu", **kw})
+    return adapt_checkpoint(trained_run, colour_data, opts, out=tmp_path / "tent", quiet=True)
+
+
+def test_tent_lowers_the_entropy_and_changes_only_the_norms(trained_run, colour_data, unlabelled, tmp_path):
+    import hashlib
+
+    from fixres.models.sources import open_checkpoint
+    # The whole set as one batch, so that every pass steps on the same batch (and its statistics).
+    result = _tent(trained_run, colour_data, unlabelled, tmp_path, tent_passes=5, lr=0.05, batch_size=24)
+    history = [row["entropy"] for row in result.report["history"]]
+    assert all(b < a for a, b in zip(history, history[1:])), history
+    record = result.report["unlabelled"]
+    expected = hashlib.sha256()
+    files = [p for p in sorted(unlabelled.iterdir()) if p.is_file() and p.suffix == ".png"] + \
+        sorted((unlabelled / "more").iterdir())          # a folder's files before its sub-folders'
+    for path in files:
+        expected.update(path.relative_to(unlabelled).as_posix().encode() + b"\0" + path.read_bytes())
+    assert (record["images"], record["refused_by_scan"], record["sha256"]) == (24, 1, expected.hexdigest())
+    source = open_checkpoint(trained_run)[0]
+    before = source.state_dict()
+    after = open_checkpoint(tmp_path / "tent")[0].state_dict()
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    norms = {f"{n}.{k}" for n, m in source.named_modules() if isinstance(m, torch.nn.BatchNorm2d)
+             for k in m.state_dict()}
+    assert changed and changed <= norms, changed - norms
+    assert any(k.endswith(".weight") for k in changed)          # gamma trained, not only statistics
+
+
+def test_tent_batch_norm_statistics_come_from_the_unlabelled_images(trained_run, colour_data, unlabelled, tmp_path):
+    """The first batch-norm's input does not depend on anything tent trains: its running mean and
+    variance must be that input's exact moments over the unlabelled images at the test geometry."""
+    from fixres.core.runtime import Runtime
+    from fixres.data.folder import scan_unlabelled
+    from fixres.data.pipeline import ordered_batches
+    from fixres.models.sources import open_checkpoint
+    _tent(trained_run, colour_data, unlabelled, tmp_path)
+    model, meta = open_checkpoint(tmp_path / "tent")
+    prep = meta.preprocessing
+    name, bn = next((n, m) for n, m in model.named_modules() if isinstance(m, torch.nn.BatchNorm2d))
+    inputs = []
+    handle = bn.register_forward_pre_hook(lambda m, a: inputs.append(a[0].detach().double()))
+    rt = Runtime(device=torch.device("cpu"), workers=0)
+    for batch in ordered_batches(scan_unlabelled(unlabelled), prep.test_view(), rt, batch_size=10):
+        with torch.no_grad():
+            model(prep.normalizer()(batch.images, rt.device))
+    handle.remove()
+    x = torch.cat(inputs).transpose(0, 1).flatten(1)
+    assert torch.allclose(bn.running_mean.double(), x.mean(1), atol=1e-5)
+    assert torch.allclose(bn.running_var.double(), x.var(1), rtol=1e-4, atol=1e-6)
+    source = open_checkpoint(trained_run)[0].get_submodule(name)
+    assert not torch.allclose(source.running_mean.double(), x.mean(1), atol=1e-3)
+
+
+def test_tent_refusals_are_one_line_before_any_work(trained_run, colour_data, tmp_path, capsys):
+    from fixres.adapt.surgery import make_plan
+    from fixres.core.errors import FixresError
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "a.txt").write_text("x")
+    base = ("adapt", "--checkpoint", trained_run, "--data", colour_data, "--test-res", 40, "--out", tmp_path / "o",
+            "--workers", 0)
+    for extra, message in ((("--method", "tent"), "give --unlabelled DIR"),
+                           (("--method", "tent", "--unlabelled", empty), "holds no readable image (1 file(s) refused"),
+                           (("--method", "tent", "--unlabelled", tmp_path / "nowhere"), "is not a directory"),
+                           (("--method", "fixres", "--unlabelled", empty), "label-free methods")):
+        code, _, err = run_cli(capsys, *base, *extra)
+        one_line_error(code, err, message)
+        assert not (tmp_path / "o").exists()
+    plain = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1),
+                                torch.nn.Flatten(), torch.nn.Linear(4, 3))
+    with pytest.raises(FixresError, match="no normalisation layer with affine parameters"):
+        make_plan(plain, "tent", classifier_module="4")

@@ -17,6 +17,7 @@ from PIL import Image
 from torchvision.transforms.v2 import functional as F
 
 from ..core.errors import FixresError
+from ..data.folder import content_sha256, scan_unlabelled
 from ..data.index import SplitIndex
 from ..data.loader import mix_seed
 from ..data.preprocessing import Preprocessing
@@ -85,6 +86,7 @@ class Images:
     held_out: int           # training images excluded because the checkpoint held them out
     available: int          # training images the adaptation could use
     held: SplitIndex | None = None   # those held-out images (where a ladder's budget rule chooses)
+    unlabelled: dict | None = None   # ``train`` is an unlabelled folder: its path, size and SHA-256
 
 
 def adaptation_images(data: str | Path, meta: CheckpointMeta, images: int | None, seed: int,
@@ -98,9 +100,29 @@ def adaptation_images(data: str | Path, meta: CheckpointMeta, images: int | None
     train, out = meta.split_training_images(train)      # refused when train/ is not the run's
     held = len(out)
     available = len(train)
-    if images is not None and images < available:
-        g = torch.Generator().manual_seed(mix_seed(seed, 0xADA))
-        train = train.positions(torch.randperm(available, generator=g)[:images].tolist())
+    train = _subset(train, images, seed)
     if not len(train):
         raise FixresError(f"{data}/train has no training image left for adaptation")
     return Images(train, val, held, available, out)
+
+
+def unlabelled_images(folder: str | Path, data: str | Path, meta: CheckpointMeta, images: int | None, seed: int,
+                      labels: Binding | None = None) -> Images:
+    """The images of an unlabelled folder (any layout; ``images`` of them at random if given)
+    as the adaptation images, the val split of ``data`` for before/after; the folder is
+    recorded by its path, its number of images and the SHA-256 of the files used."""
+    labels = meta.class_names if labels is None else labels
+    found = scan_unlabelled(folder)
+    val = load_split(data, "val", labels)
+    train = _subset(found, images, seed)
+    record = {"path": str(Path(folder).resolve()), "images": len(train), "found": len(found),
+              "refused_by_scan": len(found.skipped), "sha256": content_sha256(train)}
+    return Images(train, val, 0, len(found), None, record)
+
+
+def _subset(index: SplitIndex, images: int | None, seed: int) -> SplitIndex:
+    """``images`` of the index at random (a fixed subset for a seed), or all of them."""
+    if images is None or images >= len(index):
+        return index
+    g = torch.Generator().manual_seed(mix_seed(seed, 0xADA))
+    return index.positions(torch.randperm(len(index), generator=g)[:images].tolist())

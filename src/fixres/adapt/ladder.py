@@ -43,8 +43,8 @@ from .features import build_caches
 from .methods import bn_moments, set_bn_statistics
 from .options import AdaptOptions
 from .parametric import fit_equaliser
-from .pipeline import (AdaptContext, AdaptResult, adapt_checkpoint, adaptation_report, prepare_adaptation, train_method,
-                       train_top, trainable_split)
+from .pipeline import (AdaptContext, AdaptResult, adapt_checkpoint, adaptation_report, prepare_adaptation, tent_method,
+                       train_method, train_top, trainable_split)
 
 
 @dataclass(frozen=True)
@@ -178,7 +178,8 @@ def _adapt_all(ctx: AdaptContext, contexts, base: dict) -> tuple[list[dict], lis
     """Every rung's adaptation; returns their execution records, their states and which passes
     the rungs shared."""
     method = "trains" if ctx.opts.trains else ctx.opts.method
-    return {"trains": _train_all, "bn": _bn_all, "parametric": _parametric_all}[method](ctx, contexts, base)
+    return {"trains": _train_all, "bn": _bn_all, "parametric": _parametric_all, "tent": _tent_all}[method](
+        ctx, contexts, base)
 
 
 def _train_all(ctx: AdaptContext, contexts, base: dict):
@@ -204,6 +205,16 @@ def _train_all(ctx: AdaptContext, contexts, base: dict):
         infos.append(train_method(c))
         states.append(_snapshot(ctx, base))
     return infos, states, "val before and after (training ran rung by rung: no feature cache)"
+
+
+def _tent_all(ctx: AdaptContext, contexts, base: dict):
+    infos, states = [], []           # rung by rung: each rung's steps are taken at its own resolution
+    for c in contexts:
+        _load(ctx, base, None)
+        torch.manual_seed(c.opts.seed)
+        infos.append(tent_method(c))
+        states.append(_snapshot(ctx, base))
+    return infos, states, "val before and after (tent ran rung by rung)"
 
 
 def _bn_all(ctx: AdaptContext, contexts, base: dict):

@@ -12,19 +12,23 @@ from .surgery import METHODS
 
 TRAINING_METHODS = ("fixres", "head", "full")
 MOMENTUM, WEIGHT_DECAY, LR_PER_64, STEP_GAMMA, BN_MOMENTUM = 0.9, 1e-4, 1e-3, 0.1, 0.1
+TENT_LR_PER_64 = 0.00025      # Tent's ImageNet setting: SGD, momentum 0.9, lr 0.00025 at batch 64, no decay
+UNLABELLED_METHODS = ("tent", "bn")
 
 
 @dataclass(frozen=True, kw_only=True)
 class AdaptOptions(RuntimeOptions):
     test_res: int = option(help="test resolution K_test to adapt the model to (pixels)")
     crop_pct: Optional[float] = option(None, "test centre-crop fraction at K_test (default: the model's)")
-    method: Literal["fixres", "bn", "parametric", "head", "full"] = option(
+    method: Literal["fixres", "bn", "parametric", "head", "full", "tent"] = option(
         "fixres", "fixres: classifier + statistics of the last batch-norm (the paper's); bn: statistics only, "
                   "label-free; parametric: GEV equalisation of the pooled features, label-free; head: classifier "
-                  "only; full: the whole network")
+                  "only; full: the whole network; tent: entropy minimisation on the normalisations' gamma/beta, "
+                  "on --unlabelled images")
     epochs: int = option(30, "training epochs (fixres, head, full)")
     batch_size: int = option(64, "images per training step (and per evaluation batch)")
-    lr: Optional[float] = option(None, "learning rate (default: 1e-3 x batch_size / 64, the paper's rule)")
+    lr: Optional[float] = option(None, "learning rate (default: 1e-3 x batch_size / 64, the paper's rule; tent: "
+                                       "2.5e-4 x batch_size / 64, Tent's)")
     step_epochs: int = option(30, "divide the learning rate by 10 every this many epochs")
     aug: Literal["v1", "v2"] = option("v1", "v1: exactly the test preprocessing; v2: the authors' transforms_v2 "
                                             "(+ horizontal flip, colour jitter 0.05, a crop shifted horizontally over the "
@@ -41,6 +45,11 @@ class AdaptOptions(RuntimeOptions):
     cache: bool = option(True, "train on cached features of the frozen layers (exact; falls back to the full "
                                "network when the model cannot be split or the cache does not fit in memory)")
     seed: int = option(0, "random seed (data order, image subset, augmentation)")
+    unlabelled: Optional[str] = option(None, "a folder of unlabelled deployment images (any layout, no class "
+                                             "folders): tent and bn adapt on them instead of --data's train/",
+                                       metavar="DIR")
+    tent_passes: int = option(1, "tent: passes over the unlabelled images, one step per batch (Tent's online "
+                                 "setting: 1)")
 
     def __post_init__(self):
         super().__post_init__()
@@ -69,6 +78,20 @@ class AdaptOptions(RuntimeOptions):
                               f"({', '.join(TRAINING_METHODS)}), not to {self.method}")
         if self.bn_module is not None and self.method not in ("fixres", "bn"):
             raise FixresError("--bn-module applies to --method fixres or bn")
+        self._check_unlabelled()
+
+    def _check_unlabelled(self) -> None:
+        if self.method == "tent" and not self.unlabelled:
+            raise FixresError("--method tent adapts on unlabelled deployment images: give --unlabelled DIR")
+        if self.unlabelled and self.method not in UNLABELLED_METHODS:
+            raise FixresError(f"--unlabelled applies to the label-free methods that adapt on the deployment images "
+                              f"({', '.join(UNLABELLED_METHODS)}), not to {self.method}")
+        if self.tent_passes < 1:
+            raise FixresError(f"tent_passes must be at least 1, got {self.tent_passes}")
+        if self.tent_passes != 1 and self.method != "tent":
+            raise FixresError("--tent-passes applies to --method tent only")
+        if self.method == "tent" and self.batch_size < 2:
+            raise FixresError("batch_size must be at least 2: tent normalises with each batch's statistics")
 
     @property
     def trains(self) -> bool:
@@ -76,4 +99,5 @@ class AdaptOptions(RuntimeOptions):
 
     @property
     def base_lr(self) -> float:
-        return self.lr if self.lr is not None else LR_PER_64 * self.batch_size / 64
+        per_64 = TENT_LR_PER_64 if self.method == "tent" else LR_PER_64
+        return self.lr if self.lr is not None else per_64 * self.batch_size / 64

@@ -30,13 +30,14 @@ from ..models.equaliser import attach, has_equaliser
 from ..models.pooled import collect_pooled
 from ..models.sizes import check_input_size, fit_batch
 from ..models.sources import ModelSource, Opened, as_source, open_for_data
-from .data import Images, adapt_transform, adaptation_images
+from .data import Images, adapt_transform, adaptation_images, unlabelled_images
 from .features import build_cache
 from .graph import Split, check_split, split_graph
 from .methods import NaiveBatches, cached_batches, reestimate_bn, train
 from .options import AdaptOptions
 from .parametric import fit_equaliser
 from .surgery import Plan, make_plan
+from .tent import tent
 
 V2_NOTE = ("--aug v2 draws a new crop, flip and jitter every epoch, so the frozen layers' output changes every "
            "epoch: full-network loop (caching each draw would cost the same forward passes)")
@@ -125,7 +126,7 @@ def adapt_checkpoint(checkpoint: "str | Path | ModelSource", data: str | Path, o
         out = check_adapt_out(out, source, overwrite)
     ctx = prepare_adaptation(model_source, data, opts, rt)
     before, eval_seconds = ctx.before(before)
-    info = {"trains": train_method, "bn": bn_method, "parametric": parametric_method}[
+    info = {"trains": train_method, "bn": bn_method, "parametric": parametric_method, "tent": tent_method}[
         "trains" if opts.trains else opts.method](ctx)
     t0 = time.perf_counter()
     after = ctx.evaluate("after")
@@ -147,7 +148,7 @@ def prepare_adaptation(model_source: ModelSource, data: str | Path, opts: AdaptO
              rungs: tuple[int, ...] = ()) -> "AdaptContext":
     """Open the model on the data's folders, check what the adaptation needs, choose its layers.
     ``rungs``: the resolutions of a ladder, every one checked (its passes hold all at once)."""
-    opened = open_for_data(model_source, data, ["train", "val"])
+    opened = open_for_data(model_source, data, ["val"] if opts.unlabelled else ["train", "val"])
     model, meta, name = opened.model, opened.meta, opened.name
     if opts.method == "parametric" and has_equaliser(model):
         raise FixresError(f"{name} is already equalised (method parametric); adapt its source checkpoint instead")
@@ -155,9 +156,10 @@ def prepare_adaptation(model_source: ModelSource, data: str | Path, opts: AdaptO
     per_image = check_input_size(model, [*resolutions, *([meta.preprocessing.train_res]
                                                          if opts.method == "parametric" else [])])
     pass_batch = _pass_batch(per_image, opts, rt, resolutions)
-    imgs = adaptation_images(data, meta, opts.images, opts.seed, opened.binding)
+    imgs = (unlabelled_images(opts.unlabelled, data, meta, opts.images, opts.seed, opened.binding)
+            if opts.unlabelled else adaptation_images(data, meta, opts.images, opts.seed, opened.binding))
     check_label_coverage(opts, imgs, opened)
-    if opts.trains and len(imgs.train) < opts.batch_size:
+    if (opts.trains or opts.method == "tent") and len(imgs.train) < opts.batch_size:
         raise FixresError(f"{len(imgs.train)} adaptation images are fewer than one batch of {opts.batch_size}; "
                           "lower --batch-size")
     torch.manual_seed(opts.seed)
@@ -311,6 +313,30 @@ def bn_method(ctx: AdaptContext) -> dict:
             "seconds_train": 0.0}
 
 
+def tent_method(ctx: AdaptContext) -> dict:
+    """Label-free, on the unlabelled images: Tent's entropy minimisation (see
+    :mod:`fixres.adapt.tent`), then the batch-norms' running statistics from those images."""
+    opts, rt, t0 = ctx.opts, ctx.rt, time.perf_counter()
+    skipped: dict = {}
+    with NaiveBatches(ctx.imgs.train, ctx.prep.test_view(), opts.batch_size, opts.seed, ctx.normalizer, rt,
+                      skipped) as batches:
+        history = tent(ctx.model, ctx.plan, batches, opts, rt)
+    seconds_train = time.perf_counter() - t0
+    if rt.dist.enabled:
+        skipped.update(dict(gather_lists(list(skipped.items()), rt.dist)))
+    used = history[-1]["images"]
+    if ctx.plan.batch_norms:
+        used, _ = reestimate_bn(ctx.model, ctx.plan.batch_norms, ctx.loader(ctx.prep.test_view()), ctx.normalizer, rt)
+        rt.log(f"running statistics of {len(ctx.plan.batch_norms)} batch-norm(s) from {used} unlabelled images")
+    note = (f"Tent's online adaptation over the unlabelled images ({opts.tent_passes} pass(es), batches of "
+            f"{opts.batch_size} in a seeded order, incomplete last batch dropped), from the given checkpoint; "
+            "batch-norm running statistics then set to the unlabelled images' (not episodic)")
+    return {"execution": "tent", "execution_note": note, "epochs": 0, "history": history, "lr": opts.base_lr,
+            "tent_passes": opts.tent_passes, "images_used": used, "images_skipped": len(skipped),
+            "seconds_features": 0.0, "seconds_train": round(seconds_train, 3),
+            "seconds_statistics": round(time.perf_counter() - t0 - seconds_train, 3)}
+
+
 def parametric_method(ctx: AdaptContext) -> dict:
     """Label-free: fit the pooled features' laws at the train geometry (the run's own
     RandomResizedCrop settings, from its preprocessing record) and at the test geometry, equalise."""
@@ -359,6 +385,8 @@ def adaptation_report(ctx: AdaptContext, source: str, before: EvalResult, after:
         "device": str(ctx.rt.device), "versions": versions(),
         **info,
     }
+    if ctx.imgs.unlabelled:
+        report["unlabelled"] = ctx.imgs.unlabelled
     if "equaliser" not in report and (meta.adaptation or {}).get("equaliser"):
         report["equaliser"] = meta.adaptation["equaliser"]   # still applied: carried over
     if meta.adaptation:

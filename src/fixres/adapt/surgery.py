@@ -32,7 +32,7 @@ from ..core.errors import FixresError
 from ..models.heads import architecture, declared_classifiers, find_classifier
 from .graph import final_batchnorms, trace
 
-METHODS = ("fixres", "bn", "parametric", "head", "full")
+METHODS = ("fixres", "bn", "parametric", "head", "full", "tent")
 
 # timm architecture -> modules the paper fine-tunes with the classifier (FixRes section 5, PNASNet-5).
 PAPER_EXCEPTIONS: dict[str, tuple[str, ...]] = {
@@ -210,6 +210,8 @@ def make_plan(model: nn.Module, method: str, *, train_bn_affine: bool = False, a
         return Plan(method, classifier, (), (), (), classifiers=heads)
     if method == "head":
         return Plan(method, classifier, (), heads, (), classifiers=heads)
+    if method == "tent":
+        return tent_plan(model, classifier, heads)
     if method == "full":
         return Plan(method, classifier, (), ("",), ("",), classifiers=heads,
                     notes=("full: every layer trains; all batch-norms re-estimate their statistics",))
@@ -230,6 +232,22 @@ def make_plan(model: nn.Module, method: str, *, train_bn_affine: bool = False, a
                 notes=(f"{where}: fixres trains the classifier{'s' if len(heads) > 1 else ''} and the gamma/beta "
                        f"of {norm} ({kind}, the last normalisation before the pooling: the paper's last batch-norm; "
                        "it has no running statistics to re-estimate)",))
+
+
+def tent_plan(model: nn.Module, classifier: str, heads: tuple[str, ...]) -> Plan:
+    """Tent's layers: the gamma/beta of every normalisation train; every batch-norm normalises
+    with the statistics of the batch (train mode) and re-estimates its running ones at the end."""
+    affine = tuple(n for n, m in model.named_modules()
+                   if (is_batchnorm(m) and m.affine) or is_affine_norm(m))
+    if not affine:
+        raise FixresError(f"{architecture(model)} has no normalisation layer with affine parameters (gamma/beta): "
+                          "tent has nothing to adapt; use --method bn (batch-norm statistics) or parametric")
+    bns = tuple(n for n, m in model.named_modules() if is_batchnorm(m))
+    return Plan("tent", classifier, bns, affine, bns, classifiers=heads,
+                norms=tuple(n for n in affine if n not in bns),
+                notes=(f"tent: entropy minimisation on the gamma/beta of {len(affine)} normalisation layer(s)"
+                       + (f"; {len(bns)} batch-norm(s) normalise with each batch's statistics, their running ones "
+                          "re-estimated on the unlabelled images at the end" if bns else ""),))
 
 
 def _module(model: nn.Module, name: str) -> nn.Module:

@@ -7,6 +7,7 @@ the reason; files whose pixels turn out to be corrupt are skipped later, when de
 """
 from __future__ import annotations
 
+import hashlib
 import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -143,3 +144,43 @@ def check_same_classes(expected: tuple[str, ...], found: tuple[str, ...], expect
         if only_expected:
             parts.append(f"in {expected_name} but not in {found_name}: {', '.join(only_expected)}")
         raise FixresError("class mismatch: " + "; ".join(parts))
+
+
+UNLABELLED = "(unlabelled)"   # the one class name of an unlabelled folder's index
+
+
+def scan_unlabelled(root: str | Path, workers: int = 16) -> SplitIndex:
+    """Index a folder of unlabelled images: every image file under ``root``, at any depth (no
+    class folders needed; sub-folders are only where the files are). Every sample gets label 0
+    of the one class :data:`UNLABELLED`. Raises a FixresError when ``root`` is not a folder or
+    holds no readable image (naming why the first files were refused)."""
+    root = Path(root)
+    if not root.is_dir():
+        raise FixresError(f"--unlabelled {root} is not a directory of images")
+    paths = walk_files(root)
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        probes = list(pool.map(_probe, paths))
+    samples, skipped = [], []
+    for path, probe in zip(paths, probes):
+        rel = path.relative_to(root).as_posix()
+        if isinstance(probe, str):
+            skipped.append((rel, probe))
+        else:
+            samples.append(Sample(rel, 0, *probe))
+    if not samples:
+        why = "; ".join(f"{p}: {reason}" for p, reason in skipped[:2]) + ("; ..." if len(skipped) > 2 else "")
+        raise FixresError(f"--unlabelled {root} holds no readable image"
+                          + (f" ({len(skipped)} file(s) refused: {why})" if skipped else " (it is empty)"))
+    return SplitIndex(root, (UNLABELLED,), samples, skipped)
+
+
+def content_sha256(index: SplitIndex) -> str:
+    """SHA-256 over every sample's relative path and bytes, in index order: the identity of
+    an image set (an unlabelled adaptation set is recorded by it)."""
+    h = hashlib.sha256()
+    for s in index.samples:
+        h.update(s.path.encode() + b"\0")
+        with open(Path(index.root) / s.path, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                h.update(block)
+    return h.hexdigest()

@@ -52,6 +52,15 @@ def test_table_rows_match_the_measurements(demo):
             assert rung["before"]["top1"] == val[rung["test_res"]]
     text = tune_table(summary)
     assert "train" in text and "best on holdout" in text and "rung" in text
+    # The robustness columns: the ladder's and the unadapted model's mean top-1 under the demo's corruptions.
+    base, ladder = summary["ladder_sweep"]["checkpoints"]
+    assert {r["corruption"] for r in ladder["corrupted_rows"]} == set(DemoConfig().corrupt)
+    adapted = {r["test_res"]: r["top1"] for r in ladder["corrupted_mean_rows"]}
+    plain = {r["test_res"]: r["top1"] for r in base["corrupted_mean_rows"]}
+    assert set(adapted) == set(summary["rungs"]["test_res"]) == set(plain)
+    for r in rows:
+        assert r.get("fixres corrupted") == adapted.get(r["test_res"]) and r.get("corrupted") == plain.get(r["test_res"])
+    assert "FixRes corrupted" in text and "Under corruption (impulse_noise:3" in open(summary["report"]["html"]).read()
 
 
 def test_demo_refuses_an_existing_directory(demo, capsys):

@@ -47,6 +47,12 @@ CORRUPT_STREAM = 0xC0C0
 OWN_SEED = ("impulse_noise", "glass_blur")   # seeded through the package's `seed` argument
 
 
+def available() -> bool:
+    """Whether the corruption functions are installed (``fixres[robustness]``)."""
+    import importlib.util
+    return importlib.util.find_spec("imagecorruptions") is not None
+
+
 def _package():
     try:
         import imagecorruptions

@@ -32,6 +32,7 @@ from ..core.pareto import pareto_front
 from ..core.progress import Progress
 from ..core.rundir import atomic_path, prepare_run_dir, write_json
 from ..core.runtime import Dist, RuntimeOptions
+from ..data.corruptions import parse_corruptions
 from ..data.folder import scan_split
 from ..data.transforms import resolutions
 from ..deploy.export import export_checkpoint
@@ -66,6 +67,9 @@ class TuneOptions(RuntimeOptions):
     engine: Literal["auto", "torch", "onnxruntime"] = option("auto", "what times the forwards (fixres sweep --engine)")
     onnx: Optional[bool] = option(None, "export each rung as ONNX too (default: when onnx and onnxruntime are installed)")
     select_images: int = option(50, "a model fixres did not train: training images per class that choose the best")
+    corrupt: Optional[tuple[str, ...]] = option(
+        None, "the ladder and the model at its rungs also measured under these corruptions (fixres sweep --corrupt): "
+              "the report's robustness columns", parse=parse_corruptions, type=str, metavar="NAME:SEV")
     seed: int = option(0, "random seed (adaptation order, image subset)")
 
     def __post_init__(self):
@@ -168,8 +172,10 @@ def _stages(source: ModelSource, data: Path, opts: TuneOptions, tmp: Path, sweep
                      timing=False, dist_env=dist_env)
     stages.done("ladder")
 
-    stages.start("ladder_sweep", "sweeping the ladder beside the unadapted model")
-    ladder_opts = dataclasses.replace(sweep_opts, test_res=rungs, budget_ms=None, budget_gflops=None)
+    stages.start("ladder_sweep", "sweeping the ladder beside the unadapted model"
+                 + (f", clean and under {len(opts.corrupt)} corruptions" if opts.corrupt else ""))
+    ladder_opts = dataclasses.replace(sweep_opts, test_res=rungs, budget_ms=None, budget_gflops=None,
+                                      corrupt=opts.corrupt)
     compared = sweep_ladder(tmp / "ladder", data, ladder_opts, quiet=quiet, dist_env=dist_env)
     write_comparison(compared, tmp / "ladder-sweep")
     stages.done("ladder_sweep")

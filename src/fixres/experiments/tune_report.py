@@ -26,15 +26,27 @@ def tune_rows(summary: dict) -> list[dict]:
     sweep = summary["sweep"]
     held = {r["test_res"]: r["top1"] for r in sweep.get("selection_rows", [])}
     ladders = {m: {r["test_res"]: r["after"]["top1"] for r in rec["rungs"]} for m, rec in summary["ladders"].items()}
+    corrupted = corrupted_means(summary)
     rows = []
     for r in sweep["rows"]:
         k = r["test_res"]
         rows.append({"test_res": k, "gflops": r.get("gflops"), "ms": r.get("latency_ms"), "val": r["top1"],
-                     "held_out": held.get(k), **{m: ladders[m].get(k) for m in ladders}})
+                     "held_out": held.get(k), **{m: ladders[m].get(k) for m in ladders},
+                     **{c: per.get(k) for c, per in corrupted.items()}})
     known = {r["test_res"] for r in rows}
     for k in sorted({k for per in ladders.values() for k in per} - known):   # a rung above the swept range
         rows.append({"test_res": k, "val": None, **{m: ladders[m].get(k) for m in ladders}})
     return sorted(rows, key=lambda r: r["test_res"])
+
+
+def corrupted_means(summary: dict) -> dict[str, dict[int, float]]:
+    """The robustness columns (``TuneOptions.corrupt``): mean val top-1 under the corruptions of
+    the unadapted model and of the ladder, at each rung; empty when none was measured."""
+    checkpoints = summary.get("ladder_sweep", {}).get("checkpoints", [])
+    if not checkpoints or not checkpoints[0].get("corrupted_mean_rows"):
+        return {}
+    names = ("corrupted", f"{summary['options']['method']} corrupted")
+    return {name: {r["test_res"]: r["top1"] for r in c["corrupted_mean_rows"]} for name, c in zip(names, checkpoints)}
 
 
 def tune_table(summary: dict) -> str:
@@ -48,6 +60,7 @@ def tune_table(summary: dict) -> str:
     columns = [("test_res", "test res", "d"), ("gflops", "GFLOPs", ".3g"), ("ms", "ms", ".3g"),
                ("val", "no adapt", ".2f"), ("held_out", f"({sweep['selection']['split']})", ".2f")]
     columns += [(m, {"fixres": "FixRes", "bn": "BN stats"}.get(m, m), ".2f") for m in summary["ladders"]]
+    columns += [(c, c.replace("fixres", "FixRes"), ".2f") for c in corrupted_means(summary)]
     columns.append(("note", "", "s"))
     return table(rows, columns)
 
@@ -95,8 +108,25 @@ def story_lines(summary: dict) -> list[str]:
                  f"(before adapting {best['before']['top1']:.1f}%); every rung adds "
                  f"{sum(r['bytes'] for r in ladder['rungs']) / len(ladder['rungs']) / 1024:.1f} KiB to the "
                  f"{ladder['base_bytes'] / 2**20:.1f} MiB base.")
+    lines += robustness_lines(summary, best["test_res"])
     lines += [s[0].upper() + s[1:] + "." for s in budget_sentences(summary)[:3]]
     return lines
+
+
+def robustness_lines(summary: dict, rung: int) -> list[str]:
+    """What the corruptions did at the best rung, unadapted and adapted (when measured)."""
+    corrupted = corrupted_means(summary)
+    if not corrupted:
+        return []
+    labels = list(dict.fromkeys(r["corruption"] for r in summary["ladder_sweep"]["checkpoints"][0]["corrupted_rows"]))
+    (plain, before), (adapted, after) = ((name, per.get(rung)) for name, per in corrupted.items())
+    if before is None or after is None:
+        return []
+    method = summary["options"]["method"]
+    clean = {r["test_res"]: r["top1"] for r in summary["ladder_sweep"]["checkpoints"][0]["rows"]}
+    return [f"Under corruption ({', '.join(labels)}: ImageNet-C's functions on the decoded image), mean val top-1 at "
+            f"{rung}px: {before:.1f}% unadapted (clean {clean.get(rung, float('nan')):.1f}%), {after:.1f}% after the "
+            f"{method} adaptation ({after - before:+.1f})."]
 
 
 def tune_text(summary: dict) -> str:
@@ -114,6 +144,9 @@ def write_tune_report(out: Path, summary: dict) -> dict[str, Path]:
     sweep = summary["sweep"]
     ladders = {LABELS.get(m, m): ladder_rows(rec) for m, rec in summary["ladders"].items()}
     curves = {"no adaptation": sweep["rows"] + sweep.get("selection_rows", []), **ladders}
+    for (name, _), checkpoint in zip(corrupted_means(summary).items(), summary.get("ladder_sweep", {}).get(
+            "checkpoints", [])):
+        curves[f"{name.replace('fixres', 'FixRes ladder')} (mean)"] = checkpoint["corrupted_mean_rows"]
     chosen = sweep.get("chosen") or {}
     plot_sweep(curves, out / "accuracy.png", train_res=sweep["train_res"],
                predicted=summary["prediction"]["test_res"], chosen=chosen.get("test_res"),
@@ -154,5 +187,5 @@ def copy_figure(src: Path, out: Path) -> None:
         shutil.copyfile(src, out)
 
 
-__all__ = ["budget_sentences", "copy_figure", "ladder_rows", "story_lines", "tune_rows", "tune_table", "tune_text",
+__all__ = ["budget_sentences", "copy_figure", "corrupted_means", "robustness_lines", "ladder_rows", "story_lines", "tune_rows", "tune_table", "tune_text",
            "write_tune_report"]

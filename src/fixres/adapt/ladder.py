@@ -198,23 +198,24 @@ def _train_all(ctx: AdaptContext, contexts, base: dict):
                 infos.append(train_top(c, split, cache, "", share))
                 states.append(_snapshot(ctx, base))
             return infos, states, "val before and after, the feature cache"
-    infos, states = [], []           # rung by rung through the whole network
-    for c in contexts:
-        _load(ctx, base, None)
-        torch.manual_seed(c.opts.seed)
-        infos.append(train_method(c))
-        states.append(_snapshot(ctx, base))
+    infos, states = _rung_by_rung(ctx, contexts, base, train_method)    # through the whole network
     return infos, states, "val before and after (training ran rung by rung: no feature cache)"
 
 
 def _tent_all(ctx: AdaptContext, contexts, base: dict):
-    infos, states = [], []           # rung by rung: each rung's steps are taken at its own resolution
+    infos, states = _rung_by_rung(ctx, contexts, base, tent_method)     # each rung steps at its own resolution
+    return infos, states, "val before and after (tent ran rung by rung)"
+
+
+def _rung_by_rung(ctx: AdaptContext, contexts, base: dict, method) -> tuple[list[dict], list[RungState]]:
+    """Each rung adapted on its own from the base, by ``method(rung context)``."""
+    infos, states = [], []
     for c in contexts:
         _load(ctx, base, None)
         torch.manual_seed(c.opts.seed)
-        infos.append(tent_method(c))
+        infos.append(method(c))
         states.append(_snapshot(ctx, base))
-    return infos, states, "val before and after (tent ran rung by rung)"
+    return infos, states
 
 
 def _bn_all(ctx: AdaptContext, contexts, base: dict):

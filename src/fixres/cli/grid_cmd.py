@@ -4,7 +4,7 @@ from __future__ import annotations
 from ..core.options import add_arguments, from_namespace
 from ..experiments.grid import GridConfig, load_config, run_grid
 from ..experiments.grid.config import SECTIONS, parse_sets
-from .common import add_output_flags, command, print_json
+from .common import add_output_flags, command, finish
 
 
 def add_experiment_flags(p, cls) -> None:
@@ -39,10 +39,6 @@ def register(sub) -> None:
 def run(args) -> int:
     cfg = experiment_config(args, GridConfig)
     report = run_grid(cfg, quiet=args.quiet)
-    if args.json:
-        print_json(report.to_json())
-        return 0
-    print(report.text())
-    print(f"\n{len(report.rows)} cells in {cfg.out}/ (grid.md, grid.csv, costs.csv, grid.json, grid.png); "
-          f"this invocation took {report.seconds:.0f}s")
-    return 0
+    return finish(args, report, as_json=lambda r: r.to_json(),
+                  as_text=lambda r: f"{r.text()}\n\n{len(r.rows)} cells in {cfg.out}/ (grid.md, grid.csv, costs.csv, "
+                                    f"grid.json, grid.png); this invocation took {r.seconds:.0f}s")

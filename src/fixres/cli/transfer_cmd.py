@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from ..experiments.transfer import TransferConfig, run_transfer
-from .common import command, print_json
+from .common import command, finish
 from .grid_cmd import add_experiment_flags, experiment_config
 
 
@@ -21,9 +21,6 @@ def register(sub) -> None:
 def run(args) -> int:
     cfg = experiment_config(args, TransferConfig)
     result = run_transfer(cfg, quiet=args.quiet)
-    if args.json:
-        print_json({"summary": result.summary(), "source": result.source, "cells": result.cells})
-        return 0
-    print(result.markdown())
-    print(f"written: {cfg.out}/transfer.md, transfer.json; this invocation took {result.seconds:.0f}s")
-    return 0
+    return finish(args, result, as_json=lambda r: {"summary": r.summary(), "source": r.source, "cells": r.cells},
+                  as_text=lambda r: f"{r.markdown()}\nwritten: {cfg.out}/transfer.md, transfer.json; this invocation "
+                                    f"took {r.seconds:.0f}s")

@@ -67,16 +67,21 @@ def one_seed(seed: int, res: list[int], out: Path, workers: int | None) -> dict:
     row["ladder_build_s"] = round(ladder_s, 1)
     row["ladder_train_s"] = runs[base].summary["train_seconds"]
     row["ladder_bytes"] = _bytes(out / f"seed{seed}" / "ladder")
-    cfg = dataclasses.replace(demo_train_config(demo, data, out / f"seed{seed}" / "switchable"),   # (c)
-                              train_res=max(res), test_res=max(res), switchable_res=tuple(res))
-    switched = fit(cfg, quiet=True, overwrite=True)
-    ladder = Ladder.open(switched.run_dir / "ladder")
-    for rung in ladder.rungs:
-        row["switchable"][rung["test_res"]] = {"top1": rung["after"]["top1"]}
-    row["switchable_train_s"] = switched.summary["train_seconds"]
-    row["switchable_bytes"] = _bytes(switched.run_dir / "ladder")
+    row.update(switchable(demo, data, res, out / f"seed{seed}" / "switchable"))           # (c)
     row["switch"] = switch_times(Ladder.open(out / f"seed{seed}" / "ladder"))
     return row
+
+
+def switchable(demo: DemoConfig, data: Path, res: list[int], run: Path, lr: float | None = None) -> dict:
+    """(c): one run trained jointly at every resolution (the demo's recipe; ``lr`` instead of its
+    learning rate when given), each path tested at its resolution."""
+    cfg = dataclasses.replace(demo_train_config(demo, data, run), train_res=max(res), test_res=max(res),
+                              switchable_res=tuple(res), **({"lr": lr} if lr is not None else {}))
+    switched = fit(cfg, quiet=True, overwrite=True)
+    ladder = Ladder.open(switched.run_dir / "ladder")
+    return {"switchable": {rung["test_res"]: {"top1": rung["after"]["top1"]} for rung in ladder.rungs},
+            "switchable_train_s": switched.summary["train_seconds"],
+            "switchable_bytes": _bytes(switched.run_dir / "ladder"), "switchable_lr": cfg.lr}
 
 
 def switch_times(ladder: Ladder, repeats: int = 20) -> dict:
@@ -102,17 +107,26 @@ def summarise(rows: list[dict], res: list[int]) -> str:
         if not values:
             return "-"
         return f"{statistics.mean(values):.1f}" + (f" ± {statistics.stdev(values):.1f}" if len(values) > 1 else "")
-    lines = ["| r | (a) separate | (b) 48 px + FixRes ladder | (c) switchable (RS-Nets) |", "|---|---:|---:|---:|"]
+    again = all("switchable_at_lr" in x for x in rows)
+    extra = f" (c') switchable, lr {rows[0]['switchable_at_lr']['switchable_lr']:g} |" if again else ""
+    lines = ["| r | (a) separate | (b) 48 px + FixRes ladder | (c) switchable (RS-Nets) |" + extra,
+             "|---|---:|---:|---:|" + ("---:|" if again else "")]
+
+    def at(x, key, r):
+        per = x[key] if key != "switchable_at_lr" else x[key]["switchable"]
+        return per.get(r, per.get(str(r)))["top1"]
     for r in res:
-        lines.append(f"| {r} | {ms([x['separate'][r]['top1'] for x in rows])} | "
-                     f"{ms([x['ladder'][r]['top1'] for x in rows])} | {ms([x['switchable'][r]['top1'] for x in rows])} |")
-    train_a = [sum(x["separate"][r]["train_s"] for r in res) for x in rows]
+        lines.append(f"| {r} | {ms([at(x, 'separate', r) for x in rows])} | {ms([at(x, 'ladder', r) for x in rows])} | "
+                     f"{ms([at(x, 'switchable', r) for x in rows])} |"
+                     + (f" {ms([at(x, 'switchable_at_lr', r) for x in rows])} |" if again else ""))
+    train_a = [sum(x["separate"].get(r, x["separate"].get(str(r)))["train_s"] for r in res) for x in rows]
     train_b = [x["ladder_train_s"] + x["ladder_build_s"] for x in rows]
     train_c = [x["switchable_train_s"] for x in rows]
-    bytes_a = [sum(x["separate"][r]["bytes"] for r in res) / 2**20 for x in rows]
-    lines += [f"| training s | {ms(train_a)} | {ms(train_b)} | {ms(train_c)} |",
+    bytes_a = [sum(x["separate"].get(r, x["separate"].get(str(r)))["bytes"] for r in res) / 2**20 for x in rows]
+    train_d = f" {ms([x['switchable_at_lr']['switchable_train_s'] for x in rows])} |" if again else ""
+    lines += [f"| training s | {ms(train_a)} | {ms(train_b)} | {ms(train_c)} |" + train_d,
               f"| MiB for every r | {ms(bytes_a)} | {ms([x['ladder_bytes'] / 2**20 for x in rows])} | "
-              f"{ms([x['switchable_bytes'] / 2**20 for x in rows])} |",
+              f"{ms([x['switchable_bytes'] / 2**20 for x in rows])} |" + (" |" if again else ""),
               "", f"switching rungs in memory: {ms([x['switch']['switch_ms'] for x in rows])} ms; opening a rung's "
                   f"checkpoint: {ms([x['switch']['open_checkpoint_ms'] for x in rows])} ms"]
     return "\n".join(lines)
@@ -124,10 +138,27 @@ def main() -> None:
     p.add_argument("--res", type=int, nargs="+", default=[32, 48, 64])
     p.add_argument("--out", default="/tmp/fixres-ladder")
     p.add_argument("--workers", type=int, default=None)
+    p.add_argument("--switchable-lr", type=float, default=None,
+                   help="only (c), again, at this learning rate, on the datasets of an earlier run of this script "
+                        "(OUT/ladder.json gains a 'switchable_at_lr' entry per seed)")
     args = p.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(max(1, torch.get_num_threads()))
+    if args.switchable_lr is not None:
+        rows = json.loads((out / "ladder.json").read_text())
+        for row in rows:
+            seed = row["seed"]
+            if seed not in args.seeds or row.get("switchable_at_lr", {}).get("switchable_lr") == args.switchable_lr:
+                continue                                       # not asked for, or already measured: resumable
+            demo = DemoConfig(out=str(out / f"seed{seed}"), seed=seed, workers=args.workers)
+            row["switchable_at_lr"] = switchable(demo, out / f"seed{seed}" / "data", sorted(args.res),
+                                                 out / f"seed{seed}" / f"switchable-lr{args.switchable_lr:g}",
+                                                 lr=args.switchable_lr)
+            (out / "ladder.json").write_text(json.dumps(rows, indent=2))
+            print(f"seed {seed}: {json.dumps(row['switchable_at_lr'])}", flush=True)
+        print(summarise(rows, sorted(args.res)))
+        return
     rows = []
     for seed in args.seeds:
         rows.append(one_seed(seed, sorted(args.res), out, args.workers))

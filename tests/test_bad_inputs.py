@@ -1,6 +1,7 @@
 """Bad input through the command line: one clear line, exit code 2, nothing half-written, and
 a message that says what is wrong and what works (the tracebacks and misleading messages a new
 user met, each pinned here)."""
+import importlib
 import json
 import shutil
 
@@ -185,3 +186,43 @@ def test_a_vit_range_off_its_patch_grid_gets_the_range_on_it(vit, colour_data, c
 def test_eval_json_of_a_run_says_top5_is_not_applicable(trained_run, colour_data, capsys):
     code, out, _ = run_cli(capsys, "eval", "--checkpoint", trained_run, "--data", colour_data, "--json", *FAST)
     assert code == 0 and json.loads(out)["top5"] is None
+
+
+# ----------------------------------------------------------------------------- the process itself
+def test_an_interrupt_while_the_command_loads_is_one_line(monkeypatch, capsys):
+    """Ctrl-C in the first seconds (torch still importing) used to print a 35-75 line traceback."""
+    import fixres.cli
+
+    def interrupted():
+        raise KeyboardInterrupt
+    monkeypatch.setattr(fixres.cli, "build_parser", interrupted)
+    assert fixres.cli.main(["eval"]) == 130
+    assert capsys.readouterr().err == "fixres: interrupted\n"
+
+
+def test_running_out_of_memory_is_one_line_with_what_to_change(trained_run, colour_data, monkeypatch, capsys):
+    infer = importlib.import_module("fixres.measure.infer")   # (fixres.measure.infer is also a function's name)
+
+    def allocate(*args, **kwargs):   # the CPU allocator's own message, as a 4096 px eval raised it
+        raise RuntimeError("[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't allocate "
+                           "memory: you tried to allocate 1610612736 bytes. Error code 12 (Cannot allocate memory)")
+    monkeypatch.setattr(infer, "evaluate", allocate)
+    code, _, err = run_cli(capsys, "eval", "--checkpoint", trained_run, "--data", colour_data, *FAST)
+    one_line_error(code, err, "out of memory (an allocation of 1610612736 bytes)", "--batch-size")
+
+
+def test_other_runtime_errors_keep_their_traceback(trained_run, colour_data, monkeypatch):
+    infer = importlib.import_module("fixres.measure.infer")
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("a bug")
+    monkeypatch.setattr(infer, "evaluate", broken)
+    with pytest.raises(RuntimeError, match="a bug"):
+        run_cli(None, "eval", "--checkpoint", trained_run, "--data", colour_data, *FAST)
+
+
+def test_importing_fixres_does_not_load_torch():
+    import subprocess
+    import sys
+    code = "import sys, fixres; assert 'torch' not in sys.modules; fixres.TrainConfig; assert 'torch' in sys.modules"
+    subprocess.run([sys.executable, "-c", code], check=True)

@@ -153,6 +153,8 @@ def test_predict_picks_the_rung_by_resolution_or_budget(ladders, colour_data, ca
     one_line_error(code, err, "no rung fits", "32px")
     code, _, err = run_cli(capsys, "predict", "--checkpoint", ladder.out, image, "--budget-ms", 5)
     one_line_error(code, err, "not timed")
+    code, _, err = run_cli(capsys, "predict", "--checkpoint", ladder.out, image, "--budget-gflops=-1")
+    one_line_error(code, err, "--budget-gflops must be positive")
 
 
 def test_export_writes_one_timm_folder_per_rung(ladders, tmp_path):
@@ -231,6 +233,19 @@ def test_tune_a_model_fixres_did_not_train(colour_data, tmp_path, capsys):
     assert "from timm pretrained_cfg" in (out / "report.md").read_text()
 
 
+def test_tune_with_one_rung_builds_a_ladder_of_one(trained_run, colour_data, tmp_path, capsys):
+    """--rung-res R: the later stages read a ladder back, so one rung is a ladder too (not the plain
+    adapted checkpoint that fixres adapt --test-res R writes)."""
+    from helpers import run_cli
+    out = tmp_path / "T"
+    code, _, err = run_cli(capsys, "tune", "--checkpoint", trained_run, "--data", colour_data, "--out", out,
+                           "--sweep-res", 32, 48, "--rung-res", 48, "--epochs", 1, "--no-timing", "--no-onnx",
+                           "--workers", 0, "--batch-size", 16, "--quiet")
+    assert code == 0, err
+    assert Ladder.open(out / "ladder").resolutions == [48]
+    assert (out / "export" / "48" / "config.json").is_file()
+
+
 def test_tune_checks_its_output_and_options_first(trained_run, colour_data, tmp_path, capsys):
     from helpers import one_line_error, run_cli
     (tmp_path / "full").mkdir()
@@ -238,7 +253,8 @@ def test_tune_checks_its_output_and_options_first(trained_run, colour_data, tmp_
     for extra, message in ((["--out", tmp_path / "full"], "not empty"),
                            (["--out", tmp_path / "T", "--rungs", 0], "rungs must be at least 1"),
                            (["--out", tmp_path / "T", "--budget-ms", 3, "--no-timing"], "--no-timing"),
-                           (["--out", tmp_path / "T", "--compare", "fixres"], "other methods")):
+                           (["--out", tmp_path / "T", "--compare", "fixres"], "other methods"),
+                           (["--out", tmp_path / "T", "--compare", "bn", "bn"], "--compare bn is given twice")):
         code, _, err = run_cli(capsys, "tune", "--checkpoint", trained_run, "--data", colour_data, *extra)
         one_line_error(code, err, message)
     assert not (tmp_path / "T").exists()

@@ -78,13 +78,16 @@ def check_rungs(rungs) -> tuple[int, ...]:
 
 def adapt_ladder(checkpoint: "str | Path | ModelSource", data: str | Path, opts: AdaptOptions, rungs, *,
                  out: str | Path | None = None, overwrite: bool = False, quiet: bool = False, timing: bool = True,
-                 engine: str = "auto", dist_env: Dist = Dist()) -> "LadderResult | AdaptResult":
+                 engine: str = "auto", dist_env: Dist = Dist(), one_rung: str = "checkpoint") -> "LadderResult | AdaptResult":
     """Adapt ``checkpoint`` at every resolution of ``rungs`` (``opts.test_res`` is ignored) and
     write the ladder ``out`` as one unit (a temporary sibling renamed into place). One rung is a
-    plain adapted checkpoint (:func:`adapt_checkpoint`). ``timing``: measure each rung's speed on
+    plain adapted checkpoint (:func:`adapt_checkpoint`) unless ``one_rung="ladder"`` (callers that
+    read a ladder back, such as ``fixres tune``). ``timing``: measure each rung's speed on
     ``engine`` (:func:`~fixres.measure.timing.resolve_engine`)."""
     rungs = check_rungs(rungs)
-    if len(rungs) == 1:
+    if one_rung not in ("checkpoint", "ladder"):
+        raise ValueError(f"one_rung must be 'checkpoint' or 'ladder', got {one_rung!r}")
+    if len(rungs) == 1 and one_rung == "checkpoint":
         return adapt_checkpoint(checkpoint, data, dataclasses.replace(opts, test_res=rungs[0]), out=out,
                                 overwrite=overwrite, quiet=quiet, dist_env=dist_env)
     t_start = time.perf_counter()

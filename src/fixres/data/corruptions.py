@@ -108,6 +108,8 @@ def parse_corruptions(values: "Sequence[str] | str") -> tuple[str, ...]:
             severities = range(int(low), int(high or low) + 1)
         except ValueError:
             raise FixresError(f"corruption {value!r}: the severity is 1-5, or a range such as 1-5") from None
+        if not severities:
+            raise FixresError(f"corruption {value!r}: a severity range is LOW-HIGH with LOW <= HIGH (e.g. 1-5)")
         names = ([n for n in BENCHMARK if n not in SLOW] if name == "all" else list(BENCHMARK) if name == "all+slow"
                  else [name])
         for n in names:

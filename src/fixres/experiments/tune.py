@@ -88,6 +88,9 @@ class TuneOptions(RuntimeOptions):
         if unknown:
             raise FixresError(f"--compare {unknown[0]}: give other methods than --method (fixres, bn, parametric, "
                               "head)")
+        twice = sorted({m for m in self.compare if self.compare.count(m) > 1})
+        if twice:
+            raise FixresError(f"--compare {twice[0]} is given twice")
 
 
 @dataclass(frozen=True)
@@ -165,11 +168,11 @@ def _stages(source: ModelSource, data: Path, opts: TuneOptions, tmp: Path, sweep
                          seed=opts.seed, **common)
     ladders = {opts.method: tmp / "ladder"}
     adapt_ladder(source, data, adapt, rungs, out=tmp / "ladder", quiet=quiet, timing=opts.timing, engine=opts.engine,
-                 dist_env=dist_env)
+                 dist_env=dist_env, one_rung="ladder")
     for method in opts.compare:
         ladders[method] = tmp / f"ladder-{method}"
         adapt_ladder(source, data, dataclasses.replace(adapt, method=method), rungs, out=ladders[method], quiet=quiet,
-                     timing=False, dist_env=dist_env)
+                     timing=False, dist_env=dist_env, one_rung="ladder")
     stages.done("ladder")
 
     stages.start("ladder_sweep", "sweeping the ladder beside the unadapted model"

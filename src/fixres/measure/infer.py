@@ -142,7 +142,7 @@ def fit_temperature(logits: torch.Tensor, labels: torch.Tensor) -> float:
         loss.backward()
         return loss
     opt.step(closure)
-    return float(log_t.exp())
+    return float(log_t.detach().exp())
 
 
 def evaluate(model: nn.Module, split: SplitIndex, prep: Preprocessing, rt: Runtime, *, batch_size: int = 100,

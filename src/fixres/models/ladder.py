@@ -87,6 +87,8 @@ class Ladder:
                               f"{', '.join(map(str, self.resolutions))}), --budget-ms or --budget-gflops")
         for key, limit in limits.items():
             field, flag, unit = BUDGETS[key]
+            if not limit > 0:
+                raise FixresError(f"{flag} must be positive, got {limit:g}")
             if any(r.get(field) is None for r in self.rungs):
                 raise FixresError(f"{flag}: the ladder's rungs were not timed (built with --no-timing)")
         fits = [r for r in self.rungs if all(r[BUDGETS[k][0]] <= v for k, v in limits.items())]

@@ -328,24 +328,28 @@ def test_timing_engines_run_the_same_model(run, colour_data):
     """--engine onnxruntime times the ONNX export of the model at each resolution, whose logits
     were checked against PyTorch's (the export's check); torch times the module itself."""
     import onnxruntime
+    import openvino
 
     from fixres.measure.timing import resolve_engine
     by = {}
-    for engine in ("torch", "onnxruntime"):
+    for engine in ("torch", "onnxruntime", "openvino"):
         result = sweep_checkpoint(run, colour_data, SweepOptions(test_res=[24, 32], timing_budget=0, engine=engine,
                                                                  select_on="none", **FAST))
         by[engine] = result
         assert all(r.latency_ms > 0 and r.images_per_s > 0 for r in result.rows)
     assert by["onnxruntime"].rows[0].timing_engine == f"onnxruntime {onnxruntime.__version__}"
     assert by["torch"].rows[0].timing_engine.startswith("torch ")
+    assert by["openvino"].rows[0].timing_engine == f"openvino {openvino.__version__.split('-')[0]}"
     assert [r.top1 for r in by["torch"].rows] == [r.top1 for r in by["onnxruntime"].rows]   # accuracy: torch's
     assert resolve_engine("auto", torch.device("cpu")) == "onnxruntime"
     with pytest.raises(FixresError, match="unknown engine"):
         resolve_engine("tensorrt", torch.device("cpu"))
+    with pytest.raises(FixresError, match="--engine openvino times on the CPU"):
+        resolve_engine("openvino", torch.device("cuda"))
 
 
 def test_onnx_logits_equal_pytorchs_at_every_resolution(run, tmp_path):
-    from fixres.models.onnx import ONNX_TOLERANCE, export_onnx, onnx_session
+    from fixres.models.onnx import ONNX_TOLERANCE, export_onnx, onnx_runner, onnx_session
     from fixres.models.sources import open_checkpoint
     model, _ = open_checkpoint(run)
     for res in (24, 48):
@@ -356,3 +360,7 @@ def test_onnx_logits_equal_pytorchs_at_every_resolution(run, tmp_path):
             expected = model(x)
         assert record["max_abs_diff"] <= record["tolerance"]
         assert float((torch.from_numpy(got) - expected).abs().max()) <= ONNX_TOLERANCE * max(1.0, float(expected.abs().max()))
+        for engine in ("onnxruntime", "openvino"):        # what --engine times computes the same logits
+            run_engine, _, _ = onnx_runner(tmp_path / f"m{res}.onnx", engine, threads=1)
+            got = torch.from_numpy(run_engine(x.numpy()))
+            assert float((got - expected).abs().max()) <= ONNX_TOLERANCE * max(1.0, float(expected.abs().max())), engine

@@ -64,7 +64,7 @@ class TuneOptions(RuntimeOptions):
     budget_ms: Optional[float] = option(None, "the report's deployment budget: measured single-image latency (ms)")
     budget_gflops: Optional[float] = option(None, "the report's deployment budget: GFLOPs per image")
     timing: bool = option(True, "measure each resolution's speed (--no-timing: cost in GFLOPs only)")
-    engine: Literal["auto", "torch", "onnxruntime"] = option("auto", "what times the forwards (fixres sweep --engine)")
+    engine: Literal["auto", "torch", "onnxruntime", "openvino"] = option("auto", "what times the forwards (fixres sweep --engine)")
     onnx: Optional[bool] = option(None, "export each rung as ONNX too (default: when onnx and onnxruntime are installed)")
     select_images: int = option(50, "a model fixres did not train: training images per class that choose the best")
     corrupt: Optional[tuple[str, ...]] = option(

@@ -183,9 +183,10 @@ class SweepOptions(RuntimeOptions):
     split: str = option("val", "sub-directory the accuracy is reported on")
     timing: bool = option(True, "measure throughput (at --batch-size) and single-image latency at every resolution "
                                 "on the device in use; --no-timing skips it (FLOPs are still counted)")
-    engine: Literal["auto", "torch", "onnxruntime"] = option(
-        "auto", "what runs the timed forwards: torch, or onnxruntime on the model exported to ONNX at each resolution "
-                "(checked against PyTorch's logits); auto: onnxruntime on the CPU where it is installed, else torch")
+    engine: Literal["auto", "torch", "onnxruntime", "openvino"] = option(
+        "auto", "what runs the timed forwards: torch, or onnxruntime / openvino (CPU) on the model exported to ONNX at "
+                "each resolution (checked against PyTorch's logits); auto: onnxruntime on the CPU where it is "
+                "installed, else torch")
     timing_budget: float = option(0.3, "seconds of timed forward passes per resolution (after warm-up; at least 3 "
                                        "batches and 5 single images whatever the budget)", metavar="S")
     corrupt: Optional[tuple[str, ...]] = option(

@@ -123,19 +123,27 @@ def median_iqr(values) -> tuple[float, float]:
     return float(q50), float(q75 - q25)
 
 
-ENGINES = ("auto", "torch", "onnxruntime")
+ENGINES = ("auto", "torch", "onnxruntime", "openvino")
+ONNX_ENGINES = {"onnxruntime": ("onnx", "onnxruntime"), "openvino": ("onnx", "onnxruntime", "openvino")}
+# (openvino also needs onnxruntime: every export is checked against PyTorch's logits by ONNX Runtime)
 
 
 def resolve_engine(engine: str, device: torch.device) -> str:
     """``auto``: ONNX Runtime on the CPU where it is installed (what a CPU deployment runs), else
-    torch; a named engine that is not installed is one line."""
+    torch; a named engine that is not installed, or OpenVINO on a GPU, is one line."""
     if engine not in ENGINES:
         raise FixresError(f"unknown engine {engine!r}; choose one of {', '.join(ENGINES)}")
-    installed = importlib.util.find_spec("onnxruntime") is not None and importlib.util.find_spec("onnx") is not None
+
+    def installed(name: str) -> bool:
+        return all(importlib.util.find_spec(m) is not None for m in ONNX_ENGINES[name])
     if engine == "auto":
-        return "onnxruntime" if installed and device.type == "cpu" else "torch"
-    if engine == "onnxruntime" and not installed:
-        raise FixresError("--engine onnxruntime needs the onnx and onnxruntime packages: pip install 'fixres[onnx]'")
+        return "onnxruntime" if installed("onnxruntime") and device.type == "cpu" else "torch"
+    if engine in ONNX_ENGINES and not installed(engine):
+        raise FixresError(f"--engine {engine} needs the {' and '.join(ONNX_ENGINES[engine])} packages: "
+                          f"pip install 'fixres[{'onnx' if engine == 'onnxruntime' else engine}]'")
+    if engine == "openvino" and device.type != "cpu":
+        raise FixresError("--engine openvino times on the CPU (its CPU plugin); use --device cpu, or --engine "
+                          "onnxruntime / torch on the GPU")
     return engine
 
 
@@ -147,17 +155,17 @@ def time_model(model: nn.Module, resolution: int, rt: Runtime, *, batch_size: in
     of ``budget_s`` (all of it when ``batch_size`` is 1).
 
     The model is put in eval mode for the measurement and left in the mode it was in.
-    ``engine="onnxruntime"``: the model exported to ONNX at ``resolution`` (checked against
-    PyTorch's logits, :func:`~fixres.models.onnx.export_onnx`) runs in an ONNX Runtime session
-    with as many threads as torch uses; a model that does not export is timed by torch instead
+    ``engine="onnxruntime"`` or ``"openvino"``: the model exported to ONNX at ``resolution``
+    (checked against PyTorch's logits, :func:`~fixres.models.onnx.export_onnx`) runs in that
+    engine with as many threads as torch uses (:func:`~fixres.models.onnx.onnx_runner`); a model that does not export is timed by torch instead
     with ``fallback`` (said once, and in the timing's engine), else one line.
     """
     if batch_size < 1:
         raise FixresError(f"timing batch size must be at least 1, got {batch_size}")
-    if engine == "onnxruntime":
+    if engine in ONNX_ENGINES:
         from ..models.onnx import OnnxExportError
         try:
-            return _time_onnx(model, resolution, rt, batch_size=batch_size, budget_s=budget_s)
+            return _time_onnx(model, resolution, rt, batch_size=batch_size, budget_s=budget_s, engine=engine)
         except OnnxExportError as e:
             if not fallback:
                 raise
@@ -198,11 +206,10 @@ def time_model(model: nn.Module, resolution: int, rt: Runtime, *, batch_size: in
                   f"torch {torch.__version__.split('+')[0]}")
 
 
-def _time_onnx(model: nn.Module, resolution: int, rt: Runtime, *, batch_size: int, budget_s: float) -> Timing:
-    """:func:`time_model` through ONNX Runtime (float32: the exported graph)."""
-    import onnxruntime
-
-    from ..models.onnx import export_onnx, onnx_session
+def _time_onnx(model: nn.Module, resolution: int, rt: Runtime, *, batch_size: int, budget_s: float,
+               engine: str) -> Timing:
+    """:func:`time_model` through an ONNX engine (float32: the exported graph)."""
+    from ..models.onnx import export_onnx, onnx_runner
     threads = torch.get_num_threads()
     was_training = model.training
     model.eval()
@@ -211,21 +218,18 @@ def _time_onnx(model: nn.Module, resolution: int, rt: Runtime, *, batch_size: in
         with tempfile.TemporaryDirectory(prefix="fixres-onnx-") as tmp:
             path = Path(tmp) / "model.onnx"
             export_onnx(model if cpu else copy.deepcopy(model).cpu(), path, resolution, 3)
-            session = onnx_session(path, threads=threads, device=rt.device)
+            run, where, version = onnx_runner(path, engine, threads=threads, device=rt.device)
             seconds = {}
             for n in sorted({batch_size, 1}):
                 x = np.random.default_rng(0).standard_normal((n, 3, resolution, resolution), dtype=np.float32)
-                seconds[n] = repeat_timed(lambda x=x: session.run(["logits"], {"input": x}), lambda: None,
+                seconds[n] = repeat_timed(lambda x=x: run(x), lambda: None,
                                           budget_s=budget_s / (2 if batch_size > 1 else 1),
                                           min_repeats=MIN_REPEATS if n == 1 else BATCH_MIN_REPEATS,
                                           warmup=WARMUP if n == 1 else BATCH_WARMUP)
-            provider = session.get_providers()[0]
     finally:
         model.train(was_training)
     ips, ips_iqr = median_iqr([batch_size / s for s in seconds[batch_size]])
     ms, ms_iqr = median_iqr([1000 * s for s in seconds[1]])
-    device = (f"cpu ({threads} thread{'s' if threads != 1 else ''})" if provider == "CPUExecutionProvider"
-              else device_label(rt.device))
+    device = where if where.startswith("cpu") else device_label(rt.device)
     return Timing(ips, ips_iqr, ms, ms_iqr, batch_size, len(seconds[batch_size]), len(seconds[1]), device,
-                  "float32", is_stable(ips, ips_iqr) and is_stable(ms, ms_iqr),
-                  f"onnxruntime {onnxruntime.__version__}")
+                  "float32", is_stable(ips, ips_iqr) and is_stable(ms, ms_iqr), version)

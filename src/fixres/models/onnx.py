@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import warnings
 from pathlib import Path
+from typing import Callable
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -82,6 +84,30 @@ def export_onnx(model: nn.Module, path: Path, test_res: int, chans: int, *, opse
             "checked_batch": int(check.shape[0]), "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__}
 
 
+
+
+def onnx_runner(path: Path, engine: str = "onnxruntime", *, threads: int | None = None,
+                device: torch.device | None = None) -> tuple[Callable[[np.ndarray], np.ndarray], str, str]:
+    """The exported ``path`` compiled by ``engine`` (``onnxruntime`` or ``openvino``): ``(run,
+    where, version)``, ``run(x)`` the logits of a float32 N x C x R x R array, ``where`` the
+    device it runs on (``cpu (T threads)`` or ``cuda``), ``version`` the engine and its version.
+    OpenVINO compiles for its CPU plugin in float32 (its default on CPUs with bf16 units is bf16:
+    not the exported graph) with a latency hint and ``threads`` inference threads."""
+    if engine == "onnxruntime":
+        import onnxruntime
+        session = onnx_session(path, threads=threads, device=device)
+        cpu = session.get_providers()[0] == "CPUExecutionProvider"
+        where = f"cpu ({threads} thread{'s' if threads != 1 else ''})" if cpu and threads else "cpu" if cpu else "cuda"
+        return (lambda x: session.run(["logits"], {"input": x})[0]), where, f"onnxruntime {onnxruntime.__version__}"
+    if engine == "openvino":
+        import openvino
+        config = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "f32",
+                  **({"INFERENCE_NUM_THREADS": int(threads)} if threads else {})}
+        compiled = openvino.Core().compile_model(str(path), "CPU", config)
+        request, output = compiled.create_infer_request(), compiled.output(0)
+        where = f"cpu ({threads} thread{'s' if threads != 1 else ''})" if threads else "cpu"
+        return (lambda x: request.infer({"input": x})[output]), where, f"openvino {openvino.__version__.split('-')[0]}"
+    raise ValueError(f"unknown ONNX engine {engine!r}")
 
 
 def onnx_session(path: Path, threads: int | None = None, device: torch.device | None = None):

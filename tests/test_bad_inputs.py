@@ -1,7 +1,6 @@
 """Bad input through the command line: one clear line, exit code 2, nothing half-written, and
 a message that says what is wrong and what works (the tracebacks and misleading messages a new
 user met, each pinned here)."""
-import importlib
 import json
 import shutil
 
@@ -201,7 +200,7 @@ def test_an_interrupt_while_the_command_loads_is_one_line(monkeypatch, capsys):
 
 
 def test_running_out_of_memory_is_one_line_with_what_to_change(trained_run, colour_data, monkeypatch, capsys):
-    infer = importlib.import_module("fixres.measure.infer")   # (fixres.measure.infer is also a function's name)
+    import fixres.measure.infer as infer
 
     def allocate(*args, **kwargs):   # the CPU allocator's own message, as a 4096 px eval raised it
         raise RuntimeError("[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't allocate "
@@ -212,7 +211,7 @@ def test_running_out_of_memory_is_one_line_with_what_to_change(trained_run, colo
 
 
 def test_other_runtime_errors_keep_their_traceback(trained_run, colour_data, monkeypatch):
-    infer = importlib.import_module("fixres.measure.infer")
+    import fixres.measure.infer as infer
 
     def broken(*args, **kwargs):
         raise RuntimeError("a bug")

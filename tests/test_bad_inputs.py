@@ -225,3 +225,22 @@ def test_importing_fixres_does_not_load_torch():
     import sys
     code = "import sys, fixres; assert 'torch' not in sys.modules; fixres.TrainConfig; assert 'torch' in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_a_closed_output_pipe_is_not_an_error_but_another_broken_pipe_is(trained_run, colour_data, monkeypatch):
+    """`fixres ... | head` stops reading: exit 0, no traceback. A BrokenPipeError from elsewhere
+    (stdout not a pipe: a worker's pipe) is a failure, never a silent exit 0 without output."""
+    import subprocess
+    import sys
+    proc = subprocess.Popen([sys.executable, "-m", "fixres", "analyze", "--train-res", "224"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdout.close()                       # the reader is gone before anything is written
+    _, err = proc.communicate()
+    assert proc.returncode == 0 and b"Traceback" not in err, err
+    import fixres.measure.infer as infer
+
+    def broken(*args, **kwargs):
+        raise BrokenPipeError(32, "Broken pipe")
+    monkeypatch.setattr(infer, "evaluate", broken)
+    with pytest.raises(BrokenPipeError):
+        run_cli(None, "eval", "--checkpoint", trained_run, "--data", colour_data, *FAST)

@@ -10,12 +10,20 @@ during those first seconds of imports is one line too.
 from __future__ import annotations
 
 import os
+import stat
 import sys
 
 
 def build_parser():
     from .parser import build_parser as build
     return build()
+
+
+def _stdout_is_a_pipe() -> bool:
+    try:
+        return stat.S_ISFIFO(os.fstat(sys.stdout.fileno()).st_mode) or stat.S_ISSOCK(os.fstat(sys.stdout.fileno()).st_mode)
+    except (OSError, ValueError, AttributeError):   # no file descriptor (captured): cannot be the pipe
+        return False
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -40,7 +48,10 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"{command}: interrupted", file=sys.stderr)
         return 130
-    except BrokenPipeError:  # output piped into e.g. `head`, which stopped reading: not an error
+    except BrokenPipeError:
+        if not _stdout_is_a_pipe():      # a broken pipe elsewhere (a data-loading worker's): a real failure
+            raise
+        # output piped into e.g. `head`, which stopped reading: not an error
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second failure at exit
         return 0
     finally:

@@ -60,18 +60,22 @@ DEFAULT_CORRUPTIONS = ("gaussian_noise", "shot_noise", "impulse_noise", "defocus
 
 
 def dataset(seed: int, out: Path, runs_from: list[Path], shift: str) -> Path:
-    """The seed's dataset (a copy found beside a reused run, else written), with the shifted splits."""
-    for root in runs_from:
-        for found in (root / f"seed{seed}" / "data", root / f"data{seed}"):
-            if (found / "val").is_dir():
-                if not (found / "shifted").is_dir():
-                    synthesize(found, shift=shift, progress=False)
-                return found
-    data = out / f"data{seed}"
-    if not (data / "val").is_dir():
-        synthesize(data, seed=seed, shift=shift, progress=False)
-    elif not (data / "shifted").is_dir():
-        synthesize(data, shift=shift, progress=False)
+    """The seed's dataset with the shifted splits of ``shift``: OUT/data{seed}-{shift}, its train/ and
+    val/ links to a copy found beside a reused run (else written there), its shifted splits added
+    (the reused copy is left as it is: it may hold another shift)."""
+    data = out / f"data{seed}-{shift}"
+    if (data / "shifted").is_dir():
+        return data
+    source = next((found for root in runs_from for found in (root / f"seed{seed}" / "data", root / f"data{seed}")
+                   if (found / "val").is_dir()), None)
+    if source is None:
+        source = synthesize(out / f"data{seed}", seed=seed, progress=False).root
+    data.mkdir(parents=True, exist_ok=True)
+    for split in ("train", "val"):
+        if not (data / split).exists():
+            (data / split).symlink_to((source / split).resolve(), target_is_directory=True)
+    shutil.copy(source / "synth.json", data / "synth.json")
+    synthesize(data, shift=shift, progress=False)
     return data
 
 
@@ -237,7 +241,7 @@ def main() -> None:
     p.add_argument("--models", nargs="+", choices=sorted(RES), default=["resnet10t", "test_vit"])
     p.add_argument("--corrupt", nargs="+", default=[f"{c}:3" for c in DEFAULT_CORRUPTIONS])
     p.add_argument("--corrupt-per-class", type=int, default=50, help="val images per class in the corrupted copies")
-    p.add_argument("--shift", default="sketch")
+    p.add_argument("--shift", default="neon", help="the shifted split (neon: the hardest of the three for both models, docs/robustness.md)")
     p.add_argument("--runs-from", type=Path, nargs="*", default=[])
     p.add_argument("--out", default="/tmp/fixres-robustness")
     p.add_argument("--workers", type=int, default=1)

@@ -2,6 +2,7 @@
 same options and seed (same before/after top-1 and loss), the rungs share one decode of each
 image, and the ladder keeps the base once and per rung only the tensors that changed."""
 import json
+import shutil
 
 import pytest
 import torch
@@ -155,6 +156,21 @@ def test_predict_picks_the_rung_by_resolution_or_budget(ladders, colour_data, ca
     one_line_error(code, err, "not timed")
     code, _, err = run_cli(capsys, "predict", "--checkpoint", ladder.out, image, "--budget-gflops=-1")
     one_line_error(code, err, "--budget-gflops must be positive")
+
+
+def test_a_budget_choice_on_unstable_latencies_says_so(ladders, colour_data, tmp_path, capsys):
+    """Issue 19.9: never choose a deployment resolution from unstable timings without saying so."""
+    from helpers import run_cli
+    copy = tmp_path / "L"
+    shutil.copytree(ladders("fixres").out, copy)
+    record = json.loads((copy / "ladder.json").read_text())
+    for i, rung in enumerate(record["rungs"]):
+        rung.update(latency_ms=1.0 + i, timing_stable=i != 0)
+    (copy / "ladder.json").write_text(json.dumps(record))
+    image = sorted((colour_data / "val" / "red").iterdir())[0]
+    code, _, err = run_cli(capsys, "predict", "--checkpoint", copy, image, "--budget-ms", 10)
+    first = record["rungs"][0]["test_res"]
+    assert code == 0 and f"rung(s) {first}px was unstable" in err, err
 
 
 def test_export_writes_one_timm_folder_per_rung(ladders, tmp_path):

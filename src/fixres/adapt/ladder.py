@@ -58,10 +58,15 @@ class LadderResult:
         lines = [f"{self.record['model']} adapted to {len(self.rungs)} rungs with {self.record['method']} in "
                  f"{self.seconds:.1f}s (one pass over the images for every rung: {self.record['shared_passes']})"]
         for r in self.record["rungs"]:
-            cost = f"{r['gflops']:.3g} GFLOPs" + ("" if r.get("latency_ms") is None else f", {r['latency_ms']:.3g} ms")
+            cost = f"{r['gflops']:.3g} GFLOPs" + ("" if r.get("latency_ms") is None else
+                                                  f", {r['latency_ms']:.3g} ms" + ("" if r["timing_stable"] else "~"))
             lines.append(f"  {r['test_res']:>4}px: val top-1 {r['before']['top1']:.2f} -> {r['after']['top1']:.2f}; "
                          f"{r['selection_split']} {r['selection_top1']:.2f}; {cost}; {r['tensors']} tensors "
                          f"({r['bytes'] / 1024:.1f} KiB)")
+        unstable = [r["test_res"] for r in self.record["rungs"] if r.get("timing_stable") is False]
+        if unstable:
+            lines.append(f"  UNSTABLE latency at {', '.join(map(str, unstable))}px (marked ~: an IQR above 25% of the "
+                         "median): the machine was busy; --budget-ms on this ladder says so when it chooses")
         if self.out is not None:
             lines.append(f"ladder: {self.out} (base {self.record['base_bytes'] / 2**20:.1f} MiB + "
                          f"{sum(r['bytes'] for r in self.record['rungs']) / 1024:.1f} KiB of rungs)")

@@ -24,6 +24,7 @@ from safetensors.torch import load_file
 from torch import nn
 
 from ..core.errors import FixresError
+from ..core.progress import notice
 from .checkpoint import WEIGHTS, read_meta
 from .equaliser import Equaliser, attach, detach
 
@@ -98,6 +99,10 @@ class Ladder:
             cheapest = min(self.rungs, key=lambda r: r[field])
             raise FixresError(f"{flag} {limit:g}: no rung fits; the cheapest, {cheapest['test_res']}px, costs "
                               f"{cheapest[field]:.4g} {unit}")
+        unstable = [r["test_res"] for r in self.rungs if r.get("timing_stable") is False]
+        if "ms" in limits and unstable:
+            notice(f"the latency of rung(s) {', '.join(map(str, unstable))}px was unstable when measured (the machine "
+                   "was busy): this choice by --budget-ms may differ on a quiet machine")
         return max(fits, key=lambda r: (r["selection_top1"], -r["test_res"]))
 
     def switcher(self, model: nn.Module, classifier: str | None = None) -> Callable[[int | None], None]:

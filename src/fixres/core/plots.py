@@ -125,7 +125,11 @@ def sweep_figure(curves: Mapping[str, Sequence], *, train_res: int | None = None
         ax.set_ylabel(metric_label(metric))
         if title:
             ax.set_title(title)
-        ax.legend(loc="best", frameon=False)
+        if len(ax.get_legend_handles_labels()[1]) > 6:   # many curves: beside the axes, off the data
+            ax.legend(loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False)
+            fig.set_size_inches(fig.get_figwidth() + 3.0, fig.get_figheight())
+        else:
+            ax.legend(loc="best", frameon=False)
         return fig
 
 

@@ -265,3 +265,60 @@ def test_tent_refusals_are_one_line_before_any_work(trained_run, colour_data, tm
                                 torch.nn.Flatten(), torch.nn.Linear(4, 3))
     with pytest.raises(FixresError, match="no normalisation layer with affine parameters"):
         make_plan(plain, "tent", classifier_module="4")
+
+
+# ----------------------------------------------------------------------------- Tent at test time (fixres eval --tent)
+def _by_hand_batch_statistics_top1(checkpoint, data, order_seed: int, batch_size: int) -> float:
+    """Top-1 of the checkpoint with every batch-norm on its batch's statistics, batches of the
+    seeded order: what episodic Tent with one step predicts (the outputs it adapts on)."""
+    from fixres.core.runtime import Runtime
+    from fixres.data.folder import scan_split
+    from fixres.data.pipeline import ordered_batches
+    from fixres.models.sources import open_checkpoint
+    model, meta = open_checkpoint(checkpoint)
+    index = scan_split(data / "val", meta.class_names).shuffled(order_seed)
+    rt = Runtime(device=torch.device("cpu"), workers=0)
+    model.eval()
+    for m in model.modules():
+        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+            m.train()
+    correct = n = 0
+    for batch in ordered_batches(index, meta.preprocessing.test_view(), rt, batch_size=batch_size):
+        with torch.no_grad():
+            logits = model(meta.preprocessing.normalizer()(batch.images, rt.device))
+        correct += int((logits.argmax(1) == batch.labels).sum())
+        n += len(batch.labels)
+    return 100 * correct / n
+
+
+def test_episodic_tent_predicts_each_batch_from_the_checkpoint(trained_run, colour_data):
+    """Episodic: reset before every batch, so the predictions are the checkpoint's with batch
+    statistics whatever the learning rate; online carries its steps over (a large lr shows it)."""
+    from fixres.adapt.test_time import TestTimeOptions, evaluate_with_tent
+    from fixres.measure.infer import EvalOptions
+    opts = EvalOptions(workers=0, batch_size=6, device="cpu")
+    expected = _by_hand_batch_statistics_top1(trained_run, colour_data, 0, 6)
+    results = {}
+    for mode, lr in (("episodic", None), ("episodic", 5.0), ("online", 5.0)):
+        result, _, _, record = evaluate_with_tent(trained_run, colour_data, opts, TestTimeOptions(tent=mode, tent_lr=lr))
+        results[mode, lr] = result
+        assert record["order_seed"] == 0 and record["batch_size"] == 6
+    assert results["episodic", None].top1 == pytest.approx(expected)
+    assert results["episodic", 5.0].top1 == pytest.approx(expected)
+    assert results["episodic", 5.0].loss == pytest.approx(results["episodic", None].loss)
+    assert results["online", 5.0].loss != pytest.approx(results["episodic", 5.0].loss)
+    plain = evaluate_checkpoint(trained_run, colour_data, opts)[0]
+    assert evaluate_checkpoint(trained_run, colour_data, EvalOptions(workers=0, batch_size=6, device="cpu",
+                                                                     order_seed=3))[0].top1 == plain.top1
+
+
+def test_eval_tent_on_the_command_line(trained_run, colour_data, capsys):
+    base = ("eval", "--checkpoint", trained_run, "--data", colour_data, "--workers", 0, "--batch-size", 6)
+    code, out, err = run_cli(capsys, *base, "--tent", "episodic", "--json")
+    assert code == 0, err
+    record = json.loads(out)
+    assert record["test_time"]["tent"] == "episodic" and record["test_time"]["lr"] == pytest.approx(0.00025 * 6 / 64)
+    for extra, message in ((("--tent-lr", 0.1), "--tent-lr applies with --tent"),
+                           (("--tent", "episodic", "--tent-lr", -1), "must be positive")):
+        code, _, err = run_cli(capsys, *base, *extra)
+        one_line_error(code, err, message)

@@ -14,7 +14,8 @@ adaptation over the unlabelled set (``tent_passes`` times, batches in a seeded o
 from the checkpoint it was given, then freezes the result: each batch-norm's running
 statistics become the exact moments of its input over the unlabelled images with the adapted
 parameters (batch statistics, as the adaptation saw them), so the saved model normalises
-deployment images as Tent did. Per-batch episodic adaptation at inference is not provided.
+deployment images as Tent did. Tent at inference, episodic or online, batch by batch as the
+authors evaluate it: ``fixres eval --tent`` (:mod:`fixres.adapt.test_time`).
 """
 from __future__ import annotations
 

@@ -13,6 +13,7 @@ the seed, whatever the machine, the scan order or the number of processes.
 from __future__ import annotations
 
 import hashlib
+import random
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Iterable, Mapping
@@ -50,6 +51,12 @@ class SplitIndex:
         for s in self.samples:
             h.update(f"\0{s.path}\t{s.label}\t{s.nbytes}".encode())
         return h.hexdigest()[:16]
+
+    def shuffled(self, seed: int) -> "SplitIndex":
+        """The same images in a random order drawn from ``seed`` (the same on every process)."""
+        samples = list(self.samples)
+        random.Random(seed).shuffle(samples)
+        return replace(self, samples=samples)
 
     def class_counts(self) -> list[int]:
         counts = [0] * len(self.classes)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Iterator, Optional, Sequence
+from typing import Callable, Iterator, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -196,6 +196,9 @@ class EvalOptions(RuntimeOptions):
                                            "test_input_size)")
     crop_pct: Optional[float] = option(None, "centre-crop fraction (default: the checkpoint's, or the model's "
                                              "test_crop_pct)")
+    order_seed: Optional[int] = option(None, "evaluate the images in a random order drawn from this seed (default: "
+                                             "sorted by class folder, so a batch holds one class); what a procedure "
+                                             "that depends on the batch, such as --tent, needs")
 
     def __post_init__(self):
         super().__post_init__()
@@ -215,12 +218,14 @@ class Evaluation:
     data: str
     split: str
     skipped: tuple = ()
+    test_time: dict | None = None   # a test-time adaptation that ran while evaluating (fixres eval --tent)
 
     def record(self) -> dict:
         m = self.meta
         return {"checkpoint": self.model, "model": m.model, "split": self.split, "classes": m.num_classes,
                 "labels": m.label_source or "the checkpoint's classes", **self.result.row(),
-                "skipped_files": [{"path": p, "reason": r} for p, r in self.skipped]}
+                "skipped_files": [{"path": p, "reason": r} for p, r in self.skipped],
+                **({"test_time": self.test_time} if self.test_time else {})}
 
     def text(self) -> str:
         r, m = self.result, self.meta
@@ -229,26 +234,34 @@ class Evaluation:
         return (f"{m.model} on {self.data}/{self.split} at {r.test_res}px (crop_pct {r.crop_pct:g}, "
                 f"{r.interpolation}{mode}), {m.num_classes} classes ({labels}): "
                 f"top-1 {r.top1:.2f}  top-5 {pct(r.top5)}  loss {r.loss:.4f}  images {r.n}"
-                + (f"  skipped {r.n_skipped}" if r.n_skipped else ""))
+                + (f"  skipped {r.n_skipped}" if r.n_skipped else "")
+                + (f"\n  adapted while evaluating: Tent, {self.test_time['tent']} (one entropy step per batch of "
+                   f"{self.test_time['batch_size']}, lr {self.test_time['lr']:g}, on the gamma/beta of "
+                   f"{self.test_time['layers']} normalisation layer(s))" if self.test_time else ""))
 
 
 def evaluate_checkpoint(checkpoint: "str | Path | ModelSource", data: str | Path, opts: EvalOptions | None = None, *,
-                        quiet: bool = True, dist_env: Dist = Dist()) -> tuple[EvalResult, CheckpointMeta, list]:
+                        quiet: bool = True, dist_env: Dist = Dist(),
+                        prepare: Callable[[nn.Module], nn.Module] | None = None) -> tuple[EvalResult, CheckpointMeta, list]:
     """Evaluate a model (a checkpoint path, or any :class:`~fixres.models.sources.ModelSource`); the
     geometry defaults to what it records.
 
     ``opts``: :class:`EvalOptions` (default: its defaults). Under torchrun every rank calls this
     with its ``dist_env``: each evaluates
     a disjoint shard and all get the same totals. Returns the result, the model's metadata
-    (its classes: the dataset's only, with ``restrict_labels``) and the skipped files."""
+    (its classes: the dataset's only, with ``restrict_labels``) and the skipped files.
+    ``prepare``: what is evaluated is ``prepare(model)``, on the device (e.g. a test-time
+    adaptation wrapper, :mod:`fixres.adapt.test_time`)."""
     opts = EvalOptions() if opts is None else opts
     opened = open_for_data(at_resolution(checkpoint, opts.test_res), data, [opts.split])
     prep = opened.meta.preprocessing.override("flag", test_res=opts.test_res, crop_pct=opts.crop_pct)
     per_image = check_input_size(opened.model, [prep.test_res])
     index = load_split(data, opts.split, opened.binding)
+    if opts.order_seed is not None:
+        index = index.shuffled(opts.order_seed)
     rt = opts.runtime(dist_env, quiet)
     batch = fit_batch(per_image, opts.batch_size, rt.device, f"eval at {prep.test_res}px",
                       input_bytes=4 * 3 * prep.test_res ** 2, log=notice if rt.dist.is_main else None)
-    opened.model.to(rt.device)
-    result, skipped = evaluate(opened.model, index, prep, rt, batch_size=batch)
+    model = opened.model.to(rt.device)
+    result, skipped = evaluate(model if prepare is None else prepare(model), index, prep, rt, batch_size=batch)
     return result, opened.meta, skipped

@@ -1,6 +1,6 @@
 """Does testing higher and adapting hurt robustness? Clean, corrupted, shifted and calibration
 at the train resolution, the clean-chosen and the robust-chosen ones, unadapted and adapted
-(fixres, bn, tent), on the embedded dataset over several seeds (CPU).
+(fixres, bn, tent, tent at test time), on the embedded dataset over several seeds (CPU).
 
 For each seed: the embedded dataset as ``fixres demo`` makes it (10 classes, 400 train + 100 val
 per class; 5% of the training images held out by the runs) plus a shifted split
@@ -20,8 +20,9 @@ benchmark's tiny ViT (test_vit, patch 8, 64 px); runs found under --runs-from ar
 3. For each of those resolutions and each method (none; fixres: classifier + last norm, 1,000
    training images, 30 epochs, lr 0.01 as the demo; bn: batch-norm statistics on 1,000 training
    images (batch-norm models only); tent: Tent on shifted-holdout as the unlabelled deployment
-   images, its defaults): clean val top-1 and ECE, mean top-1 over the corruptions (13: ImageNet-C's
-   but glass and zoom blur, the slow ones; severity 3), shifted top-1.
+   images, its defaults; tent-episodic: Tent at test time, ``fixres eval --tent episodic``, batch
+   64, batch-norm models only): clean val top-1 and ECE, mean top-1 over the corruptions (13:
+   ImageNet-C's but glass and zoom blur, the slow ones; severity 3), shifted top-1.
 
 Prints a markdown table of mean +- sd over seeds and writes OUT/robustness.json (after each seed)
 and OUT/robustness.png (accuracy against resolution, clean, corrupted and shifted, unadapted).
@@ -139,6 +140,20 @@ def measure(checkpoint: Path, data: Path, res: int, corrupted: list[str], worker
             "corrupted": statistics.mean(each.values()), "each": each}
 
 
+def measure_test_time(checkpoint: Path, data: Path, res: int, corrupted: list[str], workers: int) -> dict:
+    """:func:`measure` with Tent at test time, episodic (``fixres eval --tent episodic``, batch 64,
+    a seeded random order): every batch predicted while it is adapted on."""
+    from fixres.adapt.test_time import TestTimeOptions, evaluate_with_tent
+    from fixres.measure.infer import EvalOptions
+    rows = {}
+    for split in ["val", "shifted", *corrupted]:
+        opts = EvalOptions(test_res=res, split=split, batch_size=64, workers=workers)
+        rows[split] = evaluate_with_tent(checkpoint, data, opts, TestTimeOptions(tent="episodic"))[0]
+    each = {s: rows[s].top1 for s in corrupted}
+    return {"clean": rows["val"].top1, "ece": rows["val"].ece, "nll": rows["val"].nll, "shifted": rows["shifted"].top1,
+            "corrupted": statistics.mean(each.values()), "each": each}
+
+
 def adapted(method: str, run: Path, data: Path, res: int, seed: int, out: Path, workers: int) -> Path:
     opts = {"fixres": dict(images=1000, batch_size=64, epochs=30, lr=0.01),
             "bn": dict(images=1000),
@@ -165,13 +180,18 @@ def one_model(model: str, seed: int, data: Path, corrupted: list[str], args) -> 
     train_res = swept.train_res
     choices = {"train": train_res, "clean": swept.objective_choices["clean"][0],
                "robust": swept.objective_choices["mean"][0]}
-    methods = ["none", "fixres", "tent"] + (["bn"] if model == "resnet10t" else [])
+    # tent-episodic (test time) on batch-norm models only: on a ViT (no batch-norm) one step's predictions,
+    # taken before the step, are the unadapted model's
+    methods = ["none", "fixres", "tent"] + (["bn", "tent-episodic"] if model == "resnet10t" else [])
     work = Path(args.out) / f"adapted-{model}-{seed}"
     table: dict = {}
     for res in sorted(set(choices.values())):
         for method in methods:
-            checkpoint = run if method == "none" else adapted(method, run, data, res, seed, work, args.workers)
-            table[f"{method}@{res}"] = measure(checkpoint, data, res, corrupted, args.workers)
+            if method == "tent-episodic":
+                table[f"{method}@{res}"] = measure_test_time(run, data, res, corrupted, args.workers)
+            else:
+                checkpoint = run if method == "none" else adapted(method, run, data, res, seed, work, args.workers)
+                table[f"{method}@{res}"] = measure(checkpoint, data, res, corrupted, args.workers)
             print(f"  {model} seed {seed} {method}@{res}: {json.dumps({k: v for k, v in table[f'{method}@{res}'].items() if k != 'each'})}",
                   flush=True)
     shutil.rmtree(work, ignore_errors=True)
@@ -197,7 +217,7 @@ def summarise(rows: list[dict]) -> str:
                   "| resolution | method | clean top-1 | mean corrupted top-1 | shifted top-1 | ECE (%) |",
                   "|---|---|---:|---:|---:|---:|"]
         for which in ("train", "clean", "robust"):
-            for method in ("none", "fixres", "bn", "tent"):
+            for method in ("none", "fixres", "bn", "tent", "tent-episodic"):
                 cells = [m["table"].get(f"{method}@{m['choices'][which]}") for m in results]
                 if any(c is None for c in cells):
                     continue

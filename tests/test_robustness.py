@@ -319,6 +319,8 @@ def test_eval_tent_on_the_command_line(trained_run, colour_data, capsys):
     record = json.loads(out)
     assert record["test_time"]["tent"] == "episodic" and record["test_time"]["lr"] == pytest.approx(0.00025 * 6 / 64)
     for extra, message in ((("--tent-lr", 0.1), "--tent-lr applies with --tent"),
-                           (("--tent", "episodic", "--tent-lr", -1), "must be positive")):
+                           (("--tent", "episodic", "--tent-lr", -1), "must be positive"),
+                           (("--tent", "episodic", "--batch-size", 1), "--batch-size 2 or more"),
+                           (("--tent", "episodic", "--batch-size", 23, "--test-res", 32), "no image alone")):
         code, _, err = run_cli(capsys, *base, *extra)
         one_line_error(code, err, message)

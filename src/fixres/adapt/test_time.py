@@ -77,7 +77,14 @@ class TestTimeTent(nn.Module):
             self.reset()
         set_modes(self.model, self.plan)
         with torch.enable_grad():
-            logits = self.model(x)
+            try:
+                logits = self.model(x)
+            except ValueError as e:      # torch's batch-norm: one value per channel cannot be normalised
+                if "Expected more than 1 value per channel" not in str(e):
+                    raise
+                raise FixresError(f"Tent: a batch of {len(x)} image(s) leaves a batch-norm one value per channel "
+                                  "(a 1 x 1 feature map) to normalise with; choose a --batch-size that leaves no "
+                                  "image alone in the last batch") from None
             loss = entropy(logits).mean()
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -95,6 +102,8 @@ def evaluate_with_tent(checkpoint, data: str | Path, opts: EvalOptions, tta: Tes
     if tta.tent == "online" and dist_env.enabled:
         raise FixresError("--tent online adapts from batch to batch on one process's stream; under torchrun each "
                           "process would adapt its own model on its own shard: use --tent episodic or one process")
+    if opts.batch_size < 2:
+        raise FixresError("--tent normalises with each batch's statistics: give --batch-size 2 or more")
     lr = tta.tent_lr if tta.tent_lr is not None else TENT_LR_PER_64 * opts.batch_size / 64
     if opts.order_seed is None:          # batches of one class (the sorted order) are not a deployment stream
         opts = dataclasses.replace(opts, order_seed=0)

@@ -330,7 +330,8 @@ def tent_method(ctx: AdaptContext) -> dict:
         rt.log(f"running statistics of {len(ctx.plan.batch_norms)} batch-norm(s) from {used} unlabelled images")
     note = (f"Tent's online adaptation over the unlabelled images ({opts.tent_passes} pass(es), batches of "
             f"{opts.batch_size} in a seeded order, incomplete last batch dropped), from the given checkpoint; "
-            "batch-norm running statistics then set to the unlabelled images' (not episodic)")
+            "batch-norm running statistics then set to the unlabelled images' (not episodic: for that, at test time, "
+            "fixres eval --tent episodic)")
     return {"execution": "tent", "execution_note": note, "epochs": 0, "history": history, "lr": opts.base_lr,
             "tent_passes": opts.tent_passes, "images_used": used, "images_skipped": len(skipped),
             "seconds_features": 0.0, "seconds_train": round(seconds_train, 3),

@@ -243,8 +243,11 @@ def plot(rows: list[dict], path: Path) -> None:
             ax.plot(res, mean, style, label=f"{curve} (unadapted)")
         for method, marker in (("fixres", "*"), ("tent", "x")):
             for curve, colour in (("clean", "C0"), ("corrupted", "C1"), ("shifted", "C2")):
-                points = sorted({m["choices"]["clean"]: m["table"][f"{method}@{m['choices']['clean']}"][curve]
-                                 for m in results}.items())
+                by_res: dict = {}                  # the seeds' mean at each clean-chosen resolution
+                for m in results:
+                    by_res.setdefault(m["choices"]["clean"], []).append(
+                        m["table"][f"{method}@{m['choices']['clean']}"][curve])
+                points = sorted((k, statistics.mean(v)) for k, v in by_res.items())
                 ax.plot([p[0] for p in points], [p[1] for p in points], marker, color=colour, markersize=10,
                         label=f"{curve}, {method} at the clean choice" if curve == "clean" else None)
         ax.axvline(results[0]["choices"]["train"], color="grey", lw=0.8)
@@ -272,18 +275,25 @@ def main() -> None:
     args.corrupt = parse_corruptions(args.corrupt)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    rows = []
+    # Resumable: a seed's models already in OUT/robustness.json (same shift and corruptions) are kept
+    saved = json.loads((out / "robustness.json").read_text()) if (out / "robustness.json").is_file() else []
+    rows = {r["seed"]: r for r in saved if r["shift"] == args.shift and r["corruptions"] == list(args.corrupt)}
     for seed in args.seeds:
+        row = rows.setdefault(seed, {"seed": seed, "shift": args.shift, "corruptions": list(args.corrupt),
+                                     "models": [], "seconds": 0.0})
+        todo = [m for m in args.models if m not in {x["model"] for x in row["models"]}]
+        if not todo:
+            continue
         t0 = time.perf_counter()
         data = dataset(seed, out, args.runs_from, args.shift)
         corrupted = corrupted_copies(data, args.corrupt, seed, args.corrupt_per_class)
-        row = {"seed": seed, "data": str(data), "shift": args.shift, "corruptions": list(args.corrupt),
-               "models": [one_model(m, seed, data, corrupted, args) for m in args.models]}
-        row["seconds"] = round(time.perf_counter() - t0, 1)
-        rows.append(row)
-        (out / "robustness.json").write_text(json.dumps(rows, indent=2))
+        row["data"] = str(data)
+        row["models"] += [one_model(m, seed, data, corrupted, args) for m in todo]
+        row["seconds"] = round(row["seconds"] + time.perf_counter() - t0, 1)
+        (out / "robustness.json").write_text(json.dumps(sorted(rows.values(), key=lambda r: r["seed"]), indent=2))
         for split in corrupted:
             shutil.rmtree(data / split, ignore_errors=True)
+    rows = sorted(rows.values(), key=lambda r: r["seed"])
     print(summarise(rows))
     plot(rows, out / "robustness.png")
     print(f"wrote {out / 'robustness.json'} and {out / 'robustness.png'}")

@@ -158,9 +158,11 @@ def test_predict_picks_the_rung_by_resolution_or_budget(ladders, colour_data, ca
     one_line_error(code, err, "--budget-gflops must be positive")
 
 
-def test_a_budget_choice_on_unstable_latencies_says_so(ladders, colour_data, tmp_path, capsys):
+def test_a_budget_choice_on_unstable_latencies_says_so(ladders, colour_data, tmp_path, capsys, monkeypatch):
     """Issue 19.9: never choose a deployment resolution from unstable timings without saying so."""
+    import fixres.core.progress
     from helpers import run_cli
+    monkeypatch.setattr(fixres.core.progress, "_NOTICED", set())   # said once per process: maybe by a test before
     copy = tmp_path / "L"
     shutil.copytree(ladders("fixres").out, copy)
     record = json.loads((copy / "ladder.json").read_text())

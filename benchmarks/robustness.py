@@ -233,7 +233,7 @@ def plot(rows: list[dict], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     models = list(dict.fromkeys(m["model"] for row in rows for m in row["models"]))
-    fig, axes = plt.subplots(1, len(models), figsize=(5.5 * len(models), 4), squeeze=False)
+    fig, axes = plt.subplots(1, len(models), figsize=(8 * len(models), 4), squeeze=False)
     for ax, model in zip(axes[0], models):
         results = [m for row in rows for m in row["models"] if m["model"] == model]
         for curve, style in (("clean", "-o"), ("corrupted", "--s"), ("shifted", ":^")):
@@ -241,7 +241,9 @@ def plot(rows: list[dict], path: Path) -> None:
             mean = [statistics.mean(m["curves"][curve][k if k in m["curves"][curve] else str(k)] for m in results)
                     for k in res]
             ax.plot(res, mean, style, label=f"{curve} (unadapted)")
-        for method, marker in (("fixres", "*"), ("tent", "x")):
+        for method, marker in (("fixres", "*"), ("tent", "x"), ("tent-episodic", "P")):
+            if any(f"{method}@{m['choices']['clean']}" not in m["table"] for m in results):
+                continue
             for curve, colour in (("clean", "C0"), ("corrupted", "C1"), ("shifted", "C2")):
                 by_res: dict = {}                  # the seeds' mean at each clean-chosen resolution
                 for m in results:
@@ -249,11 +251,11 @@ def plot(rows: list[dict], path: Path) -> None:
                         m["table"][f"{method}@{m['choices']['clean']}"][curve])
                 points = sorted((k, statistics.mean(v)) for k, v in by_res.items())
                 ax.plot([p[0] for p in points], [p[1] for p in points], marker, color=colour, markersize=10,
-                        label=f"{curve}, {method} at the clean choice" if curve == "clean" else None)
+                        label=f"{curve}, {method} at the clean choice")
         ax.axvline(results[0]["choices"]["train"], color="grey", lw=0.8)
         ax.set(title=f"{model}: top-1 against test resolution", xlabel="test resolution (px)", ylabel="val top-1 (%)")
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     fig.tight_layout()
     fig.savefig(path, dpi=110)
 

@@ -32,7 +32,6 @@ and OUT/robustness.png (accuracy against resolution, clean, corrupted and shifte
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import shutil
 import statistics

@@ -36,9 +36,6 @@ from .options import MOMENTUM, TENT_LR_PER_64
 from .surgery import Plan, freeze_for, make_plan, set_modes
 from .tent import entropy
 
-TENT_MODES = ("episodic", "online")
-
-
 @dataclass(frozen=True, kw_only=True)
 class TestTimeOptions:
     tent: Optional[Literal["episodic", "online"]] = option(
@@ -120,4 +117,4 @@ def evaluate_with_tent(checkpoint, data: str | Path, opts: EvalOptions, tta: Tes
     return result, meta, skipped, record
 
 
-__all__ = ["TENT_MODES", "TestTimeOptions", "TestTimeTent", "evaluate_with_tent"]
+__all__ = ["TestTimeOptions", "TestTimeTent", "evaluate_with_tent"]

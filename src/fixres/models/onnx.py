@@ -96,8 +96,7 @@ def onnx_runner(path: Path, engine: str = "onnxruntime", *, threads: int | None 
     if engine == "onnxruntime":
         import onnxruntime
         session = onnx_session(path, threads=threads, device=device)
-        cpu = session.get_providers()[0] == "CPUExecutionProvider"
-        where = f"cpu ({threads} thread{'s' if threads != 1 else ''})" if cpu and threads else "cpu" if cpu else "cuda"
+        where = _cpu(threads) if session.get_providers()[0] == "CPUExecutionProvider" else "cuda"
         return (lambda x: session.run(["logits"], {"input": x})[0]), where, f"onnxruntime {onnxruntime.__version__}"
     if engine == "openvino":
         import openvino
@@ -105,9 +104,12 @@ def onnx_runner(path: Path, engine: str = "onnxruntime", *, threads: int | None 
                   **({"INFERENCE_NUM_THREADS": int(threads)} if threads else {})}
         compiled = openvino.Core().compile_model(str(path), "CPU", config)
         request, output = compiled.create_infer_request(), compiled.output(0)
-        where = f"cpu ({threads} thread{'s' if threads != 1 else ''})" if threads else "cpu"
-        return (lambda x: request.infer({"input": x})[output]), where, f"openvino {openvino.__version__.split('-')[0]}"
+        return (lambda x: request.infer({"input": x})[output]), _cpu(threads), f"openvino {openvino.__version__.split('-')[0]}"
     raise ValueError(f"unknown ONNX engine {engine!r}")
+
+
+def _cpu(threads: int | None) -> str:
+    return f"cpu ({threads} thread{'s' if threads != 1 else ''})" if threads else "cpu"
 
 
 def onnx_session(path: Path, threads: int | None = None, device: torch.device | None = None):

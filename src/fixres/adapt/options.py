@@ -16,6 +16,11 @@ TENT_LR_PER_64 = 0.00025      # Tent's ImageNet setting: SGD, momentum 0.9, lr 0
 UNLABELLED_METHODS = ("tent", "bn")
 
 
+def tent_lr(batch_size: int) -> float:
+    """Tent's learning rate at ``batch_size``: its ImageNet setting, scaled linearly with the batch."""
+    return TENT_LR_PER_64 * batch_size / 64
+
+
 @dataclass(frozen=True, kw_only=True)
 class AdaptOptions(RuntimeOptions):
     test_res: int = option(help="test resolution K_test to adapt the model to (pixels)")
@@ -99,5 +104,6 @@ class AdaptOptions(RuntimeOptions):
 
     @property
     def base_lr(self) -> float:
-        per_64 = TENT_LR_PER_64 if self.method == "tent" else LR_PER_64
-        return self.lr if self.lr is not None else per_64 * self.batch_size / 64
+        if self.lr is not None:
+            return self.lr
+        return tent_lr(self.batch_size) if self.method == "tent" else LR_PER_64 * self.batch_size / 64

@@ -32,7 +32,7 @@ from ..core.errors import FixresError
 from ..core.options import option
 from ..core.runtime import Dist
 from ..measure.infer import EvalOptions, evaluate_checkpoint
-from .options import MOMENTUM, TENT_LR_PER_64
+from .options import MOMENTUM, tent_lr
 from .surgery import Plan, freeze_for, make_plan, set_modes
 from .tent import entropy
 
@@ -101,7 +101,7 @@ def evaluate_with_tent(checkpoint, data: str | Path, opts: EvalOptions, tta: Tes
                           "process would adapt its own model on its own shard: use --tent episodic or one process")
     if opts.batch_size < 2:
         raise FixresError("--tent normalises with each batch's statistics: give --batch-size 2 or more")
-    lr = tta.tent_lr if tta.tent_lr is not None else TENT_LR_PER_64 * opts.batch_size / 64
+    lr = tta.tent_lr if tta.tent_lr is not None else tent_lr(opts.batch_size)
     if opts.order_seed is None:          # batches of one class (the sorted order) are not a deployment stream
         opts = dataclasses.replace(opts, order_seed=0)
     record: dict = {"tent": tta.tent, "lr": lr, "batch_size": opts.batch_size, "momentum": MOMENTUM,
